@@ -1,0 +1,295 @@
+"""Capture identity, folder naming and the asset catalog of an AVA-256 capture.
+
+Pure: no I/O beyond reading the packaged capture id list. Facts from FORMATS.md / the release.
+"""
+
+from __future__ import annotations
+
+import csv
+import posixpath
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+# ---------------------------------------------------------------------------------------------------------
+# Release sizes
+# ---------------------------------------------------------------------------------------------------------
+
+PUBLIC_BUCKET = "fb-baas-f32eacb9-8abb-11eb-b2b8-4857dd089e15"
+PUBLIC_PREFIX = "ava-256"
+PUBLIC_URL = f"https://{PUBLIC_BUCKET}.s3.amazonaws.com/{PUBLIC_PREFIX}/"
+
+
+@dataclass(frozen=True)
+class ReleaseSize:
+    name: str  # "4TB"
+    width: int  # image width, portrait (pixels)
+    height: int  # image height (pixels)
+    fps: float
+    frames_per_capture: int  # approximate
+    avif_quality: int
+
+
+SIZES: dict[str, ReleaseSize] = {
+    "4TB": ReleaseSize("4TB", 667, 1024, 7.5, 5000, 63),
+    "8TB": ReleaseSize("8TB", 667, 1024, 15.0, 10000, 63),
+    "16TB": ReleaseSize("16TB", 1334, 2048, 7.5, 5000, 70),
+    "32TB": ReleaseSize("32TB", 1334, 2048, 15.0, 10000, 70),
+}
+
+#: Full sensor resolution the calibration intrinsics refer to (portrait: width x height).
+SENSOR_WIDTH = 2668
+SENSOR_HEIGHT = 4096
+
+#: The five Quest Pro infrared cameras of the encoder (headset) images.
+ENCODER_CAMERAS: tuple[str, ...] = (
+    "cam-cyclop",
+    "cam-left-eye-atl-temporal",
+    "cam-left-mouth",
+    "cam-right-eye-atl-temporal",
+    "cam-right-mouth",
+)
+
+NUM_VERTICES = 7306
+NUM_KEYPOINTS = 274
+
+SEGMENTATION_LABELS: tuple[str, ...] = (
+    "background",
+    "Hair",
+    "Body",
+    "Chair",
+    "Apparel",
+    "Lenses",
+    "UpperLip",
+    "LowerLip",
+    "UpperTeeth",
+    "LowerTeeth",
+    "TongueVisible",
+)
+
+
+def parse_size(size: str) -> ReleaseSize:
+    """Return the release size for ``"4TB"`` etc. (case-insensitive); ValueError names the valid ones."""
+    key = size.strip().upper()
+    if key not in SIZES:
+        raise ValueError(f"unknown release size {size!r}; expected one of {', '.join(SIZES)}")
+    return SIZES[key]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Capture ids
+# ---------------------------------------------------------------------------------------------------------
+
+_FOLDER_RE = re.compile(r"^(?:m--)?(?P<mcd>\d{8})--(?P<mct>\d{4})--(?P<sid>[A-Za-z0-9]+)(?:--GHS)?$")
+
+
+@dataclass(frozen=True, order=True)
+class CaptureId:
+    """One capture: capture date ``mcd`` (yyyymmdd), capture time ``mct`` (hhmm, keeps its leading zero) and
+    subject id ``sid``. Strings throughout, never ints."""
+
+    mcd: str
+    mct: str
+    sid: str
+
+    def __post_init__(self) -> None:
+        if not (len(self.mcd) == 8 and self.mcd.isdigit()):
+            raise ValueError(f"capture date must be 8 digits (yyyymmdd), got {self.mcd!r}")
+        if not (len(self.mct) == 4 and self.mct.isdigit()):
+            raise ValueError(f"capture time must be 4 digits (hhmm), got {self.mct!r}")
+        if not re.fullmatch(r"[A-Za-z0-9]+", self.sid):
+            raise ValueError(f"subject id must be alphanumeric, got {self.sid!r}")
+
+    @property
+    def folder(self) -> str:
+        """Folder name used by the release's download script: ``{mcd}--{mct}--{sid}``."""
+        return f"{self.mcd}--{self.mct}--{self.sid}"
+
+    @property
+    def datasheet_folder(self) -> str:
+        """Folder name as drawn in the datasheet: ``m--{mcd}--{mct}--{sid}--GHS``."""
+        return f"m--{self.mcd}--{self.mct}--{self.sid}--GHS"
+
+    @property
+    def folder_names(self) -> tuple[str, str]:
+        return (self.folder, self.datasheet_folder)
+
+    @classmethod
+    def parse(cls, text: str) -> CaptureId:
+        """Parse either folder spelling (a trailing ``/`` is allowed)."""
+        m = _FOLDER_RE.match(text.strip().rstrip("/"))
+        if not m:
+            raise ValueError(
+                f"not a capture folder name: {text!r} (expected 'mcd--mct--sid' or 'm--mcd--mct--sid--GHS')"
+            )
+        return cls(m["mcd"], m["mct"], m["sid"])
+
+    def __str__(self) -> str:
+        return self.folder
+
+
+@lru_cache(maxsize=1)
+def release_capture_ids() -> tuple[CaptureId, ...]:
+    """The 256 capture ids of the public release, in the order of the packaged ``256_ids.csv``."""
+    text = resources.files("ava256.manifests").joinpath("256_ids.csv").read_text()
+    return tuple(read_capture_ids_csv(text.splitlines()))
+
+
+def read_capture_ids_csv(lines: Iterable[str]) -> list[CaptureId]:
+    """Read an ids CSV with columns ``mcd, sid, mct`` (any order) as strings; ValueError on bad rows."""
+    reader = csv.DictReader(lines)
+    missing = {"mcd", "sid", "mct"} - set(reader.fieldnames or ())
+    if missing:
+        raise ValueError(f"capture id list lacks column(s) {sorted(missing)}; has {reader.fieldnames}")
+    out = []
+    for lineno, row in enumerate(reader, start=2):
+        try:
+            out.append(CaptureId(row["mcd"].strip(), row["mct"].strip().zfill(4), row["sid"].strip()))
+        except (ValueError, AttributeError) as exc:
+            raise ValueError(f"capture id list line {lineno}: {exc}") from exc
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The asset catalog: which object keys (relative to the capture folder) make a capture
+# ---------------------------------------------------------------------------------------------------------
+
+CALIBRATION_KEY = "decoder/camera_calibration.json"
+FRAME_LIST_KEY = "decoder/frame_list.csv"
+ENCODER_FRAME_LIST_KEY = "encoder/frame_list.csv"
+HEAD_POSE_KEY = "decoder/head_pose/head_pose.zip"
+KEYPOINTS_KEY = "decoder/keypoints_3d/keypoints_3d.zip"
+VERTICES_KEY = "decoder/kinematic_tracking/registration_vertices.zip"
+VERTICES_MEAN_KEY = "decoder/kinematic_tracking/registration_vertices_mean.npy"
+VERTICES_VARIANCE_KEY = "decoder/kinematic_tracking/registration_vertices_variance.txt"
+TEXTURE_KEY = "decoder/uv_image/color.zip"
+TEXTURE_MEAN_KEY = "decoder/uv_image/color_mean.png"
+TEXTURE_VARIANCE_KEY = "decoder/uv_image/color_variance.txt"
+
+
+def image_key(camera_id: str) -> str:
+    return f"decoder/image/cam{camera_id}.zip"
+
+
+def segmentation_key(camera_id: str) -> str:
+    return f"decoder/segmentation_parts/cam{camera_id}.zip"
+
+
+def encoder_image_key(encoder_camera: str) -> str:
+    return f"encoder/image/{encoder_camera}.zip"
+
+
+# Zip member names inside the archives (frame_id is an int).
+def image_member(camera_id: str, frame_id: int) -> str:
+    return f"cam{camera_id}/{frame_id:06d}.avif"
+
+
+def segmentation_member(frame_id: int) -> str:
+    return f"{frame_id:06d}.png"
+
+
+def head_pose_member(frame_id: int) -> str:
+    return f"{frame_id:06d}.txt"
+
+
+def keypoints_member(frame_id: int) -> str:
+    return f"{frame_id:06d}.npy"
+
+
+def vertices_member(frame_id: int) -> str:
+    return f"{frame_id:06d}.ply"
+
+
+def texture_member(frame_id: int) -> str:
+    return f"color/{frame_id:06d}.avif"
+
+
+def encoder_image_member(frame_id: int) -> str:
+    return f"{frame_id:06d}.avif"
+
+
+#: Assets a user can select with ``--assets``. "meta" (calibration + frame lists) is always included.
+ASSETS: tuple[str, ...] = (
+    "meta",
+    "image",
+    "segmentation",
+    "head_pose",
+    "keypoints_3d",
+    "vertices",
+    "uv_texture",
+    "encoder_image",
+)
+PER_CAMERA_ASSETS = frozenset({"image", "segmentation"})
+
+
+def parse_assets(names: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Normalise an ``--assets`` value (comma list or sequence; None = all); 'meta' is always added."""
+    if names is None or names == "" or names == "all":
+        return ASSETS
+    items = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
+    unknown = [n for n in items if n not in ASSETS]
+    if unknown:
+        raise ValueError(f"unknown asset(s) {unknown}; expected some of {', '.join(ASSETS)}")
+    chosen = set(items) | {"meta"}
+    return tuple(a for a in ASSETS if a in chosen)
+
+
+def asset_keys(asset: str, camera_ids: Sequence[str]) -> list[str]:
+    """Object keys (relative to the capture folder) that make ``asset`` for the given dome cameras."""
+    if asset == "meta":
+        return [CALIBRATION_KEY, FRAME_LIST_KEY, ENCODER_FRAME_LIST_KEY]
+    if asset == "image":
+        return [image_key(c) for c in camera_ids]
+    if asset == "segmentation":
+        return [segmentation_key(c) for c in camera_ids]
+    if asset == "head_pose":
+        return [HEAD_POSE_KEY]
+    if asset == "keypoints_3d":
+        return [KEYPOINTS_KEY]
+    if asset == "vertices":
+        return [VERTICES_KEY, VERTICES_MEAN_KEY, VERTICES_VARIANCE_KEY]
+    if asset == "uv_texture":
+        return [TEXTURE_KEY, TEXTURE_MEAN_KEY, TEXTURE_VARIANCE_KEY]
+    if asset == "encoder_image":
+        return [encoder_image_key(c) for c in ENCODER_CAMERAS]
+    raise ValueError(f"unknown asset {asset!r}; expected one of {', '.join(ASSETS)}")
+
+
+def capture_keys(assets: Sequence[str], camera_ids: Sequence[str]) -> list[str]:
+    """All keys of a capture for the selected assets, in catalog order, without duplicates."""
+    seen: dict[str, None] = {}
+    for asset in parse_assets(list(assets)):
+        for key in asset_keys(asset, camera_ids):
+            seen.setdefault(key, None)
+    return list(seen)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Untrusted paths (bucket listings, zip member names)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class UnsafePathError(ValueError):
+    """A key or member name that would escape its root (``..``, absolute, drive letters, backslashes)."""
+
+
+def safe_relpath(name: str) -> str:
+    """Validate an untrusted relative path and return it normalised (POSIX). Raises UnsafePathError.
+
+    Rejects: empty names, absolute paths, ``..`` components, backslashes, drive letters, NUL bytes.
+    """
+    if not name or "\x00" in name:
+        raise UnsafePathError(f"unsafe path {name!r}: empty or contains NUL")
+    if "\\" in name:
+        raise UnsafePathError(f"unsafe path {name!r}: backslash")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise UnsafePathError(f"unsafe path {name!r}: absolute")
+    parts = name.split("/")
+    if any(p == ".." for p in parts):
+        raise UnsafePathError(f"unsafe path {name!r}: '..' component")
+    norm = posixpath.normpath(name)
+    if norm in (".", "") or norm.startswith("../"):
+        raise UnsafePathError(f"unsafe path {name!r}")
+    return norm
