@@ -35,6 +35,44 @@ def cli(verbose: int) -> None:
 
 # [cli:split] ------------------------------------------------------------------------------------------
 
+
+@cli.command("split")
+@click.argument("store", type=click.Path(file_okay=False))
+@click.option(
+    "--protocol",
+    required=True,
+    type=click.Choice(["free-face", "holdout-20", "holdout-12", "cameras"]),
+    help="free-face: hold out each capture's EXP_free_face frames (val = first half, test = second half); "
+    "holdout-20 / holdout-12: hold out 20 / 12 subjects (a quarter val, the rest test); "
+    "cameras: hold out ~10% of the dome cameras (half val, half test).",
+)
+@click.option("--seed", default=0, type=int, help="Seed of the held-out subject/camera choice.")
+@click.option("--name", default=None, help="Split name (folder under STORE/_splits). [default: PROTOCOL or PROTOCOL-seedS]")
+@click.option(
+    "--held-out-cameras",
+    default=None,
+    type=click.IntRange(min=2),
+    help="cameras protocol: how many cameras to hold out. [default: max(2, round(cameras / 10))]",
+)
+def split_cmd(store: str, protocol: str, seed: int, name: str | None, held_out_cameras: int | None) -> None:
+    """Write deterministic train/val/test partitions of STORE's samples manifest to
+    STORE/_splits/NAME/{train,val,test}.parquet (+ split.json). Invalid samples are excluded and counted."""
+    from ava256.pipeline.split import run_split
+
+    try:
+        info = run_split(store, protocol, seed, name, held_out_cameras=held_out_cameras)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"split {info['name']} ({protocol}, seed {seed}) -> {info['path']}")
+    click.echo(f"  {'part':<6}{'samples':>10}{'subjects':>10}{'captures':>10}{'cameras':>9}")
+    for part in ("train", "val", "test"):
+        click.echo(
+            f"  {part:<6}{info['counts'][part]:>10}{info['subjects'][part]:>10}"
+            f"{info['captures'][part]:>10}{info['cameras'][part]:>9}"
+        )
+    click.echo(f"  invalid samples excluded: {info['invalid_excluded']} of {info['samples']}")
+
+
 # [cli:train] ------------------------------------------------------------------------------------------
 
 # [cli:render] ------------------------------------------------------------------------------------------

@@ -1,0 +1,132 @@
+"""Schemas and atomic read/write of split manifests: ``STORE/_splits/<name>/{train,val,test}.parquet`` plus
+``STORE/_splits/<name>/split.json`` (the parameters and counts that produced them).
+
+A split part has exactly the columns of ``samples.parquet`` (one row per (capture, frame, camera)), restricted
+to valid samples, sorted by (capture, frame_index, camera_index). Pure pyarrow/pandas: no Dask, no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+#: Names of the three parts of every split, in order.
+PARTS: tuple[str, ...] = ("train", "val", "test")
+
+#: Folder (under the store root) holding one sub-folder per named split.
+SPLITS_DIR = "_splits"
+PARAMS_FILE = "split.json"
+SPLIT_FORMAT_VERSION = 1
+
+#: Columns of ``samples.parquet`` (CONTRACTS.md) and therefore of every split part.
+SAMPLE_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("capture", pa.string(), nullable=False),
+    pa.field("subject", pa.string(), nullable=False),
+    pa.field("frame_index", pa.int32(), nullable=False),
+    pa.field("frame_id", pa.int32(), nullable=False),
+    pa.field("segment", pa.string(), nullable=False),
+    pa.field("camera_index", pa.int16(), nullable=False),
+    pa.field("camera_id", pa.string(), nullable=False),
+    pa.field("valid", pa.bool_(), nullable=False),
+    pa.field("valid_image", pa.bool_(), nullable=False),
+    pa.field("valid_segmentation", pa.bool_(), nullable=False),
+)
+SPLIT_SCHEMA = pa.schema(list(SAMPLE_FIELDS))
+SAMPLE_COLUMNS: tuple[str, ...] = tuple(f.name for f in SAMPLE_FIELDS)
+SORT_KEYS: tuple[str, ...] = ("capture", "frame_index", "camera_index")
+
+
+def split_dir(store: str | os.PathLike[str], name: str) -> Path:
+    """``STORE/_splits/<name>``; ValueError for a name that is not a plain folder name."""
+    if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        raise ValueError(f"split name must be a plain folder name, got {name!r}")
+    return Path(store) / SPLITS_DIR / name
+
+
+def split_part_path(store: str | os.PathLike[str], name: str, part: str) -> Path:
+    if part not in PARTS:
+        raise ValueError(f"unknown split part {part!r}; expected one of {', '.join(PARTS)}")
+    return split_dir(store, name) / f"{part}.parquet"
+
+
+def conform(df: pd.DataFrame) -> pd.DataFrame:
+    """Return ``df`` with exactly the split columns, in order, with the schema's dtypes.
+
+    Raises ValueError naming the missing columns."""
+    missing = [c for c in SAMPLE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"samples table lacks column(s) {missing}; has {list(df.columns)}")
+    table = pa.Table.from_pandas(df[list(SAMPLE_COLUMNS)], preserve_index=False)
+    table = table.cast(SPLIT_SCHEMA)
+    return table.to_pandas()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_part(path: Path, df: pd.DataFrame) -> None:
+    """Write one split part atomically (temp file + ``os.replace``) with :data:`SPLIT_SCHEMA`."""
+    table = pa.Table.from_pandas(conform(df), schema=SPLIT_SCHEMA, preserve_index=False)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    _atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def write_split(
+    store: str | os.PathLike[str], name: str, parts: Mapping[str, pd.DataFrame], params: Mapping[str, Any]
+) -> Path:
+    """Write ``train/val/test.parquet`` then ``split.json`` (written last: its presence marks a complete
+    split). Every file is replaced atomically. Returns the split folder."""
+    missing = [p for p in PARTS if p not in parts]
+    if missing:
+        raise ValueError(f"split {name!r} lacks part(s) {missing}")
+    folder = split_dir(store, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / PARAMS_FILE).unlink(missing_ok=True)  # an interrupted rewrite must not look complete
+    for part in PARTS:
+        write_part(folder / f"{part}.parquet", parts[part])
+    payload = {"format_version": SPLIT_FORMAT_VERSION, **params}
+    _atomic_write_bytes(folder / PARAMS_FILE, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+    return folder
+
+
+def read_split_part(store: str | os.PathLike[str], name: str, part: str) -> pd.DataFrame:
+    """Read one part of a written split as a DataFrame with :data:`SPLIT_SCHEMA` columns.
+
+    FileNotFoundError names the split and lists the splits that exist."""
+    path = split_part_path(store, name, part)
+    if not (path.parent / PARAMS_FILE).exists() or not path.exists():
+        root = Path(store) / SPLITS_DIR
+        have = sorted(p.name for p in root.iterdir() if (p / PARAMS_FILE).exists()) if root.is_dir() else []
+        raise FileNotFoundError(
+            f"no complete split {name!r} under {root} (missing {path.name} or {PARAMS_FILE}); "
+            f"existing splits: {have or 'none'} — run `ava256 split {store} --protocol ...`"
+        )
+    return pq.read_table(path, schema=SPLIT_SCHEMA).to_pandas()
+
+
+def read_split_params(store: str | os.PathLike[str], name: str) -> dict[str, Any]:
+    """The ``split.json`` of a written split."""
+    path = split_dir(store, name) / PARAMS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"no complete split {name!r}: {path} does not exist")
+    return json.loads(path.read_text())
