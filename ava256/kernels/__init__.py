@@ -1,1 +1,86 @@
+"""The MVP raymarcher: a CUDA extension and a pure-PyTorch reference behind one function.
 
+``raymarch(...)`` renders N images of H x W rays through K volumetric primitives and is differentiable w.r.t.
+the primitives' RGBA grids, warp fields and transforms. CUDA tensors go to the CUDA extension (built on first
+use with ``torch.utils.cpp_extension``, or ahead of time with ``python -m ava256.kernels.build``); anything else
+goes to the reference in :mod:`ava256.kernels.reference`. ``backend="reference"`` or the environment variable
+``AVA256_RAYMARCH=reference`` forces the reference everywhere.
+
+Importing this package needs neither a GPU nor nvcc: the extension is loaded lazily.
+"""
+
+from __future__ import annotations
+
+import os
+
+from torch import Tensor
+
+from .reference import raymarch_reference
+
+__all__ = ["raymarch", "raymarch_reference", "cuda_available"]
+
+_ENV_BACKEND = "AVA256_RAYMARCH"
+
+
+def cuda_available() -> bool:
+    """True if torch sees a CUDA device (the extension may still need building on first use)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def raymarch(
+    raypos: Tensor,
+    raydir: Tensor,
+    tminmax: Tensor,
+    primpos: Tensor,
+    primrot: Tensor,
+    primscale: Tensor,
+    template: Tensor,
+    warp: Tensor | None = None,
+    *,
+    dt: float,
+    termination: float = 1.0 - 1e-4,
+    backend: str | None = None,
+) -> Tensor:
+    """Differentiable MVP raymarch; returns (N, H, W, 4) float32 accumulated (r, g, b, alpha).
+
+    Args:
+        raypos, raydir: (N, H, W, 3) ray origins and unit directions (world units).
+        tminmax: (N, H, W, 2) per-ray marching interval ``[tmin, tmax)``.
+        primpos: (N, K, 3) primitive centres. primrot: (N, K, 3, 3) world->local rotations.
+        primscale: (N, K, 3) world->local scales: world point ``x`` is in primitive ``k`` iff
+            ``y = (primrot_k @ (x - primpos_k)) * primscale_k`` lies in ``[-1, 1]^3``.
+        template: (N, K, 4, D, D, D) RGBA voxel grids, channels (r, g, b, alpha), grids indexed [z, y, x],
+            sampled trilinearly at ``y`` (align_corners=True).
+        warp: optional (N, K, 3, D, D, D): sampled at ``y`` first; the template is then sampled at the warped
+            coordinate (clamped to ``[-1, 1]``).
+        dt: step size (world units); samples at ``t = tmin + i * dt`` while ``t < tmax``.
+        termination: a ray stops once its accumulated alpha reaches this.
+        backend: ``"cuda"``, ``"reference"`` or None (auto: CUDA tensors -> extension, else reference;
+            ``AVA256_RAYMARCH=reference`` in the environment forces the reference).
+
+    Gradients flow to template, warp, primpos, primrot and primscale (not to the rays).
+    """
+    choice = backend or os.environ.get(_ENV_BACKEND, "auto")
+    if choice not in ("auto", "cuda", "reference"):
+        raise ValueError(f"backend must be 'auto', 'cuda' or 'reference', got {choice!r}")
+    use_cuda = choice == "cuda" or (choice == "auto" and raypos.is_cuda)
+    if use_cuda:
+        from .function import raymarch_cuda
+
+        return raymarch_cuda(
+            raypos,
+            raydir,
+            tminmax,
+            primpos,
+            primrot,
+            primscale,
+            template,
+            warp,
+            dt=dt,
+            termination=termination,
+        )
+    return raymarch_reference(
+        raypos, raydir, tminmax, primpos, primrot, primscale, template, warp, dt=dt, termination=termination
+    )
