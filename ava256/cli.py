@@ -27,7 +27,95 @@ def cli(verbose: int) -> None:
 
 # [cli:fetch] ------------------------------------------------------------------------------------------
 
+
+@cli.command("fetch")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--size", default="4TB", help="Release size: 4TB, 8TB (1024x667), 16TB, 32TB (2048x1334).")
+@click.option("-n", "n", type=click.IntRange(min=1), default=None, help="Only the first N captures.")
+@click.option(
+    "--captures",
+    default=None,
+    help="A CSV of capture ids (columns mcd,sid,mct, like the release's 256_ids.csv) or a comma list of capture "
+    "folder names (20230405--1635--AAN112 or m--20230405--1635--AAN112--GHS). [default: the 256 release ids]",
+)
+@click.option(
+    "--assets",
+    default="all",
+    help="Comma list of meta, image, segmentation, head_pose, keypoints_3d, vertices, uv_texture, encoder_image "
+    "(meta = calibration + frame lists, always included).",
+)
+@click.option("--cameras", default=None, help="Comma list of dome camera ids (e.g. 400940,401031).")
+@click.option("--workers", "-j", default=8, type=click.IntRange(min=1), help="Concurrent downloads.")
+@click.option("--processes", is_flag=True, help="Use worker processes instead of threads (LocalCluster).")
+@click.option("--scheduler", default=None, help="Address of a running Dask scheduler (tcp://host:8786).")
+@click.option("--endpoint-url", default=None, help="S3 endpoint of a copy (e.g. http://127.0.0.1:9000).")
+@click.option(
+    "--source",
+    default=None,
+    help="s3://bucket[/prefix] (prefix holds the size folders; default prefix ava-256) or a local directory "
+    "(a bucket root, a size folder, or a folder of captures). [default: the public release bucket]",
+)
+@click.option("--retries", default=6, type=click.IntRange(min=1), help="Attempts per object before it fails.")
+@click.option("--reserve", default=0.0, type=click.FloatRange(min=0), help="GB of disk to leave free on OUT.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def fetch_cmd(
+    out: str,
+    size: str,
+    n: int | None,
+    captures: str | None,
+    assets: str,
+    cameras: str | None,
+    workers: int,
+    processes: bool,
+    scheduler: str | None,
+    endpoint_url: str | None,
+    source: str | None,
+    retries: int,
+    reserve: float,
+    progress: bool,
+) -> None:
+    """Download captures into OUT/<mcd--mct--sid>/... (keys as in the bucket) with size + ETag checks, sha256,
+    resume and retries; writes OUT/_manifests/fetch.parquet. Re-running skips what is already there.
+    Exits 1 if any object failed (they are listed, and a re-run retries them)."""
+    from ava256.pipeline.fetch import fetch
+
+    try:
+        summary = fetch(
+            out, size, n=n, captures=captures, assets=assets, cameras=cameras, workers=workers,
+            endpoint_url=endpoint_url, source=source, scheduler=scheduler, processes=processes,
+            progress=progress, retries=retries, reserve_bytes=int(reserve * 1e9),
+        )  # fmt: skip
+    except (ValueError, LookupError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in summary.lines():
+        click.echo(line)
+    if not summary.ok:
+        raise SystemExit(1)
+
+
 # [cli:verify] ------------------------------------------------------------------------------------------
+
+
+@cli.command("verify")
+@click.argument("out", type=click.Path(file_okay=False, exists=True))
+@click.option("--workers", "-j", default=8, type=click.IntRange(min=1), help="Files hashed concurrently.")
+@click.option("--processes", is_flag=True, help="Use worker processes instead of threads (LocalCluster).")
+@click.option("--scheduler", default=None, help="Address of a running Dask scheduler (tcp://host:8786).")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def verify_cmd(out: str, workers: int, processes: bool, scheduler: str | None, progress: bool) -> None:
+    """Re-hash every file of a fetched raw tree against OUT/_manifests/fetch.parquet. Missing or corrupt files
+    are reported and marked in the manifest, so `ava256 fetch` downloads them again. Exits 1 if any."""
+    from ava256.pipeline.verify import verify
+
+    try:
+        summary = verify(out, workers, scheduler=scheduler, processes=processes, progress=progress)
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in summary.lines():
+        click.echo(line)
+    if not summary.clean:
+        raise SystemExit(1)
+
 
 # [cli:repack] ------------------------------------------------------------------------------------------
 

@@ -1,0 +1,109 @@
+"""The fetch manifest ``OUT/_manifests/fetch.parquet``: one row per object of the raw tree.
+
+Pure pyarrow; no Dask. Rows are plain dicts keyed by the schema's column names; ``(capture, key)`` is unique.
+Writes are atomic (temp file in the same directory + ``os.replace``), so a crash never leaves a torn manifest.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST_DIR = "_manifests"
+FETCH_MANIFEST = "fetch.parquet"
+
+#: Object status values.
+STATUS_OK = "ok"  # present, size (+ ETag/MD5 where single-part) checked, sha256 recorded
+STATUS_FAILED = "failed"  # download failed after retries / mismatch after one re-download; see ``error``
+STATUS_MISSING = "missing"  # verify: the local file is gone
+STATUS_CORRUPT = "corrupt"  # verify: the local file no longer matches its size/sha256
+STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_MISSING, STATUS_CORRUPT)
+
+FETCH_SCHEMA = pa.schema(
+    [
+        pa.field(
+            "capture", pa.string(), nullable=False
+        ),  # canonical capture folder, e.g. 20230405--1635--AAN112
+        pa.field("asset", pa.string()),  # catalog asset: meta, image, segmentation, ...
+        pa.field("key", pa.string(), nullable=False),  # key relative to the capture folder
+        pa.field("path", pa.string(), nullable=False),  # file path relative to OUT (posix)
+        pa.field("source", pa.string()),  # where it came from: s3://bucket/key or a local path
+        pa.field("bytes", pa.int64()),  # object size (bytes)
+        pa.field("etag", pa.string()),  # S3 ETag without quotes ("" for a local source)
+        pa.field("md5", pa.string()),  # hex MD5 of the content when the ETag is single-part, else ""
+        pa.field("sha256", pa.string()),  # hex sha256 of the content, computed while streaming
+        pa.field("status", pa.string(), nullable=False),  # one of STATUSES
+        pa.field("error", pa.string()),  # reason for a non-ok status, "" when ok
+        pa.field("attempts", pa.int32()),  # HTTP attempts used by the last fetch of this object
+        pa.field("resumed_from", pa.int64()),  # bytes already on disk (.part) when the last fetch started
+        pa.field("seconds", pa.float64()),  # wall time of the last fetch of this object
+        pa.field("mtime_ns", pa.int64()),  # st_mtime_ns of the local file when it was written/verified
+        pa.field("time", pa.timestamp("us", tz="UTC")),  # when the row was last written
+    ]
+)
+COLUMNS = tuple(FETCH_SCHEMA.names)
+
+
+def manifest_path(out: str | os.PathLike) -> Path:
+    return Path(out) / MANIFEST_DIR / FETCH_MANIFEST
+
+
+def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write ``table`` to ``path`` atomically (temp file beside it, fsync, ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pq.write_table(table, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def rows_to_table(rows: Iterable[dict]) -> pa.Table:
+    """Rows (dicts) -> table in FETCH_SCHEMA, sorted by (capture, key). Missing columns become null."""
+    ordered = sorted(rows, key=lambda r: (r["capture"], r["key"]))
+    cols = {name: [r.get(name) for r in ordered] for name in COLUMNS}
+    return pa.table(cols, schema=FETCH_SCHEMA)
+
+
+def write_fetch_manifest(out: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    """Atomically write the rows as ``OUT/_manifests/fetch.parquet``; returns its path."""
+    path = manifest_path(out)
+    write_parquet_atomic(rows_to_table(rows), path)
+    return path
+
+
+def read_fetch_manifest(out: str | os.PathLike) -> dict[tuple[str, str], dict]:
+    """Read ``OUT/_manifests/fetch.parquet`` as ``{(capture, key): row}``; empty if there is none yet.
+
+    Raises ValueError naming the file if it exists but is not a readable fetch manifest."""
+    path = manifest_path(out)
+    if not path.exists():
+        return {}
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for a torn/foreign file
+        raise ValueError(f"cannot read fetch manifest {path}: {exc}") from exc
+    missing = set(COLUMNS) - set(table.column_names)
+    required = {"capture", "key", "path", "status"}
+    if missing & required:
+        raise ValueError(f"{path} is not a fetch manifest: lacks column(s) {sorted(missing & required)}")
+    rows = {}
+    for row in table.to_pylist():
+        for name in missing:
+            row[name] = None
+        rows[(row["capture"], row["key"])] = row
+    return rows

@@ -1,0 +1,140 @@
+"""``ava256 verify``: re-hash a fetched raw tree against ``OUT/_manifests/fetch.parquet``.
+
+One Dask task per file (sha256 of the whole file, streamed). A file that is gone is marked ``missing``, one whose
+size or sha256 differs ``corrupt``; both keep their recorded sha256/etag, so the next ``ava256 fetch OUT``
+downloads them again (and only them). Intact files get their current mtime recorded, so the fast "already
+present" check of fetch holds for them again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ava256.manifests.fetch import (
+    STATUS_CORRUPT,
+    STATUS_FAILED,
+    STATUS_MISSING,
+    STATUS_OK,
+    manifest_path,
+    read_fetch_manifest,
+    write_fetch_manifest,
+)
+from ava256.pipeline.fetch import hash_file
+
+log = logging.getLogger(__name__)
+
+
+def verify_file(out: str, path: str, size: int, sha256: str) -> tuple[str, str, int | None, int]:
+    """Check ``OUT/path`` against (size, sha256): (status, error, mtime_ns, bytes read)."""
+    p = Path(out) / path
+    try:
+        st = p.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return STATUS_MISSING, f"file is gone: {p}", None, 0
+    if st.st_size != size:
+        return STATUS_CORRUPT, f"size {st.st_size} != {size} recorded", st.st_mtime_ns, 0
+    try:
+        n, sha, _ = hash_file(p)
+    except OSError as exc:
+        return STATUS_CORRUPT, f"unreadable: {exc}", st.st_mtime_ns, 0
+    if sha != sha256:
+        return STATUS_CORRUPT, f"sha256 {sha[:16]}… != {sha256[:16]}… recorded", st.st_mtime_ns, n
+    return STATUS_OK, "", st.st_mtime_ns, n
+
+
+@dataclass
+class VerifySummary:
+    out: Path
+    checked: int = 0
+    ok: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+    problems: list[dict] = field(default_factory=list)  # rows now missing/corrupt
+    not_fetched: list[dict] = field(default_factory=list)  # rows that failed to download (not checked)
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems and not self.not_fetched
+
+    def lines(self) -> list[str]:
+        rate = self.bytes_read / 1e6 / self.seconds if self.seconds else 0.0
+        out = [
+            f"verify {self.out}: {self.checked} files checked, {self.ok} ok, {len(self.problems)} bad, "
+            f"{len(self.not_fetched)} never fetched; {self.bytes_read / 1e6:.1f} MB hashed in {self.seconds:.1f} s "
+            f"({rate:.1f} MB/s)"
+        ]
+        for row in self.problems[:20]:
+            out.append(f"  {row['status'].upper()} {row['path']}: {row['error']}")
+        for row in self.not_fetched[:10]:
+            out.append(f"  NOT FETCHED {row['path']}: {row['error']}")
+        if self.problems or self.not_fetched:
+            out.append("  run `ava256 fetch` again (same arguments) to download these again")
+        return out
+
+
+def verify(
+    out: str | os.PathLike,
+    workers: int = 8,
+    *,
+    scheduler: str | None = None,
+    processes: bool = False,
+    client=None,
+    progress: bool = True,
+) -> VerifySummary:
+    """Re-hash every recorded file of ``out`` and update the manifest (see the module doc).
+
+    Raises FileNotFoundError if ``out`` has no fetch manifest."""
+    t0 = time.perf_counter()
+    out = Path(out).expanduser().resolve()
+    rows = read_fetch_manifest(out)
+    if not rows:
+        raise FileNotFoundError(
+            f"no fetch manifest at {manifest_path(out)}; run `ava256 fetch {out} …` first"
+        )
+    summary = VerifySummary(out)
+    todo = [r for r in rows.values() if r["status"] != STATUS_FAILED and r.get("sha256")]
+    summary.not_fetched = [r for r in rows.values() if r["status"] == STATUS_FAILED]
+    if todo:
+        if client is None:
+            from ava256.pipeline.cluster import dask_client
+
+            with dask_client(workers, processes=processes, scheduler=scheduler) as c:
+                _run(c, out, todo, rows, summary, progress)
+        else:
+            _run(client, out, todo, rows, summary, progress)
+    write_fetch_manifest(out, rows.values())
+    summary.seconds = time.perf_counter() - t0
+    for line in summary.lines():
+        log.info(line)
+    return summary
+
+
+def _run(client, out: Path, todo: list[dict], rows: dict, summary: VerifySummary, progress: bool) -> None:
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    futs = {
+        client.submit(verify_file, str(out), r["path"], r["bytes"], r["sha256"], pure=False): r for r in todo
+    }
+    with tqdm(total=sum(r["bytes"] or 0 for r in todo), unit="B", unit_scale=True, unit_divisor=1000,
+              desc=f"verify {len(todo)} files", disable=not progress) as bar:  # fmt: skip
+        for fut in as_completed(futs):
+            row = dict(futs[fut])
+            status, error, mtime_ns, n = fut.result()
+            summary.checked += 1
+            summary.bytes_read += n
+            bar.update(row["bytes"] or 0)
+            row["status"], row["error"], row["time"] = status, error, datetime.now(timezone.utc)
+            if mtime_ns is not None:
+                row["mtime_ns"] = mtime_ns
+            if status == STATUS_OK:
+                summary.ok += 1
+            else:
+                summary.problems.append(row)
+            rows[(row["capture"], row["key"])] = row
+    summary.problems.sort(key=lambda r: r["path"])
