@@ -25,6 +25,79 @@ def cli(verbose: int) -> None:
 
 # [cli:synth] ------------------------------------------------------------------------------------------
 
+
+def _parse_wxh(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        w, h = (int(x) for x in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected WIDTHxHEIGHT like 64x96, got {value!r}") from None
+    return w, h
+
+
+@cli.command("synth")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--captures", default=2, type=click.IntRange(1, 256), help="Number of captures (first N ids).")
+@click.option("--cameras", default=8, type=click.IntRange(1, 200), help="Dome cameras per capture.")
+@click.option("--frames", default=40, type=click.IntRange(1), help="Frames per capture.")
+@click.option(
+    "--size", default="4TB", help="Release size to imitate: 4TB, 8TB (667x1024) or 16TB, 32TB (1334x2048)."
+)
+@click.option("--seed", default=0, type=int, help="Random seed; the output is a pure function of it.")
+@click.option(
+    "--image-size", default=None, help="Override the image size, WIDTHxHEIGHT (e.g. 64x96 for tests)."
+)
+@click.option(
+    "--texture-size", default=None, type=click.IntRange(4), help="Override the 1024 uv texture size."
+)
+@click.option("--drop-rate", default=0.001, type=click.FloatRange(0, 1), help="Fraction of dropped frames.")
+@click.option("--prefix", default="ava-256", help="Key prefix above the size folder.")
+@click.option("--workers", "-j", default=1, type=click.IntRange(1), help="Captures generated in parallel.")
+def synth_cmd(
+    out, captures, cameras, frames, size, seed, image_size, texture_size, drop_rate, prefix, workers
+):
+    """Write synthetic, format-exact captures as a bucket-shaped tree OUT/{prefix}/{size}/{capture}/...
+
+    Serve OUT with a local S3 server, or point `ava256 fetch --source OUT/ava-256/4TB` at it."""
+    import time
+    from pathlib import Path
+
+    from ava256.synth.generate import generate_bucket
+
+    wh = _parse_wxh(image_size)
+    t0 = time.perf_counter()
+    try:
+        ids = generate_bucket(
+            Path(out),
+            size=size,
+            captures=captures,
+            cameras=cameras,
+            frames=frames,
+            seed=seed,
+            prefix=prefix,
+            image_size=wh,
+            texture_size=texture_size,
+            workers=workers,
+            drop_rate=drop_rate,
+        )
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    from ava256.capture import parse_size
+
+    root = Path(out) / prefix / parse_size(size).name if prefix else Path(out) / parse_size(size).name
+    nbytes = nfiles = 0
+    for cid in ids:
+        files = [p for p in (root / cid.folder).rglob("*") if p.is_file()]
+        nfiles += len(files)
+        nbytes += sum(p.stat().st_size for p in files)
+        click.echo(f"{root / cid.folder}  ({len(files)} files)")
+    click.echo(
+        f"wrote {len(ids)} capture(s), {nfiles} files, {nbytes / 1e6:.1f} MB under {root} "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
+
+
 # [cli:fetch] ------------------------------------------------------------------------------------------
 
 
