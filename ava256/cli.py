@@ -191,8 +191,82 @@ def verify_cmd(out: str, workers: int, processes: bool, scheduler: str | None, p
 
 
 # [cli:repack] ------------------------------------------------------------------------------------------
+@cli.command("repack")
+@click.argument("raw", type=click.Path(file_okay=False, path_type=str))
+@click.argument("store", type=click.Path(file_okay=False, path_type=str))
+@click.option(
+    "--captures",
+    default=None,
+    help="Only these captures: a comma list of folders (mcd--mct--sid) or a CSV file with columns mcd,sid,mct. "
+    "Default: every capture folder under RAW.",
+)
+@click.option(
+    "--downsample",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Store camera images (and labels) at 1/k of the "
+    "raw size: area filter for images, nearest for labels; intrinsics are scaled to match.",
+)
+@click.option(
+    "--codec",
+    type=click.Choice(["blosc-zstd", "blosc-lz4", "zstd", "none"]),
+    default="blosc-lz4",
+    help="Compressor of the uint8 picture arrays (chosen by benchmarks/repack.py; see README).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Local Dask worker processes [default: CPU count].",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    help="Address of a running Dask scheduler (tcp://host:8786) instead of a local cluster.",
+)
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def repack_cmd(raw, store, captures, downsample, codec, workers, scheduler, no_progress):
+    """Decode the raw tree RAW (as written by `ava256 fetch`) into sharded Zarr v3 stores under STORE:
+    STORE/<capture>.zarr plus STORE/_manifests/{repack,samples}.parquet. Re-running skips finished work;
+    a capture whose raw files changed is redone."""
+    from ava256.pipeline.repack import repack
+
+    try:
+        summary = repack(
+            raw,
+            store,
+            captures=captures,
+            downsample=downsample,
+            codec=codec,
+            workers=workers,
+            scheduler=scheduler,
+            progress=not no_progress,
+        )
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"repack: {summary.line()}")
+    for cap, reason in summary.failed_captures.items():
+        click.echo(f"  FAILED {cap}: {reason}", err=True)
+    if summary.failed_captures or summary.tasks_failed:
+        raise SystemExit(1)
+
 
 # [cli:info] ------------------------------------------------------------------------------------------
+@cli.command("info")
+@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def info_cmd(store, as_json):
+    """Summarise a repacked STORE: captures, frames, cameras, sizes, invalid counts per asset."""
+    import json
+
+    from ava256.store.info import format_store_info, store_info
+
+    try:
+        info = store_info(store)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(info, indent=2) if as_json else format_store_info(info))
+
 
 # [cli:split] ------------------------------------------------------------------------------------------
 

@@ -1,0 +1,514 @@
+"""``ava256 repack RAW STORE``: decode a raw tree once into per-capture sharded Zarr v3 stores + manifests.
+
+The driver (this module):
+
+1. finds the captures under RAW and hashes each one's raw inputs (its rows of ``RAW/_manifests/fetch.parquet``,
+   or, without a fetch manifest, the size + mtime of every file: :func:`repack_tasks.hash_tree_stat`);
+2. probes each capture on the cluster (calibration, frame lists, stats, image sizes);
+3. for a capture that is new, whose hash / downsample / codec / format version changed: (re)creates its group
+   with every array (metadata only), writes camera arrays and stats;
+4. plans tasks (capture, asset, camera, shard-aligned frame range), drops those already done (manifest row
+   ``done`` with the same source hash AND every shard file present), and runs the rest on Dask with a bounded
+   number in flight;
+5. as results come back: writes their ``valid/<asset>`` slices (the driver is the only writer of masks), then
+   their manifest rows (per-capture part files, atomically; consolidated into ``repack.parquet`` at the end);
+6. writes ``samples.parquet`` from the stores.
+
+A task writes whole shards before its row exists, so a crash at any point loses at most the tasks in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from ava256 import capture as cat
+from ava256.manifests import repack as rm
+from ava256.manifests import samples as sm
+from ava256.manifests.atomic import write_table_atomic
+from ava256.pipeline import repack_tasks as rt
+from ava256.store import layout as L
+
+log = logging.getLogger(__name__)
+
+PARTS_DIR = "repack.parts"  # STORE/_manifests/repack.parts/<capture>.parquet while a run is going
+
+
+@dataclass
+class RepackSummary:
+    """What a run did (counts over this run's tasks; ``skipped`` = already done before)."""
+
+    captures: list[str] = field(default_factory=list)
+    recreated: list[str] = field(default_factory=list)
+    failed_captures: dict[str, str] = field(default_factory=dict)
+    tasks_total: int = 0
+    tasks_run: int = 0
+    tasks_skipped: int = 0
+    tasks_failed: int = 0
+    frames_invalid: int = 0
+    images_written: int = 0
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+
+    def line(self) -> str:
+        return (
+            f"{len(self.captures)} capture(s) ({len(self.recreated)} (re)created, {len(self.failed_captures)} failed); "
+            f"tasks: {self.tasks_run} run, {self.tasks_skipped} skipped, {self.tasks_failed} failed; "
+            f"{self.frames_invalid} invalid frame slots; {self.images_written} camera images; "
+            f"{self.seconds:.1f} s; peak worker RSS {self.peak_rss_mb:.0f} MiB"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Discovery
+# ---------------------------------------------------------------------------------------------------------
+
+
+def parse_captures_arg(value: str | Sequence[str] | None) -> list[str] | None:
+    """``--captures``: a comma list of capture folders, or a CSV file with columns mcd, sid, mct. Returns
+    canonical folder names, or None for all."""
+    if value is None or value == "" or value == ():
+        return None
+    if isinstance(value, str):
+        p = Path(value)
+        if p.is_file():
+            return [c.folder for c in cat.read_capture_ids_csv(p.read_text().splitlines())]
+        items = [v for v in value.split(",") if v.strip()]
+    else:
+        items = list(value)
+    return [cat.CaptureId.parse(v).folder for v in items]
+
+
+def discover_captures(
+    raw: str | os.PathLike[str], only: Sequence[str] | None = None
+) -> list[rt.CaptureSource]:
+    """Capture folders directly under RAW (either spelling), each hashed. FileNotFoundError if RAW is
+    missing; ValueError if a requested capture is not there."""
+    raw = Path(raw)
+    if not raw.is_dir():
+        raise FileNotFoundError(f"raw tree {raw} does not exist")
+    found: dict[str, Path] = {}
+    for p in sorted(raw.iterdir()):
+        if not p.is_dir():
+            continue
+        try:
+            cid = cat.CaptureId.parse(p.name)
+        except ValueError:
+            continue
+        found.setdefault(cid.folder, p)
+    if only is not None:
+        missing = [c for c in only if c not in found]
+        if missing:
+            raise ValueError(f"capture(s) not found under {raw}: {', '.join(missing)}")
+        found = {c: found[c] for c in only}
+    fetch_rows = _fetch_rows_by_capture(raw)
+    out = []
+    for folder, p in found.items():
+        rows = fetch_rows.get(folder)
+        if rows:
+            h, method = rt.hash_fetch_rows(rows), "fetch-manifest"
+        else:
+            h, method = rt.hash_tree_stat(p), "stat"
+        out.append(rt.CaptureSource(folder, str(p), p.name, h, method))
+    return out
+
+
+def _fetch_rows_by_capture(raw: Path) -> dict[str, list[dict[str, Any]]]:
+    """Rows of ``RAW/_manifests/fetch.parquet`` (DESIGN.md columns capture, key, bytes, etag, sha256,
+    status) by capture; empty without a fetch manifest. ValueError naming the file if it is unreadable."""
+    import pyarrow.parquet as pq
+
+    path = raw / L.MANIFESTS_DIR / "fetch.parquet"
+    if not path.is_file():
+        return {}
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a torn/foreign file
+        raise ValueError(f"cannot read fetch manifest {path}: {exc}") from exc
+    if not {"capture", "key"} <= set(table.column_names):
+        raise ValueError(f"{path} is not a fetch manifest (needs columns capture, key)")
+    cols = [c for c in ("capture", "key", "bytes", "etag", "sha256", "status") if c in table.column_names]
+    by: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in table.select(cols).to_pylist():
+        by[str(row["capture"])].append(row)
+    return by
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Manifest bookkeeping
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ManifestBook:
+    """Rows of ``repack.parquet`` by capture; dirty captures are flushed to part files atomically and
+    everything is consolidated into ``repack.parquet`` by :meth:`consolidate`."""
+
+    def __init__(self, store: str):
+        self.path = Path(L.manifests_path(store, rm.REPACK_MANIFEST))
+        self.parts = self.path.parent / PARTS_DIR
+        self.rows: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)  # capture -> task_id -> row
+        frames = [rm.read_repack_manifest(self.path)]
+        if self.parts.is_dir():
+            frames += [rm.read_repack_manifest(p) for p in sorted(self.parts.glob("*.parquet"))]
+        for df in frames:
+            for row in df.to_dict("records"):
+                self.rows[row["capture"]][row["task_id"]] = row
+        self.dirty: set[str] = set()
+
+    def drop_capture(self, capture: str) -> None:
+        self.rows.pop(capture, None)
+        self.dirty.add(capture)
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows[row["capture"]][row["task_id"]] = {k: row[k] for k in rm.COLUMNS}
+        self.dirty.add(row["capture"])
+
+    def flush(self) -> None:
+        for capture in sorted(self.dirty):
+            rows = list(self.rows.get(capture, {}).values())
+            write_table_atomic(rm.rows_to_table(rows), self.parts / f"{capture}.parquet")
+        self.dirty.clear()
+
+    def consolidate(self) -> None:
+        self.flush()
+        rows = [r for cap in sorted(self.rows) for _, r in sorted(self.rows[cap].items())]
+        rm.write_repack_manifest(rm.rows_to_table(rows), self.path)
+        if self.parts.is_dir():
+            for p in self.parts.glob("*.parquet"):
+                p.unlink()
+            with contextlib.suppress(OSError):
+                self.parts.rmdir()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cluster
+# ---------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _client(scheduler: str | None, workers: int | None, processes: bool, client: Any) -> Iterator[Any]:
+    """The given client, or :func:`ava256.pipeline.cluster.dask_client`: a running scheduler, or a LocalCluster
+    of ``workers`` single-threaded worker processes (decoding is CPU-bound; default: the CPU count)."""
+    from ava256.pipeline.cluster import dask_client
+
+    if client is not None:
+        yield client
+        return
+    with dask_client(workers or os.cpu_count() or 1, processes=processes, scheduler=scheduler) as c:
+        yield c
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _store_matches(store_path: str, src: rt.CaptureSource, downsample: int, codec: str) -> bool:
+    """True if a capture group exists with the same source hash, downsample, codec and format version."""
+    try:
+        g = L.open_capture_group(store_path, mode="r")
+    except FileNotFoundError:
+        return False
+    a = g.attrs
+    return (
+        a.get(L.ATTR_SOURCE_HASH) == src.source_hash
+        and a.get(L.ATTR_DOWNSAMPLE) == downsample
+        and a.get(L.ATTR_CODEC) == codec
+        and a.get(L.ATTR_FORMAT_VERSION) == L.FORMAT_VERSION
+    )
+
+
+def _shards_present(store_path: str, keys: Sequence[str]) -> bool:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(store_path)
+    return all(fs.exists(f"{root.rstrip('/')}/{k}") for k in keys)
+
+
+def repack(
+    raw: str | os.PathLike[str],
+    store: str | os.PathLike[str],
+    *,
+    captures: str | Sequence[str] | None = None,
+    downsample: int = 1,
+    codec: str = L.DEFAULT_CODEC,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    processes: bool = True,
+    max_frames_per_shard: int = L.MAX_FRAMES_PER_SHARD,
+    task_target_frames: int = rt.TASK_TARGET_FRAMES,
+    flush_seconds: float = 10.0,
+    progress: bool = True,
+) -> RepackSummary:
+    """Repack the captures under ``raw`` into ``store`` (see the module docstring). Idempotent and
+    resumable: re-running skips finished tasks; a capture whose raw inputs or options changed is redone.
+
+    ``max_frames_per_shard`` caps the frames per shard (tests use small values to get several shards)."""
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    if codec not in L.CODECS:
+        raise ValueError(f"unknown codec {codec!r}; expected one of {', '.join(L.CODECS)}")
+    if int(downsample) < 1:
+        raise ValueError(f"--downsample must be >= 1, got {downsample}")
+    downsample = int(downsample)
+    store = os.fspath(store)
+    Path(store).mkdir(parents=True, exist_ok=True)
+    sources = discover_captures(raw, parse_captures_arg(captures))
+    if not sources:
+        raise ValueError(f"no capture folders (mcd--mct--sid) under {raw}")
+    book = ManifestBook(store)
+    summary = RepackSummary(captures=[s.folder for s in sources])
+
+    with _client(scheduler, workers, processes, client) as c:
+        # 1. probe every capture on the cluster
+        futs = {s.folder: c.submit(rt.probe_capture, s, downsample, pure=False) for s in sources}
+        plans: dict[str, rt.CapturePlan] = {}
+        for s in sources:
+            try:
+                plans[s.folder] = futs[s.folder].result()
+            except Exception as exc:  # noqa: BLE001 - a capture that cannot be probed is recorded, others go on
+                log.error("capture %s cannot be repacked: %s", s.folder, exc)
+                summary.failed_captures[s.folder] = str(exc)
+                book.add(_capture_failure_row(s, str(exc)))
+
+        # 2. (re)create stores, plan tasks, drop finished ones
+        todo: list[rt.RepackTask] = []
+        specs_by_capture: dict[str, dict[str, L.ArraySpec]] = {}
+        for folder, plan in plans.items():
+            path = L.capture_store_path(store, folder)
+            specs = L.array_specs(plan.geometry, codec, max_frames_per_shard)
+            specs_by_capture[folder] = specs
+            src = next(s for s in sources if s.folder == folder)
+            if not _store_matches(path, src, downsample, codec):
+                log.info("creating %s (source hash %s via %s)", path, src.source_hash[:12], src.hash_method)
+                group = L.create_capture_group(
+                    path,
+                    plan.geometry,
+                    rt.group_attrs(plan, downsample, codec),
+                    codec=codec,
+                    max_frames_per_shard=max_frames_per_shard,
+                )
+                rt.write_capture_metadata(group, plan)
+                book.drop_capture(folder)
+                summary.recreated.append(folder)
+            book.add(_probe_row(plan))
+            done = book.rows.get(folder, {})
+            for task in rt.plan_tasks(plan, path, specs, task_target_frames):
+                summary.tasks_total += 1
+                row = done.get(task.task_id)
+                if (
+                    row is not None
+                    and row["status"] == rm.STATUS_DONE
+                    and row["source_hash"] == plan.source_hash
+                    and _shards_present(path, rt.task_shard_keys(task, specs))
+                ):
+                    summary.tasks_skipped += 1
+                    continue
+                todo.append(task)
+        book.flush()
+
+        # 3. run the tasks, a bounded number in flight; masks then manifest rows as results arrive
+        n_workers = max(1, len(c.scheduler_info(n_workers=-1).get("workers", {})) or (workers or 1))
+        window = 4 * n_workers
+        pending: list[dict[str, Any]] = []
+        by_id = {t.task_id: t for t in todo}
+        last_flush = time.monotonic()
+        bar = tqdm(total=len(todo), desc="repack", unit="task", disable=not progress)
+        it = iter(todo)
+        ac = as_completed()
+        for task in _take(it, window):
+            ac.add(c.submit(rt.run_task, task, key=f"repack-{task.task_id}", pure=False))
+        for fut in ac:
+            try:
+                res = fut.result()
+            except Exception as exc:  # noqa: BLE001 - e.g. a worker killed for memory
+                task = by_id[fut.key.removeprefix("repack-")]
+                res = _failed_row(task, f"{type(exc).__name__}: {exc}")
+            fut.release()
+            pending.append(res)
+            bar.update(1)
+            for task in _take(it, 1):
+                ac.add(c.submit(rt.run_task, task, key=f"repack-{task.task_id}", pure=False))
+            if time.monotonic() - last_flush > flush_seconds:
+                _apply_results(pending, by_id, specs_by_capture, store, book, summary)
+                pending.clear()
+                last_flush = time.monotonic()
+        _apply_results(pending, by_id, specs_by_capture, store, book, summary)
+        bar.close()
+
+    # 4. mark complete captures, consolidate the manifest, write samples.parquet
+    for folder in plans:
+        rows = book.rows.get(folder, {}).values()
+        ok = all(r["status"] == rm.STATUS_DONE for r in rows)
+        g = L.open_capture_group(L.capture_store_path(store, folder), mode="r+")
+        g.attrs[L.ATTR_COMPLETE] = bool(ok)
+    book.consolidate()
+    write_samples_manifest(store)
+    summary.seconds = time.perf_counter() - t0
+    log.info("repack: %s", summary.line())
+    return summary
+
+
+def _take(it: Iterator[rt.RepackTask], n: int) -> list[rt.RepackTask]:
+    out = []
+    for _ in range(n):
+        try:
+            out.append(next(it))
+        except StopIteration:
+            break
+    return out
+
+
+def _apply_results(
+    results: list[dict[str, Any]],
+    by_id: dict[str, rt.RepackTask],
+    specs_by_capture: dict[str, dict[str, L.ArraySpec]],
+    store: str,
+    book: ManifestBook,
+    summary: RepackSummary,
+) -> None:
+    """Write the valid masks of finished tasks (driver-only writes), then record their manifest rows."""
+    groups: dict[str, Any] = {}
+    for res in results:
+        task = by_id[res["task_id"]]
+        if res["status"] == rm.STATUS_DONE:
+            g = groups.get(task.capture)
+            if g is None:
+                g = groups[task.capture] = L.open_capture_group(task.store_path, mode="r+")
+            mask = np.asarray(res["valid"], dtype=bool)
+            vname = L.valid_name(task.asset)
+            if task.camera_index >= 0:
+                g[vname][task.frame_start : task.frame_stop, task.camera_index] = mask
+            else:
+                g[vname][task.frame_start : task.frame_stop] = mask
+            summary.frames_invalid += int(res["n_frames"] - res["n_valid"])
+            if task.asset == "image":
+                summary.images_written += int(res["n_frames"])
+        else:
+            summary.tasks_failed += 1
+        summary.tasks_run += 1
+        summary.peak_rss_mb = max(summary.peak_rss_mb, float(res["peak_rss_mb"]))
+    for res in results:
+        book.add(res)
+    book.flush()
+
+
+def _base_row(capture: str, task_id: str, source_hash: str) -> dict[str, Any]:
+    from datetime import datetime, timezone
+
+    return {
+        "capture": capture,
+        "task_id": task_id,
+        "asset": "meta",
+        "camera_id": "",
+        "camera_index": -1,
+        "frame_start": 0,
+        "frame_stop": 0,
+        "status": rm.STATUS_DONE,
+        "n_frames": 0,
+        "n_valid": 0,
+        "n_missing": 0,
+        "n_corrupt": 0,
+        "errors": [],
+        "seconds": 0.0,
+        "peak_rss_mb": 0.0,
+        "source_hash": source_hash,
+        "worker": "driver",
+        "finished_at": datetime.now(timezone.utc),
+    }
+
+
+def _probe_row(plan: rt.CapturePlan) -> dict[str, Any]:
+    """The ``meta`` row of a capture: probe-level problems (missing stats, undecodable assets)."""
+    row = _base_row(plan.folder, f"{plan.folder}/meta", plan.source_hash)
+    row["errors"] = list(plan.errors)
+    return row
+
+
+def _capture_failure_row(src: rt.CaptureSource, reason: str) -> dict[str, Any]:
+    row = _base_row(src.folder, f"{src.folder}/meta", src.source_hash)
+    row["status"] = rm.STATUS_FAILED
+    row["errors"] = [{"capture": src.folder, "file": src.rel, "member": "", "reason": reason}]
+    return row
+
+
+def _failed_row(task: rt.RepackTask, reason: str) -> dict[str, Any]:
+    row = _base_row(task.capture, task.task_id, task.source_hash)
+    row.update(
+        asset=task.asset,
+        camera_id=task.camera_id,
+        camera_index=task.camera_index,
+        frame_start=task.frame_start,
+        frame_stop=task.frame_stop,
+        status=rm.STATUS_FAILED,
+        n_frames=task.frame_stop - task.frame_start,
+        errors=[
+            {
+                "capture": task.capture,
+                "file": f"{task.raw_rel}/{task.source_key}",
+                "member": "",
+                "reason": reason,
+            }
+        ],
+        worker="?",
+    )
+    row["valid"] = []
+    return row
+
+
+# ---------------------------------------------------------------------------------------------------------
+# samples.parquet
+# ---------------------------------------------------------------------------------------------------------
+
+
+def capture_samples_table(store: str, folder: str) -> pa.Table:
+    """samples rows of one capture store, from its attrs and ``valid/*`` masks (absent asset = invalid)."""
+    g = L.open_capture_group(L.capture_store_path(store, folder), mode="r")
+    a = g.attrs
+    F, C = len(a[L.ATTR_FRAME_IDS]), len(a[L.ATTR_CAMERA_IDS])
+
+    def mask(asset: str, shape: tuple[int, ...]) -> np.ndarray:
+        name = L.valid_name(asset)
+        return np.asarray(g[name][...], dtype=bool) if name in g else np.zeros(shape, dtype=bool)
+
+    vf = np.ones(F, dtype=bool)
+    for asset in ("head_pose", "vertices", "uv_texture"):
+        vf &= mask(asset, (F,))
+    return sm.capture_samples(
+        folder,
+        a.get(L.ATTR_SUBJECT) or cat.CaptureId.parse(folder).sid,
+        a[L.ATTR_FRAME_IDS],
+        a[L.ATTR_SEGMENTS],
+        a[L.ATTR_CAMERA_IDS],
+        mask("image", (F, C)),
+        mask("segmentation", (F, C)),
+        vf,
+    )
+
+
+def write_samples_manifest(store: str | os.PathLike[str]) -> Path:
+    """(Re)write ``STORE/_manifests/samples.parquet`` from every capture store, one capture at a time."""
+    store = os.fspath(store)
+    folders = L.list_capture_stores(store)
+    return sm.write_samples(
+        (capture_samples_table(store, f) for f in folders), L.manifests_path(store, sm.SAMPLES_MANIFEST)
+    )
+
+
+def read_repack_results(store: str | os.PathLike[str]) -> pd.DataFrame:
+    """The repack manifest of ``store`` as a DataFrame."""
+    return rm.read_repack_manifest(L.manifests_path(os.fspath(store), rm.REPACK_MANIFEST))

@@ -1,0 +1,615 @@
+"""The work of the repack stage as top-level, picklable functions of plain data (they run on Dask workers,
+in the driver, or in a test): hash a capture's raw inputs, probe it, plan its tasks, run one task.
+
+Nothing here knows about Dask; :mod:`ava256.pipeline.repack` builds and runs the graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import resource
+import socket
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from ava256 import capture as cat
+from ava256.formats.calibration import Calibration, read_calibration
+from ava256.formats.frame_list import read_frame_list
+from ava256.formats.head_pose import read_head_pose
+from ava256.formats.images import decode_gray, decode_labels, decode_rgb
+from ava256.formats.keypoints import read_keypoints
+from ava256.formats.ply import read_ply
+from ava256.formats.scalars import read_npy, read_scalar_txt
+from ava256.formats.zips import ZipReader
+from ava256.manifests.repack import STATUS_DONE, STATUS_FAILED
+from ava256.store import layout as L
+from ava256.store.resample import resize_labels, resize_rgb
+
+log = logging.getLogger(__name__)
+
+#: A task covers whole shards of one (asset, camera) and about this many frames (several shards for small
+#: per-frame arrays). It writes its shards one at a time, so its memory is one shard buffer.
+TASK_TARGET_FRAMES = 256
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sources and hashes
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaptureSource:
+    """A raw capture: canonical ``folder``, its directory ``root`` (``RAW/<folder as on disk>``), its path
+    relative to RAW (for error records) and the hash of its raw inputs."""
+
+    folder: str
+    root: str
+    rel: str
+    source_hash: str
+    hash_method: str  # "fetch-manifest" or "stat"
+
+
+def hash_fetch_rows(rows: Sequence[dict[str, Any]]) -> str:
+    """sha256 over the sorted (key, bytes, sha256, etag, status) of a capture's fetch manifest rows."""
+    h = hashlib.sha256(b"fetch-manifest-v1\n")
+    for r in sorted(rows, key=lambda r: str(r.get("key"))):
+        h.update(
+            "\t".join(
+                str(r.get(k) if r.get(k) is not None else "")
+                for k in ("key", "bytes", "sha256", "etag", "status")
+            ).encode()
+        )
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def hash_tree_stat(root: str | os.PathLike[str]) -> str:
+    """sha256 over (relative path, size, mtime_ns) of every file under ``root`` (sorted): the fallback
+    identity of a raw capture that no fetch manifest describes (a copied-in or synthetic tree). Changing,
+    adding or touching any file changes it; no file content is read."""
+    root = Path(root)
+    h = hashlib.sha256(b"stat-v1\n")
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in filenames:
+            if name.endswith((".part", ".tmp")):
+                continue
+            p = Path(dirpath) / name
+            st = p.stat()
+            entries.append((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+    for rel, size, mtime in sorted(entries):
+        h.update(f"{rel}\t{size}\t{mtime}\n".encode())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Probe: everything the driver needs to create a capture's arrays (small reads only)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CapturePlan:
+    """What a probe learns about one raw capture (all small: metadata, stats, sizes)."""
+
+    folder: str
+    subject: str
+    root: str
+    rel: str
+    source_hash: str
+    geometry: L.CaptureGeometry
+    source_image_hw: tuple[int, int] | None
+    source_segmentation_hw: tuple[int, int] | None
+    frame_ids: list[int]
+    segments: list[str]
+    encoder_frame_ids: list[int]
+    calibration: Calibration
+    texture_mean: np.ndarray | None = None  # (T, T, 3) float32
+    texture_var: float = float("nan")
+    vertex_mean: np.ndarray | None = None  # (V, 3) float32
+    vertex_var: float = float("nan")
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+
+def _err(src_rel: str, capture: str, key: str, member: str, reason: str) -> dict[str, str]:
+    return {"capture": capture, "file": f"{src_rel}/{key}", "member": member, "reason": reason}
+
+
+def _first_decodable(
+    path: Path, members: Sequence[str], decode: Callable[[bytes], np.ndarray], tries: int = 8
+) -> np.ndarray | None:
+    """Decode the first readable member among ``members`` of the zip at ``path`` (None if none)."""
+    if not path.is_file():
+        return None
+    try:
+        with ZipReader(path) as z:
+            n = 0
+            for m in members:
+                if not z.has(m):
+                    continue
+                try:
+                    return decode(z.read(m))
+                except (ValueError, zipfile.BadZipFile, OSError):
+                    n += 1
+                    if n >= tries:
+                        return None
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+    return None
+
+
+def probe_capture(src: CaptureSource, downsample: int = 1) -> CapturePlan:
+    """Read a capture's calibration, frame lists, normalisation stats and one sample of each asset (to learn
+    image/texture/IR sizes). Raises ValueError/FileNotFoundError naming the capture and file when the
+    calibration or frame list is missing or unreadable (the capture cannot be repacked)."""
+    root = Path(src.root)
+    cap = cat.CaptureId.parse(src.folder)
+    errors: list[dict[str, str]] = []
+
+    def read(key: str) -> bytes:
+        p = root / key
+        if not p.is_file():
+            raise FileNotFoundError(f"capture {src.folder}: missing {src.rel}/{key}")
+        return p.read_bytes()
+
+    try:
+        calib = read_calibration(read(cat.CALIBRATION_KEY))
+        frames = read_frame_list(read(cat.FRAME_LIST_KEY))
+    except ValueError as exc:
+        raise ValueError(f"capture {src.folder}: {exc}") from exc
+    frame_ids = [int(x) for x in frames.frame_ids]
+    enc_ids: list[int] = []
+    if (root / cat.ENCODER_FRAME_LIST_KEY).is_file():
+        try:
+            enc_ids = [int(x) for x in read_frame_list(read(cat.ENCODER_FRAME_LIST_KEY)).frame_ids]
+        except ValueError as exc:
+            errors.append(_err(src.rel, src.folder, cat.ENCODER_FRAME_LIST_KEY, "", str(exc)))
+    cams = list(calib.camera_ids)
+
+    assets: list[str] = []
+    image_hw = seg_hw = None
+    for c in cams:
+        a = _first_decodable(root / cat.image_key(c), [cat.image_member(c, f) for f in frame_ids], decode_rgb)
+        if a is not None:
+            image_hw = (int(a.shape[0]), int(a.shape[1]))
+            break
+    if image_hw:
+        assets.append("image")
+        for c in cams:
+            a = _first_decodable(
+                root / cat.segmentation_key(c), [cat.segmentation_member(f) for f in frame_ids], decode_labels
+            )
+            if a is not None:
+                seg_hw = (int(a.shape[0]), int(a.shape[1]))
+                assets.append("segmentation")
+                break
+    elif any((root / cat.image_key(c)).is_file() for c in cams):
+        errors.append(_err(src.rel, src.folder, "decoder/image", "", "no camera image could be decoded"))
+
+    T = None
+    if (root / cat.TEXTURE_KEY).is_file():
+        a = _first_decodable(root / cat.TEXTURE_KEY, [cat.texture_member(f) for f in frame_ids], decode_rgb)
+        if a is not None and a.shape[0] == a.shape[1]:
+            T = int(a.shape[0])
+            assets.append("uv_texture")
+        else:
+            errors.append(
+                _err(src.rel, src.folder, cat.TEXTURE_KEY, "", "no square uv texture could be decoded")
+            )
+    V = None
+    if (root / cat.VERTICES_KEY).is_file():
+        a = _first_decodable(root / cat.VERTICES_KEY, [cat.vertices_member(f) for f in frame_ids], read_ply)
+        if a is not None:
+            V = int(a.shape[0])
+            assets.append("vertices")
+        else:
+            errors.append(_err(src.rel, src.folder, cat.VERTICES_KEY, "", "no mesh could be decoded"))
+    if (root / cat.KEYPOINTS_KEY).is_file():
+        assets.append("keypoints_3d")
+    if (root / cat.HEAD_POSE_KEY).is_file():
+        assets.append("head_pose")
+    enc_hw = None
+    if enc_ids:
+        for c in cat.ENCODER_CAMERAS:
+            a = _first_decodable(
+                root / cat.encoder_image_key(c), [cat.encoder_image_member(f) for f in enc_ids], decode_gray
+            )
+            if a is not None:
+                enc_hw = (int(a.shape[0]), int(a.shape[1]))
+                assets.append("encoder_image")
+                break
+
+    # normalisation stats
+    tex_mean = vert_mean = None
+    tex_var = vert_var = float("nan")
+    for key, kind in (
+        (cat.TEXTURE_MEAN_KEY, "tm"),
+        (cat.TEXTURE_VARIANCE_KEY, "tv"),
+        (cat.VERTICES_MEAN_KEY, "vm"),
+        (cat.VERTICES_VARIANCE_KEY, "vv"),
+    ):
+        if (
+            kind.startswith("t")
+            and "uv_texture" not in assets
+            or kind.startswith("v")
+            and "vertices" not in assets
+        ):
+            continue
+        try:
+            data = read(key)
+            if kind == "tm":
+                tex_mean = decode_rgb(data).astype(np.float32)
+                if tex_mean.shape != (T, T, 3):
+                    raise ValueError(f"texture mean has shape {tex_mean.shape}, expected {(T, T, 3)}")
+            elif kind == "tv":
+                tex_var = float(read_scalar_txt(data))
+            elif kind == "vm":
+                vert_mean = np.asarray(read_npy(data), dtype=np.float32).reshape(-1, 3)
+                if vert_mean.shape != (V, 3):
+                    raise ValueError(f"vertex mean has shape {vert_mean.shape}, expected {(V, 3)}")
+            else:
+                vert_var = float(read_scalar_txt(data))
+        except (FileNotFoundError, ValueError) as exc:
+            if kind == "tm":
+                tex_mean = None
+            if kind == "vm":
+                vert_mean = None
+            errors.append(_err(src.rel, src.folder, key, "", str(exc)))
+
+    out_hw = L.downsampled_size(image_hw, downsample) if image_hw else None
+    geom = L.CaptureGeometry(
+        n_frames=len(frame_ids),
+        camera_ids=tuple(cams),
+        image_hw=out_hw,
+        texture_size=T,
+        n_vertices=V,
+        n_encoder_frames=len(enc_ids),
+        encoder_hw=enc_hw,
+        assets=tuple(a for a in L.ASSET_ARRAYS if a in assets),
+    )
+    return CapturePlan(
+        folder=src.folder,
+        subject=cap.sid,
+        root=src.root,
+        rel=src.rel,
+        source_hash=src.source_hash,
+        geometry=geom,
+        source_image_hw=image_hw,
+        source_segmentation_hw=seg_hw,
+        frame_ids=frame_ids,
+        segments=[str(s) for s in frames.segments],
+        encoder_frame_ids=enc_ids,
+        calibration=calib,
+        texture_mean=tex_mean,
+        texture_var=tex_var,
+        vertex_mean=vert_mean,
+        vertex_var=vert_var,
+        errors=errors,
+    )
+
+
+def group_attrs(plan: CapturePlan, downsample: int, codec: str) -> dict[str, Any]:
+    """Group attributes of a capture store (keys from :mod:`ava256.store.layout`)."""
+    g = plan.geometry
+    return {
+        L.ATTR_CAPTURE_ID: plan.folder,
+        L.ATTR_SUBJECT: plan.subject,
+        L.ATTR_CAMERA_IDS: list(g.camera_ids),
+        L.ATTR_FRAME_IDS: list(plan.frame_ids),
+        L.ATTR_SEGMENTS: list(plan.segments),
+        L.ATTR_ENCODER_FRAME_IDS: list(plan.encoder_frame_ids),
+        L.ATTR_ENCODER_CAMERAS: list(cat.ENCODER_CAMERAS),
+        L.ATTR_TEXTURE_VAR: None if np.isnan(plan.texture_var) else plan.texture_var,
+        L.ATTR_VERTEX_VAR: None if np.isnan(plan.vertex_var) else plan.vertex_var,
+        L.ATTR_SOURCE_HASH: plan.source_hash,
+        L.ATTR_FORMAT_VERSION: L.FORMAT_VERSION,
+        L.ATTR_DOWNSAMPLE: int(downsample),
+        L.ATTR_IMAGE_SIZE: list(g.image_hw) if g.image_hw else None,
+        L.ATTR_SOURCE_IMAGE_SIZE: list(plan.source_image_hw) if plan.source_image_hw else None,
+        L.ATTR_CODEC: codec,
+        L.ATTR_ASSETS: list(g.assets),
+        L.ATTR_INTRINSICS_CONVENTION: L.INTRINSICS_CONVENTION,
+        L.ATTR_COMPLETE: False,
+    }
+
+
+def write_capture_metadata(group: zarr.Group, plan: CapturePlan) -> None:
+    """Write the small per-capture arrays (camera calibration scaled to the stored size, stats)."""
+    g, cal = plan.geometry, plan.calibration
+    if g.image_hw:
+        group[L.CAMERA_INTRINSICS][...] = L.sensor_to_image_intrinsics(cal.intrinsics, g.image_hw).astype(
+            np.float32
+        )
+    else:
+        group[L.CAMERA_INTRINSICS][...] = cal.intrinsics.astype(np.float32)
+    group[L.CAMERA_EXTRINSICS][...] = cal.extrinsics.astype(np.float32)
+    group[L.CAMERA_DISTORTION][...] = cal.distortion.astype(np.float32)
+    if plan.texture_mean is not None and L.TEXTURE_MEAN in group:
+        group[L.TEXTURE_MEAN][...] = plan.texture_mean
+    if plan.vertex_mean is not None and L.VERTEX_MEAN in group:
+        group[L.VERTEX_MEAN][...] = plan.vertex_mean
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tasks
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RepackTask:
+    """Write frames ``[frame_start, frame_stop)`` of one asset (of one camera for per-camera assets) into
+    the capture store: whole shards only (the range is shard-aligned)."""
+
+    capture: str
+    raw_root: str  # RAW/<capture folder on disk>
+    raw_rel: str  # that folder relative to RAW (error records)
+    store_path: str  # STORE/<capture>.zarr
+    asset: str
+    array: str
+    camera_id: str  # "" for per-frame assets
+    camera_index: int  # -1 for per-frame assets
+    frame_start: int
+    frame_stop: int
+    frames_per_shard: int
+    frame_ids: tuple[int, ...]  # ids of frames [frame_start, frame_stop)
+    source_key: str  # zip key relative to the capture folder
+    source_hw: tuple[int, ...] | None  # expected decoded (H, W) (images, labels, IR) / (T, T) / (V,)
+    out_hw: tuple[int, int] | None  # stored (H, W) for images and labels
+    source_hash: str
+
+    @property
+    def task_id(self) -> str:
+        cam = self.camera_id or "-"
+        return f"{self.capture}/{self.asset}/{cam}/{self.frame_start:06d}-{self.frame_stop:06d}"
+
+    def shard_starts(self) -> list[int]:
+        return list(range(self.frame_start, self.frame_stop, self.frames_per_shard))
+
+
+def _member_name(asset: str, camera_id: str, frame_id: int) -> str:
+    if asset == "image":
+        return cat.image_member(camera_id, frame_id)
+    if asset == "segmentation":
+        return cat.segmentation_member(frame_id)
+    if asset == "uv_texture":
+        return cat.texture_member(frame_id)
+    if asset == "vertices":
+        return cat.vertices_member(frame_id)
+    if asset == "keypoints_3d":
+        return cat.keypoints_member(frame_id)
+    if asset == "head_pose":
+        return cat.head_pose_member(frame_id)
+    if asset == "encoder_image":
+        return cat.encoder_image_member(frame_id)
+    raise ValueError(f"unknown asset {asset!r}")
+
+
+def _source_key(asset: str, camera_id: str) -> str:
+    return {
+        "image": lambda: cat.image_key(camera_id),
+        "segmentation": lambda: cat.segmentation_key(camera_id),
+        "uv_texture": lambda: cat.TEXTURE_KEY,
+        "vertices": lambda: cat.VERTICES_KEY,
+        "keypoints_3d": lambda: cat.KEYPOINTS_KEY,
+        "head_pose": lambda: cat.HEAD_POSE_KEY,
+        "encoder_image": lambda: cat.encoder_image_key(camera_id),
+    }[asset]()
+
+
+def decode_member(task: RepackTask, data: bytes) -> np.ndarray:
+    """Decode one member's bytes into the stored per-frame slice of ``task.asset`` (resampled if needed).
+    ValueError (with the reason) for undecodable data or a wrong shape."""
+    a = task.asset
+    if a == "image":
+        x = decode_rgb(data)
+        _check_shape(x, (*task.source_hw, 3))
+        return resize_rgb(x, task.out_hw)
+    if a == "segmentation":
+        x = decode_labels(data)
+        _check_shape(x, tuple(task.source_hw))
+        return resize_labels(x, task.out_hw)
+    if a == "uv_texture":
+        x = decode_rgb(data)
+        _check_shape(x, (*task.source_hw, 3))
+        return x
+    if a == "encoder_image":
+        x = decode_gray(data)
+        _check_shape(x, tuple(task.source_hw))
+        return x
+    if a == "vertices":
+        x = read_ply(data)
+        _check_shape(x, (task.source_hw[0], 3))
+        return x
+    if a == "keypoints_3d":
+        return read_keypoints(data)
+    if a == "head_pose":
+        return read_head_pose(data)
+    raise ValueError(f"unknown asset {a!r}")
+
+
+def _check_shape(x: np.ndarray, shape: tuple[int, ...]) -> None:
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"decoded shape {tuple(x.shape)}, expected {tuple(shape)}")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (MiB; Linux ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
+    """Decode every frame of ``task`` and (if ``write``) write its shards, one shard buffer at a time.
+
+    Returns a repack-manifest row (see :data:`ava256.manifests.repack.REPACK_SCHEMA`) plus ``valid``: a
+    list of bools, one per frame of the range. A missing member is a dropped frame (``n_missing``), an
+    unreadable one is ``n_corrupt``; both are masked invalid and listed in ``errors``. Any other exception
+    (e.g. a store write error) gives ``status = "failed"`` and no valid mask. ``write=False`` decodes only
+    (the pure-decode benchmark baseline)."""
+    t0 = time.perf_counter()
+    n = task.frame_stop - task.frame_start
+    valid = np.zeros(n, dtype=bool)
+    errors: list[dict[str, str]] = []
+    n_missing = n_corrupt = 0
+    file_rel = f"{task.raw_rel}/{task.source_key}"
+    status = STATUS_DONE
+
+    def err(member: str, reason: str) -> None:
+        if len(errors) < 1000:  # bound the manifest row; counts stay exact
+            errors.append({"capture": task.capture, "file": file_rel, "member": member, "reason": reason})
+
+    try:
+        arr = zarr.open_array(task.store_path, path=task.array, mode="r+") if write else None
+        spec_shape = arr.shape[2:] if (arr is not None and task.camera_index >= 0) else None
+        path = Path(task.raw_root) / task.source_key
+        reader = None
+        if not path.is_file():
+            err("", "missing file")
+            n_missing = n
+        else:
+            try:
+                reader = ZipReader(path)
+            except (zipfile.BadZipFile, OSError, ValueError) as exc:
+                err("", f"unreadable zip: {exc}")
+                n_corrupt = n
+        try:
+            for s0 in task.shard_starts():
+                s1 = min(s0 + task.frames_per_shard, task.frame_stop)
+                buf = None
+                for f in range(s0, s1):
+                    i = f - task.frame_start
+                    if reader is None:
+                        continue
+                    member = _member_name(task.asset, task.camera_id, task.frame_ids[i])
+                    if not reader.has(member):
+                        n_missing += 1
+                        err(member, "missing member (dropped frame)")
+                        continue
+                    try:
+                        x = decode_member(task, reader.read(member))
+                    except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
+                        n_corrupt += 1
+                        err(member, str(exc))
+                        continue
+                    if buf is None:
+                        buf = _empty_buffer(arr, task, s1 - s0, x, spec_shape)
+                    buf[f - s0] = x
+                    valid[i] = True
+                if write:
+                    if buf is None:
+                        buf = _empty_buffer(arr, task, s1 - s0, None, spec_shape)
+                    if task.camera_index >= 0:
+                        arr[s0:s1, task.camera_index] = buf
+                    else:
+                        arr[s0:s1] = buf
+                del buf
+        finally:
+            if reader is not None:
+                reader.close()
+    except Exception as exc:  # noqa: BLE001 - recorded in the manifest, retried on the next run
+        log.exception("repack task %s failed", task.task_id)
+        status = STATUS_FAILED
+        err("", f"task failed: {type(exc).__name__}: {exc}")
+    return {
+        "capture": task.capture,
+        "task_id": task.task_id,
+        "asset": task.asset,
+        "camera_id": task.camera_id,
+        "camera_index": task.camera_index,
+        "frame_start": task.frame_start,
+        "frame_stop": task.frame_stop,
+        "status": status,
+        "n_frames": n,
+        "n_valid": int(valid.sum()),
+        "n_missing": n_missing,
+        "n_corrupt": n_corrupt,
+        "errors": errors,
+        "seconds": time.perf_counter() - t0,
+        "peak_rss_mb": peak_rss_mb(),
+        "source_hash": task.source_hash,
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "finished_at": datetime.now(timezone.utc),
+        "valid": valid.tolist(),
+    }
+
+
+def _empty_buffer(arr, task: RepackTask, n: int, sample: np.ndarray | None, spec_shape) -> np.ndarray | None:
+    """An (n, *frame shape) buffer filled with the array's fill value."""
+    if arr is None:
+        return np.empty((n, *sample.shape), dtype=sample.dtype) if sample is not None else None
+    shape = tuple(spec_shape) if task.camera_index >= 0 else tuple(arr.shape[1:])
+    fill = arr.fill_value
+    return np.full((n, *shape), fill, dtype=arr.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Planning
+# ---------------------------------------------------------------------------------------------------------
+
+
+def plan_tasks(
+    plan: CapturePlan,
+    store_path: str,
+    specs: dict[str, L.ArraySpec],
+    task_target_frames: int = TASK_TARGET_FRAMES,
+) -> list[RepackTask]:
+    """All tasks of one capture: for each asset present (and each camera of per-camera assets), frame ranges
+    made of whole shards (``max(1, task_target_frames // frames_per_shard)`` shards each), so no two tasks
+    ever write one shard."""
+    g = plan.geometry
+    tasks: list[RepackTask] = []
+    for asset in g.assets:
+        spec = specs[L.ASSET_ARRAYS[asset]]
+        s = spec.frames_per_shard
+        span = s * max(1, task_target_frames // s)
+        if asset == "encoder_image":
+            ids, cams = plan.encoder_frame_ids, [(c, i) for i, c in enumerate(cat.ENCODER_CAMERAS)]
+            src_hw, out_hw = g.encoder_hw, None
+        elif asset in L.CAMERA_ASSETS:
+            ids, cams = plan.frame_ids, [(c, i) for i, c in enumerate(g.camera_ids)]
+            src_hw = plan.source_image_hw if asset == "image" else plan.source_segmentation_hw
+            out_hw = g.image_hw
+        else:
+            ids, cams = plan.frame_ids, [("", -1)]
+            src_hw = {"uv_texture": (g.texture_size, g.texture_size), "vertices": (g.n_vertices,)}.get(asset)
+            out_hw = None
+        n = len(ids)
+        for cam, ci in cams:
+            for f0 in range(0, n, span):
+                f1 = min(f0 + span, n)
+                tasks.append(
+                    RepackTask(
+                        capture=plan.folder,
+                        raw_root=plan.root,
+                        raw_rel=plan.rel,
+                        store_path=store_path,
+                        asset=asset,
+                        array=spec.name,
+                        camera_id=cam,
+                        camera_index=ci,
+                        frame_start=f0,
+                        frame_stop=f1,
+                        frames_per_shard=s,
+                        frame_ids=tuple(int(x) for x in ids[f0:f1]),
+                        source_key=_source_key(asset, cam),
+                        source_hw=tuple(src_hw) if src_hw else None,
+                        out_hw=tuple(out_hw) if out_hw else None,
+                        source_hash=plan.source_hash,
+                    )
+                )
+    return tasks
+
+
+def task_shard_keys(task: RepackTask, specs: dict[str, L.ArraySpec]) -> list[str]:
+    """Store keys (relative to the capture group) of the shard files ``task`` writes."""
+    spec = specs[task.array]
+    return [L.shard_key(spec, f0, max(task.camera_index, 0)) for f0 in task.shard_starts()]

@@ -1,0 +1,476 @@
+"""The Zarr v3 layout of one repacked capture: the single source of truth for array names, shapes, dtypes,
+chunking, sharding, fill values, dimension names, group attributes and the store's folder structure.
+
+Pure (zarr + numpy only; no Dask, no torch). Everything that reads or writes a store imports from here.
+
+Store layout (``STORE`` is a local folder or an fsspec URL)::
+
+    STORE/<capture.folder>.zarr/        one Zarr v3 group per capture (attrs: ATTR_* below)
+        image                (F, C, H, W, 3)  uint8    camera images, frame-major
+        segmentation         (F, C, H, W)     uint8    part labels 0..10 (nearest-resampled)
+        uv_texture           (F, T, T, 3)     uint8
+        vertices             (F, V, 3)        float32  mm, world frame (NaN where invalid)
+        keypoints_3d         (F, 274, 5)      float32  x, y, z, confidence, n_inliers (NaN = absent)
+        head_pose            (F, 3, 4)        float32  head -> world [R|t] (NaN where invalid)
+        camera/intrinsics    (C, 3, 3)        float32  K scaled to the stored image size (see scale_intrinsics)
+        camera/extrinsics    (C, 3, 4)        float32  world -> camera [R|t], mm
+        camera/distortion    (C, 4)           float32
+        encoder/image        (Fe, 5, h, w)    uint8    headset IR images
+        valid/<asset>        (F, C) | (F,) | (Fe, 5)  bool  True where the frame was decoded
+        stats/texture_mean   (T, T, 3)        float32
+        stats/vertex_mean    (V, 3)           float32
+    STORE/_manifests/samples.parquet, repack.parquet
+
+Chunks hold one image (one frame of one camera); shards hold ``frames_per_shard`` consecutive frames of one
+camera, so that a writer of frames ``[k*S, (k+1)*S)`` of one camera owns exactly one shard file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from ava256.capture import ENCODER_CAMERAS, NUM_KEYPOINTS, SENSOR_HEIGHT, SENSOR_WIDTH, CaptureId
+
+#: Bumped whenever names, shapes or semantics of the layout change; stores of another version are redone.
+FORMAT_VERSION = 1
+
+STORE_SUFFIX = ".zarr"
+MANIFESTS_DIR = "_manifests"
+
+# --- array names (the contract) ---------------------------------------------------------------------------
+IMAGE = "image"
+SEGMENTATION = "segmentation"
+UV_TEXTURE = "uv_texture"
+VERTICES = "vertices"
+KEYPOINTS_3D = "keypoints_3d"
+HEAD_POSE = "head_pose"
+ENCODER_IMAGE = "encoder/image"
+CAMERA_INTRINSICS = "camera/intrinsics"
+CAMERA_EXTRINSICS = "camera/extrinsics"
+CAMERA_DISTORTION = "camera/distortion"
+TEXTURE_MEAN = "stats/texture_mean"
+VERTEX_MEAN = "stats/vertex_mean"
+VALID_PREFIX = "valid/"
+
+#: Asset name (as in ``ava256.capture.ASSETS``) -> data array name.
+ASSET_ARRAYS: dict[str, str] = {
+    "image": IMAGE,
+    "segmentation": SEGMENTATION,
+    "uv_texture": UV_TEXTURE,
+    "vertices": VERTICES,
+    "keypoints_3d": KEYPOINTS_3D,
+    "head_pose": HEAD_POSE,
+    "encoder_image": ENCODER_IMAGE,
+}
+#: Assets stored per dome camera ((F, C, ...) arrays, one task per camera) / per encoder camera.
+CAMERA_ASSETS = ("image", "segmentation")
+ENCODER_ASSETS = ("encoder_image",)
+FRAME_ASSETS = ("uv_texture", "vertices", "keypoints_3d", "head_pose")
+#: Assets whose arrays hold uint8 pictures and use the selectable image codec.
+PICTURE_ASSETS = ("image", "segmentation", "uv_texture", "encoder_image")
+
+
+def valid_name(asset: str) -> str:
+    """``valid/<asset>``: the bool mask of ``asset`` ((F, C) for camera assets, (Fe, 5) for encoder images,
+    (F,) otherwise)."""
+    if asset not in ASSET_ARRAYS:
+        raise ValueError(f"unknown asset {asset!r}; expected one of {', '.join(ASSET_ARRAYS)}")
+    return VALID_PREFIX + asset
+
+
+# --- group attribute keys ------------------------------------------------------------------------------------
+ATTR_CAPTURE_ID = "capture_id"  # folder string "mcd--mct--sid"
+ATTR_SUBJECT = "subject"  # sid
+ATTR_CAMERA_IDS = "camera_ids"  # list[str], sorted, = camera axis
+ATTR_FRAME_IDS = "frame_ids"  # list[int], = frame axis (row order of decoder/frame_list.csv)
+ATTR_SEGMENTS = "segments"  # list[str] per frame
+ATTR_ENCODER_FRAME_IDS = "encoder_frame_ids"  # list[int]
+ATTR_ENCODER_CAMERAS = "encoder_cameras"  # list[str], = encoder camera axis
+ATTR_TEXTURE_VAR = "texture_var"  # float (from color_variance.txt)
+ATTR_VERTEX_VAR = "vertex_var"  # float (from registration_vertices_variance.txt)
+ATTR_SOURCE_HASH = "source_manifest_hash"  # hex digest of the capture's raw inputs
+ATTR_FORMAT_VERSION = "format_version"
+ATTR_DOWNSAMPLE = "downsample"  # int k: stored image = source image / k
+ATTR_IMAGE_SIZE = "image_size"  # [H, W] of the stored images
+ATTR_SOURCE_IMAGE_SIZE = "source_image_size"  # [H, W] of the raw images
+ATTR_CODEC = "codec"  # image codec name (CODECS key)
+ATTR_ASSETS = "assets"  # assets present in this store (arrays exist for them)
+ATTR_INTRINSICS_CONVENTION = "intrinsics_convention"
+ATTR_COMPLETE = "complete"  # True once every task of the capture finished
+
+INTRINSICS_CONVENTION = (
+    "opencv: pixel centres at integer coordinates, origin at the centre of the top-left pixel"
+)
+
+# --- chunk / shard policy -------------------------------------------------------------------------------------
+#: A shard holds at most this many uncompressed bytes (bounds a writer's memory: one shard buffer) ...
+SHARD_TARGET_BYTES = 64 * 2**20
+#: ... and at most this many frames (so small per-frame arrays still split into several tasks).
+MAX_FRAMES_PER_SHARD = 256
+
+
+def frames_per_shard(
+    frame_nbytes: int,
+    n_frames: int,
+    target_bytes: int = SHARD_TARGET_BYTES,
+    max_frames: int = MAX_FRAMES_PER_SHARD,
+) -> int:
+    """Frames per shard for an array whose one-frame-one-camera slice is ``frame_nbytes`` bytes:
+    ``clamp(target_bytes // frame_nbytes, 1, max_frames)``, never more than ``n_frames``."""
+    s = max(1, min(int(max_frames), target_bytes // max(1, frame_nbytes)))
+    return int(max(1, min(s, n_frames)))
+
+
+# --- codecs -----------------------------------------------------------------------------------------------------
+#: Selectable codecs for the uint8 picture arrays (``--codec``). The default is chosen by
+#: ``benchmarks/repack.py`` (README, section repack).
+CODECS: tuple[str, ...] = ("blosc-zstd", "blosc-lz4", "zstd", "none")
+DEFAULT_CODEC = "blosc-lz4"
+
+
+def picture_compressors(codec: str) -> list[Any]:
+    """Zarr v3 compressors for uint8 picture chunks named by ``codec`` (one of :data:`CODECS`)."""
+    if codec == "blosc-zstd":
+        return [BloscCodec(cname="zstd", clevel=3, shuffle="noshuffle", typesize=1)]
+    if codec == "blosc-lz4":
+        return [BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle", typesize=1)]
+    if codec == "zstd":
+        return [ZstdCodec(level=3)]
+    if codec == "none":
+        return []
+    raise ValueError(f"unknown codec {codec!r}; expected one of {', '.join(CODECS)}")
+
+
+def _numeric_compressors(itemsize: int) -> list[Any]:
+    """Compressors for float / bool arrays: Blosc zstd with byte shuffle."""
+    return [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=itemsize)]
+
+
+# --- geometry -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CaptureGeometry:
+    """Sizes of one capture's arrays. ``image_hw`` is the *stored* (downsampled) size; an asset whose size is
+    None is absent from the raw capture and gets no arrays."""
+
+    n_frames: int
+    camera_ids: tuple[str, ...]
+    image_hw: tuple[int, int] | None = None
+    texture_size: int | None = None
+    n_vertices: int | None = None
+    n_encoder_frames: int = 0
+    encoder_hw: tuple[int, int] | None = None
+    assets: tuple[str, ...] = ()  # assets present (subset of ASSET_ARRAYS)
+
+    @property
+    def n_cameras(self) -> int:
+        return len(self.camera_ids)
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """How one array is created: shape, dtype, chunks, shards (None = unsharded), fill value, dimension
+    names and compressors; ``per`` says how writers split it: "camera", "encoder", "frame" or "meta"."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    chunks: tuple[int, ...]
+    shards: tuple[int, ...] | None
+    fill_value: Any
+    dims: tuple[str, ...]
+    compressors: list[Any] = field(default_factory=list, compare=False)
+    per: str = "meta"
+
+    @property
+    def frames_per_shard(self) -> int:
+        """Frames in one shard (or chunk, if unsharded) along axis 0."""
+        return (self.shards or self.chunks)[0]
+
+    def shard_ranges(self) -> list[tuple[int, int]]:
+        """``[(start, stop), ...]`` frame ranges of the shards along axis 0 (the last may be short)."""
+        s, n = self.frames_per_shard, self.shape[0]
+        return [(i, min(i + s, n)) for i in range(0, n, s)]
+
+
+def _frame_spec(
+    name, per_frame_shape, dtype, fill, dims, n_frames, compressors, per, per_axis=1, max_frames=None
+):
+    """A (F, [K,] *per_frame_shape) array with one frame (of one camera) per chunk, S frames per shard."""
+    itemsize = np.dtype(dtype).itemsize
+    nbytes = int(np.prod(per_frame_shape)) * itemsize
+    s = frames_per_shard(nbytes, n_frames, max_frames=max_frames or MAX_FRAMES_PER_SHARD)
+    lead = (n_frames,) if per == "frame" else (n_frames, per_axis)
+    one = (1,) if per == "frame" else (1, 1)
+    shard_lead = (s,) if per == "frame" else (s, 1)
+    return ArraySpec(
+        name=name,
+        shape=lead + tuple(per_frame_shape),
+        dtype=dtype,
+        chunks=one + tuple(per_frame_shape),
+        shards=shard_lead + tuple(per_frame_shape),
+        fill_value=fill,
+        dims=dims,
+        compressors=compressors,
+        per=per,
+    )
+
+
+def array_specs(
+    geom: CaptureGeometry, codec: str = DEFAULT_CODEC, max_frames_per_shard: int = MAX_FRAMES_PER_SHARD
+) -> dict[str, ArraySpec]:
+    """Every array of a capture with geometry ``geom`` (data, valid masks, camera, stats), by name.
+    ``max_frames_per_shard`` caps the frames of a shard (tests use small values to get several shards)."""
+    mf = max_frames_per_shard
+    pic = picture_compressors(codec)
+    f32 = _numeric_compressors(4)
+    boolc = _numeric_compressors(1)
+    F, C, nan = geom.n_frames, geom.n_cameras, float("nan")
+    specs: dict[str, ArraySpec] = {}
+
+    def add(spec: ArraySpec) -> None:
+        specs[spec.name] = spec
+
+    def add_valid(asset: str, data: ArraySpec) -> None:
+        # Masks are chunked like their data's shards along axis 0 (one chunk per frame range, all cameras),
+        # written by the driver only.
+        s = data.frames_per_shard
+        shape = data.shape[:1] if data.per == "frame" else data.shape[:2]
+        chunks = (s,) if data.per == "frame" else (s, shape[1])
+        add(ArraySpec(valid_name(asset), shape, "bool", chunks, None, False, data.dims[: len(shape)], boolc))
+
+    present = set(geom.assets)
+    if "image" in present and geom.image_hw:
+        H, W = geom.image_hw
+        d = ("frame", "camera", "height", "width", "rgb")
+        add(_frame_spec(IMAGE, (H, W, 3), "uint8", 0, d, F, pic, "camera", C, max_frames=mf))
+        add_valid("image", specs[IMAGE])
+    if "segmentation" in present and geom.image_hw:
+        H, W = geom.image_hw
+        d = ("frame", "camera", "height", "width")
+        add(_frame_spec(SEGMENTATION, (H, W), "uint8", 0, d, F, pic, "camera", C, max_frames=mf))
+        add_valid("segmentation", specs[SEGMENTATION])
+    if "uv_texture" in present and geom.texture_size:
+        T = geom.texture_size
+        add(
+            _frame_spec(
+                UV_TEXTURE,
+                (T, T, 3),
+                "uint8",
+                0,
+                ("frame", "tex_v", "tex_u", "rgb"),
+                F,
+                pic,
+                "frame",
+                max_frames=mf,
+            )
+        )
+        add_valid("uv_texture", specs[UV_TEXTURE])
+        add(
+            ArraySpec(
+                TEXTURE_MEAN, (T, T, 3), "float32", (T, T, 3), None, nan, ("tex_v", "tex_u", "rgb"), f32
+            )
+        )
+    if "vertices" in present and geom.n_vertices:
+        V = geom.n_vertices
+        add(
+            _frame_spec(
+                VERTICES, (V, 3), "float32", nan, ("frame", "vertex", "xyz"), F, f32, "frame", max_frames=mf
+            )
+        )
+        add_valid("vertices", specs[VERTICES])
+        add(ArraySpec(VERTEX_MEAN, (V, 3), "float32", (V, 3), None, nan, ("vertex", "xyz"), f32))
+    if "keypoints_3d" in present:
+        d = ("frame", "keypoint", "keypoint_field")
+        add(_frame_spec(KEYPOINTS_3D, (NUM_KEYPOINTS, 5), "float32", nan, d, F, f32, "frame", max_frames=mf))
+        add_valid("keypoints_3d", specs[KEYPOINTS_3D])
+    if "head_pose" in present:
+        add(
+            _frame_spec(
+                HEAD_POSE,
+                (3, 4),
+                "float32",
+                nan,
+                ("frame", "pose_row", "pose_col"),
+                F,
+                f32,
+                "frame",
+                max_frames=mf,
+            )
+        )
+        add_valid("head_pose", specs[HEAD_POSE])
+    if "encoder_image" in present and geom.encoder_hw and geom.n_encoder_frames:
+        h, w = geom.encoder_hw
+        d = ("encoder_frame", "encoder_camera", "encoder_height", "encoder_width")
+        spec = _frame_spec(
+            ENCODER_IMAGE,
+            (h, w),
+            "uint8",
+            0,
+            d,
+            geom.n_encoder_frames,
+            pic,
+            "camera",
+            len(ENCODER_CAMERAS),
+            mf,
+        )
+        add(ArraySpec(**{**spec.__dict__, "per": "encoder"}))
+        add_valid("encoder_image", specs[ENCODER_IMAGE])
+    if C:
+        add(
+            ArraySpec(
+                CAMERA_INTRINSICS,
+                (C, 3, 3),
+                "float32",
+                (C, 3, 3),
+                None,
+                nan,
+                ("camera", "k_row", "k_col"),
+                f32,
+            )
+        )
+        add(
+            ArraySpec(
+                CAMERA_EXTRINSICS,
+                (C, 3, 4),
+                "float32",
+                (C, 3, 4),
+                None,
+                nan,
+                ("camera", "rt_row", "rt_col"),
+                f32,
+            )
+        )
+        add(
+            ArraySpec(
+                CAMERA_DISTORTION, (C, 4), "float32", (C, 4), None, nan, ("camera", "distortion_coeff"), f32
+            )
+        )
+    return specs
+
+
+# --- paths -----------------------------------------------------------------------------------------------------
+def _join(root: str | os.PathLike[str], *parts: str) -> str:
+    return "/".join([os.fspath(root).rstrip("/"), *parts])
+
+
+def capture_store_path(store: str | os.PathLike[str], capture: CaptureId | str) -> str:
+    """``STORE/<capture.folder>.zarr`` (a path or URL string)."""
+    folder = capture.folder if isinstance(capture, CaptureId) else CaptureId.parse(capture).folder
+    return _join(store, folder + STORE_SUFFIX)
+
+
+def manifests_path(store: str | os.PathLike[str], name: str) -> str:
+    """``STORE/_manifests/<name>``."""
+    return _join(store, MANIFESTS_DIR, name)
+
+
+def shard_key(spec: ArraySpec, frame_start: int, index: int = 0) -> str:
+    """Store key (relative to the capture group) of the shard file holding frame ``frame_start`` of camera
+    ``index`` (ignored for per-frame arrays), under Zarr v3's default chunk key encoding ``c/i/j/...``."""
+    shard_shape = spec.shards or spec.chunks
+    coords = [frame_start // shard_shape[0]]
+    if spec.per in ("camera", "encoder"):
+        coords.append(index)
+    coords += [0] * (len(spec.shape) - len(coords))
+    return f"{spec.name}/c/" + "/".join(str(c) for c in coords)
+
+
+# --- create / open ----------------------------------------------------------------------------------------------
+def create_capture_group(
+    path: str | os.PathLike[str],
+    geom: CaptureGeometry,
+    attrs: Mapping[str, Any],
+    *,
+    codec: str = DEFAULT_CODEC,
+    max_frames_per_shard: int = MAX_FRAMES_PER_SHARD,
+    storage_options: dict[str, Any] | None = None,
+) -> zarr.Group:
+    """Create (overwriting) a capture group at ``path`` with every array of ``geom`` (metadata only; no chunk
+    is written) and the given group attributes. Returns the open group (mode r+)."""
+    group = zarr.open_group(_store_like(path), mode="w", zarr_format=3, storage_options=storage_options)
+    for spec in array_specs(geom, codec, max_frames_per_shard).values():
+        group.create_array(
+            spec.name,
+            shape=spec.shape,
+            dtype=spec.dtype,
+            chunks=spec.chunks,
+            shards=spec.shards,
+            fill_value=spec.fill_value,
+            compressors=spec.compressors,
+            dimension_names=spec.dims,
+            # Every shard is written, even all-fill ones (fully invalid frames): resume checks shard files.
+            config={"write_empty_chunks": True},
+        )
+    group.attrs.update(dict(attrs))
+    return group
+
+
+def open_capture_group(
+    path: str | os.PathLike[str], mode: str = "r", storage_options: dict[str, Any] | None = None
+) -> zarr.Group:
+    """Open an existing capture group (``mode`` "r" or "r+"); FileNotFoundError if absent."""
+    try:
+        return zarr.open_group(_store_like(path), mode=mode, zarr_format=3, storage_options=storage_options)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+        raise FileNotFoundError(f"no capture store at {path}") from exc
+
+
+def _store_like(path: str | os.PathLike[str]) -> str:
+    return os.fspath(path)
+
+
+def list_capture_stores(store: str | os.PathLike[str]) -> list[str]:
+    """Capture folder names (``mcd--mct--sid``) that have a ``.zarr`` group under a local ``store``."""
+    root = os.fspath(store)
+    if not os.path.isdir(root):
+        return []
+    out = []
+    for name in sorted(os.listdir(root)):
+        if name.endswith(STORE_SUFFIX) and os.path.isfile(os.path.join(root, name, "zarr.json")):
+            try:
+                out.append(CaptureId.parse(name[: -len(STORE_SUFFIX)]).folder)
+            except ValueError:
+                continue
+    return out
+
+
+# --- camera intrinsics under resampling -------------------------------------------------------------------------
+def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """Intrinsics for an image resampled by ``sx`` horizontally and ``sy`` vertically (new size / old size,
+    the whole extent mapping onto the whole extent, as PIL's resize does).
+
+    Convention (:data:`INTRINSICS_CONVENTION`): pixel centres sit at integer coordinates, so a point at
+    continuous coordinate ``x`` maps to ``(x + 0.5) * sx - 0.5``: ``fx' = fx * sx``,
+    ``cx' = (cx + 0.5) * sx - 0.5`` (same for y). ``K`` is (..., 3, 3) un-transposed; returns float64."""
+    K = np.asarray(K, dtype=np.float64)
+    out = K.copy()
+    out[..., 0, :] *= sx
+    out[..., 1, :] *= sy
+    out[..., 0, 2] = (K[..., 0, 2] + 0.5) * sx - 0.5
+    out[..., 1, 2] = (K[..., 1, 2] + 0.5) * sy - 0.5
+    return out
+
+
+def sensor_to_image_intrinsics(K_sensor: np.ndarray, image_hw: Sequence[int]) -> np.ndarray:
+    """Scale full-sensor (4096 x 2668, portrait) intrinsics to an image of ``image_hw = (H, W)`` pixels."""
+    H, W = int(image_hw[0]), int(image_hw[1])
+    return scale_intrinsics(K_sensor, W / SENSOR_WIDTH, H / SENSOR_HEIGHT)
+
+
+def downsampled_size(hw: Sequence[int], k: int) -> tuple[int, int]:
+    """Stored (H, W) of a (H, W) source image downsampled by integer factor ``k`` (floor, at least 1)."""
+    if int(k) < 1:
+        raise ValueError(f"downsample factor must be >= 1, got {k}")
+    return max(1, int(hw[0]) // int(k)), max(1, int(hw[1]) // int(k))
+
+
+def n_shards(n: int, s: int) -> int:
+    return math.ceil(n / s) if n else 0

@@ -1,0 +1,188 @@
+"""The store layout (names, shapes, chunk/shard policy, intrinsics scaling, resampling) and the repack /
+samples manifests: pure functions on real Zarr / Parquet files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import zarr
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ava256.capture import ENCODER_CAMERAS, SENSOR_HEIGHT, SENSOR_WIDTH
+from ava256.manifests import repack as rm
+from ava256.manifests import samples as sm
+from ava256.store import layout as L
+from ava256.store.resample import resize_labels, resize_rgb
+
+GEOM = L.CaptureGeometry(
+    n_frames=10,
+    camera_ids=("a", "b", "c"),
+    image_hw=(64, 96),
+    texture_size=16,
+    n_vertices=7306,
+    n_encoder_frames=4,
+    encoder_hw=(40, 40),
+    assets=tuple(L.ASSET_ARRAYS),
+)
+
+
+def test_contract_shapes_dtypes_and_names():
+    specs = L.array_specs(GEOM, max_frames_per_shard=4)
+    expect = {
+        "image": ((10, 3, 64, 96, 3), "uint8"),
+        "segmentation": ((10, 3, 64, 96), "uint8"),
+        "uv_texture": ((10, 16, 16, 3), "uint8"),
+        "vertices": ((10, 7306, 3), "float32"),
+        "keypoints_3d": ((10, 274, 5), "float32"),
+        "head_pose": ((10, 3, 4), "float32"),
+        "camera/intrinsics": ((3, 3, 3), "float32"),
+        "camera/extrinsics": ((3, 3, 4), "float32"),
+        "camera/distortion": ((3, 4), "float32"),
+        "encoder/image": ((4, 5, 40, 40), "uint8"),
+        "stats/texture_mean": ((16, 16, 3), "float32"),
+        "stats/vertex_mean": ((7306, 3), "float32"),
+        "valid/image": ((10, 3), "bool"),
+        "valid/segmentation": ((10, 3), "bool"),
+        "valid/uv_texture": ((10,), "bool"),
+        "valid/vertices": ((10,), "bool"),
+        "valid/keypoints_3d": ((10,), "bool"),
+        "valid/head_pose": ((10,), "bool"),
+        "valid/encoder_image": ((4, 5), "bool"),
+    }
+    assert {k: (v.shape, v.dtype) for k, v in specs.items()} == expect
+    img = specs[L.IMAGE]
+    assert img.chunks == (1, 1, 64, 96, 3) and img.shards == (4, 1, 64, 96, 3)
+    assert img.shard_ranges() == [(0, 4), (4, 8), (8, 10)]
+    assert specs[L.valid_name("image")].chunks == (4, 3)  # masks chunked like their data's shards
+    assert len(ENCODER_CAMERAS) == specs[L.ENCODER_IMAGE].shape[1]
+    assert L.shard_key(img, 5, 2) == "image/c/1/2/0/0/0"
+    assert L.shard_key(specs[L.VERTICES], 9) == "vertices/c/2/0/0"
+
+
+def test_absent_assets_get_no_arrays():
+    g = L.CaptureGeometry(n_frames=5, camera_ids=("a",), image_hw=(8, 8), assets=("image", "head_pose"))
+    names = set(L.array_specs(g))
+    assert L.IMAGE in names and L.HEAD_POSE in names and L.VERTICES not in names and L.UV_TEXTURE not in names
+
+
+@given(st.integers(1, 50_000_000), st.integers(1, 20_000))
+def test_shard_policy_bounds_memory(frame_nbytes, n_frames):
+    s = L.frames_per_shard(frame_nbytes, n_frames)
+    assert 1 <= s <= min(n_frames, L.MAX_FRAMES_PER_SHARD)
+    assert s == 1 or s * frame_nbytes <= L.SHARD_TARGET_BYTES
+
+
+def test_release_sizes_shard_policy():
+    # 4TB images (1024 x 667): 32 frames (64 MiB) per shard; vertices 256 frames
+    g = L.CaptureGeometry(
+        5000, tuple("abc"), (1024, 667), 1024, 7306, 5000, (400, 400), tuple(L.ASSET_ARRAYS)
+    )
+    specs = L.array_specs(g)
+    assert specs[L.IMAGE].frames_per_shard == 32
+    assert specs[L.VERTICES].frames_per_shard == 256
+    assert specs[L.UV_TEXTURE].frames_per_shard == 21
+
+
+def test_create_open_roundtrip_with_zarr_and_xarray(tmp_path):
+    import xarray as xr
+
+    path = L.capture_store_path(tmp_path, "20230405--1635--AAN112")
+    assert path.endswith("/20230405--1635--AAN112.zarr")
+    g = L.create_capture_group(path, GEOM, {L.ATTR_FORMAT_VERSION: L.FORMAT_VERSION}, codec="blosc-zstd")
+    g[L.IMAGE][0:4, 1] = np.full((4, 64, 96, 3), 7, np.uint8)
+    g2 = L.open_capture_group(path)
+    assert g2.attrs[L.ATTR_FORMAT_VERSION] == L.FORMAT_VERSION
+    assert (g2[L.IMAGE][2, 1] == 7).all() and (g2[L.IMAGE][2, 0] == 0).all()
+    assert np.isnan(g2[L.VERTICES][0]).all()  # float fill is NaN, never a plausible value
+    ds = xr.open_zarr(path, consolidated=False, chunks=None)
+    assert ds["segmentation"].dims == ("frame", "camera", "height", "width")
+    assert L.list_capture_stores(tmp_path) == ["20230405--1635--AAN112"]
+    with pytest.raises(FileNotFoundError):
+        L.open_capture_group(tmp_path / "nope.zarr")
+
+
+@pytest.mark.parametrize("codec", L.CODECS)
+def test_every_codec_roundtrips_losslessly(tmp_path, codec):
+    a = zarr.create_array(
+        str(tmp_path / "x.zarr"), shape=(2, 8, 8, 3), dtype="uint8", chunks=(1, 8, 8, 3),
+        compressors=L.picture_compressors(codec),
+    )  # fmt: skip
+    data = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    a[...] = data
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "x.zarr"))[...], data)
+    with pytest.raises(ValueError, match="unknown codec"):
+        L.picture_compressors("jpeg")
+
+
+def test_scale_intrinsics_half_pixel_convention():
+    K = np.array([[7000.0, 0, 1334.3], [0, 7100.0, 2047.9], [0, 0, 1]])
+    K2 = L.scale_intrinsics(K, 0.25, 0.5)
+    assert K2[0, 0] == 7000 * 0.25 and K2[1, 1] == 7100 * 0.5
+    # pixel centres: the centre of source pixel 0 (x=0) maps to x' = -0.375 at s=1/4 (it lies inside the
+    # first target pixel, whose centre is at 0 and spans [-0.5, 0.5])
+    p = np.array([3.0, -2.0, 10.0])
+    u, u2 = (K @ p)[:2] / p[2], (K2 @ p)[:2] / p[2]
+    np.testing.assert_allclose(u2, (u + 0.5) * np.array([0.25, 0.5]) - 0.5)
+    assert L.scale_intrinsics(K, 1, 1).tolist() == K.tolist()
+    full = L.sensor_to_image_intrinsics(K, (SENSOR_HEIGHT, SENSOR_WIDTH))
+    np.testing.assert_allclose(full, K)
+    np.testing.assert_allclose(
+        L.sensor_to_image_intrinsics(K, (1024, 667)), L.scale_intrinsics(K, 0.25, 0.25)
+    )
+    assert L.downsampled_size((1024, 667), 2) == (512, 333)
+    with pytest.raises(ValueError):
+        L.downsampled_size((8, 8), 0)
+
+
+def test_resample_filters():
+    rgb = np.zeros((4, 6, 3), np.uint8)
+    rgb[:2, :2] = 200  # one 2x2 block
+    out = resize_rgb(rgb, (2, 3))
+    assert out.shape == (2, 3, 3) and out[0, 0, 0] == 200 and out[1, 1, 0] == 0
+    rgb[0, 0] = 0
+    assert resize_rgb(rgb, (2, 3))[0, 0, 0] == 150  # area average, not a point sample
+    lab = np.array([[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]], np.uint8)
+    assert resize_labels(lab, (2, 2)).tolist() == [[1, 2], [3, 4]]
+    assert resize_rgb(rgb, (4, 6)) is rgb
+
+
+def test_samples_manifest_rows_and_schema(tmp_path):
+    vi = np.array([[True, False], [True, True], [True, True]])
+    vs = np.array([[True, True], [False, True], [True, True]])
+    vf = np.array([True, True, False])
+    t = sm.capture_samples(
+        "20230405--1635--AAN112", "AAN112", [10, 11, 12], ["s", "s", "t"], ["c1", "c2"], vi, vs, vf
+    )
+    path = sm.write_samples([t], tmp_path / "m" / "samples.parquet")
+    df = sm.read_samples(path)
+    assert len(df) == 6 and list(df.columns) == list(sm.COLUMNS)
+    assert df.valid.tolist() == [True, False, True, True, False, False]
+    assert df.camera_id.tolist() == ["c1", "c2"] * 3 and df.frame_id.tolist() == [10, 10, 11, 11, 12, 12]
+    assert pq.read_schema(path).field("camera_index").type == "int16"
+    assert not list((tmp_path / "m").glob("*.tmp"))
+    with pytest.raises(FileNotFoundError):
+        sm.read_samples(tmp_path / "none.parquet")
+
+
+def test_samples_schema_matches_split_parts():
+    splits = pytest.importorskip("ava256.manifests.splits")
+    assert splits.SPLIT_SCHEMA.equals(sm.SAMPLES_SCHEMA)
+
+
+def test_repack_manifest_roundtrip(tmp_path):
+    from datetime import datetime, timezone
+
+    row = {
+        "capture": "c", "task_id": "c/image/1/000000-000004", "asset": "image", "camera_id": "1", "camera_index": 0,
+        "frame_start": 0, "frame_stop": 4, "status": rm.STATUS_DONE, "n_frames": 4, "n_valid": 3, "n_missing": 1,
+        "n_corrupt": 0, "errors": [{"capture": "c", "file": "c/x.zip", "member": "m", "reason": "missing"}],
+        "seconds": 1.5, "peak_rss_mb": 100.0, "source_hash": "h", "worker": "w",
+        "finished_at": datetime.now(timezone.utc),
+    }  # fmt: skip
+    path = tmp_path / "repack.parquet"
+    rm.write_repack_manifest(rm.rows_to_table([row]), path)
+    df = rm.read_repack_manifest(path)
+    assert df.iloc[0].errors[0]["reason"] == "missing" and df.iloc[0].n_valid == 3
+    assert len(rm.read_repack_manifest(tmp_path / "absent.parquet")) == 0
