@@ -1,0 +1,388 @@
+"""``ZarrSampleDataset``: training samples read from repacked Zarr capture stores (never the raw tree).
+
+One sample is one (capture, frame_index, camera_index) row of a split manifest. Reading it touches exactly
+four chunks: the camera image ``image[f, c]`` (H, W, 3), the mesh ``vertices[f]`` (V, 3), the uv texture
+``uv_texture[f]`` (T, T, 3) and the head pose ``head_pose[f]`` (3, 4). (With sharding each read is a small
+shard-index read plus one byte range.) Everything else is a per-capture constant read once per worker
+process and cached: camera calibration, the normalised neutral mesh, and (in a small LRU, since a 1024 x
+1024 float texture is 12 MB) the normalised neutral texture.
+
+The sample dict (CONTRACTS.md, "loader -> model"):
+
+=============  ==================  ====================================================================
+key            shape / type        meaning
+=============  ==================  ====================================================================
+image          (3, H, W) float32   camera image, 0..255
+camrot         (3, 3) float32      head -> camera rotation (``ava256.data.geometry``)
+campos         (3,) float32        camera centre in the head frame, mm
+focal          (2,) float32        fx, fy in pixels of the returned image
+princpt        (2,) float32        cx, cy in pixels of the returned image (pixel centres at integers)
+verts          (V, 3) float32      mesh vertices, normalised ``(v - vert_mean) / vert_std``
+tex            (3, T, T) float32   uv texture, normalised ``(t - tex_mean) / tex_std``
+neut_verts     (V, 3) float32      the capture's neutral mesh, normalised the same way
+neut_tex       (3, T, T) float32   the capture's neutral texture, normalised the same way
+idindex        int64 scalar        position of the capture in ``dataset.captures``
+camindex       int64 scalar        position of the camera id in ``dataset.camera_ids``
+pixelcoords    (H, W, 2) float32   x, y of every pixel
+valid          bool scalar         always True (invalid samples are never returned)
+capture        str                 capture folder ``mcd--mct--sid``
+frame_index    int                 frame position in the capture (row of frame_list.csv)
+=============  ==================  ====================================================================
+
+The neutral frame of a capture is its first ``EXP_neutral_peak`` frame (frame_list order) whose vertices and
+uv texture are valid; if there is none, its first frame with both valid (a warning is logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import zarr
+from torch.utils.data import Dataset
+
+from ava256.data.geometry import camera_in_head_frame, focal_principal, pixel_coords
+from ava256.data.normalization import CaptureStats, NormStats, combine_stats
+from ava256.store import layout as L
+
+log = logging.getLogger(__name__)
+
+NEUTRAL_SEGMENT = "EXP_neutral_peak"
+#: The per-frame assets a training sample needs (a sample is valid iff all are valid and its image is).
+SAMPLE_FRAME_ASSETS = ("head_pose", "vertices", "uv_texture")
+
+
+def choose_neutral_frame(segments: Sequence[str], frame_valid: np.ndarray, capture: str = "") -> int:
+    """Frame index of a capture's neutral conditioning frame: the first ``EXP_neutral_peak`` frame with
+    ``frame_valid`` (vertices and uv texture valid), else the first valid frame (logged). ValueError if no
+    frame is valid."""
+    ok = np.asarray(frame_valid, dtype=bool)
+    seg = np.asarray(segments, dtype=str)
+    cand = np.flatnonzero((seg == NEUTRAL_SEGMENT) & ok)
+    if cand.size:
+        return int(cand[0])
+    cand = np.flatnonzero(ok)
+    if not cand.size:
+        raise ValueError(
+            f"capture {capture}: no frame with valid vertices and uv texture for neutral conditioning"
+        )
+    log.warning(
+        "capture %s: no valid %s frame; neutral conditioning uses frame %d", capture, NEUTRAL_SEGMENT, cand[0]
+    )
+    return int(cand[0])
+
+
+def open_capture(store: Any, capture: str, storage_options: dict[str, Any] | None = None) -> zarr.Group:
+    """Open ``STORE/<capture>.zarr`` read-only; ``store`` is a path/URL or a zarr Store of the store root."""
+    if isinstance(store, zarr.abc.store.Store):
+        try:
+            return zarr.open_group(store, path=capture + L.STORE_SUFFIX, mode="r", zarr_format=3)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+            raise FileNotFoundError(f"no capture store {capture}{L.STORE_SUFFIX} in {store}") from exc
+    return L.open_capture_group(
+        L.capture_store_path(store, capture), mode="r", storage_options=storage_options
+    )
+
+
+def read_capture_stats(group: zarr.Group, capture: str) -> CaptureStats:
+    """The stored per-capture normalisation statistics (ValueError naming what is missing)."""
+    a = group.attrs
+    missing = [n for n in (L.TEXTURE_MEAN, L.VERTEX_MEAN) if n not in group]
+    missing += [k for k in (L.ATTR_TEXTURE_VAR, L.ATTR_VERTEX_VAR) if a.get(k) is None]
+    if missing:
+        raise ValueError(f"capture {capture}: store lacks normalisation statistics {missing}")
+    stats = CaptureStats(
+        capture,
+        np.asarray(group[L.TEXTURE_MEAN][...], dtype=np.float32),
+        float(a[L.ATTR_TEXTURE_VAR]),
+        np.asarray(group[L.VERTEX_MEAN][...], dtype=np.float32),
+        float(a[L.ATTR_VERTEX_VAR]),
+    )
+    if not (np.isfinite(stats.tex_mean).all() and np.isfinite(stats.vert_mean).all()):
+        raise ValueError(
+            f"capture {capture}: stored texture/vertex mean contains NaN (not written by repack?)"
+        )
+    return stats
+
+
+def compute_norm_stats(
+    store: Any, captures: Sequence[str], storage_options: dict[str, Any] | None = None
+) -> NormStats:
+    """Cross-capture :class:`NormStats` of ``captures`` from their stores (one capture in memory at a time)."""
+    return combine_stats(read_capture_stats(open_capture(store, c, storage_options), c) for c in captures)
+
+
+@dataclass
+class _CaptureMeta:
+    """Small per-capture constants (picklable; built in the main process)."""
+
+    name: str
+    neutral_frame: int
+    camera_ids: list[str]
+    intrinsics: np.ndarray  # (C, 3, 3) float32, stored image pixels
+    extrinsics: np.ndarray  # (C, 3, 4) float32, world -> camera
+
+
+@dataclass
+class _CaptureArrays:
+    """Open arrays of one capture (per worker process)."""
+
+    image: zarr.Array
+    vertices: zarr.Array
+    uv_texture: zarr.Array
+    head_pose: zarr.Array
+    neut_verts: torch.Tensor
+
+
+class ZarrSampleDataset(Dataset):
+    """Training samples of a split manifest, read from ``STORE/<capture>.zarr`` (module doc for the dict).
+
+    Args:
+        store: the store root (path, fsspec URL, or a ``zarr.abc.store.Store`` of the root).
+        split_df: rows with at least ``capture, frame_index, camera_index, camera_id, valid`` (a split part
+            from ``ava256.manifests.splits.read_split_part`` or ``samples.parquet``). Rows with
+            ``valid == False``, and rows the store's ``valid/*`` masks mark invalid, are excluded and counted
+            in ``self.excluded``.
+        downsample: the ``--downsample`` the stores must have been repacked with (None: any, but all
+            captures must have the same image size). Images are returned as stored.
+        stats: normalisation statistics; None computes them from the captures of ``split_df``. Pass the
+            training set's ``dataset.stats`` to its val/test datasets.
+        captures: the identity table (``idindex`` = position); default: sorted captures of ``split_df``.
+        camera_ids: the camera table (``camindex`` = position); default: sorted camera ids of ``split_df``.
+        neutral_cache: how many captures' normalised neutral textures a worker keeps (LRU).
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        split_df: pd.DataFrame,
+        *,
+        downsample: int | None = None,
+        stats: NormStats | None = None,
+        captures: Sequence[str] | None = None,
+        camera_ids: Sequence[str] | None = None,
+        neutral_cache: int = 8,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.store = store if isinstance(store, zarr.abc.store.Store) else os.fspath(store)
+        self.storage_options = storage_options
+        self.neutral_cache_size = max(1, int(neutral_cache))
+        need = ["capture", "frame_index", "camera_index", "camera_id", "valid"]
+        missing = [c for c in need if c not in split_df.columns]
+        if missing:
+            raise ValueError(f"split table lacks column(s) {missing}")
+        df = split_df[need].copy()
+        df["capture"] = df["capture"].astype(str)
+        df["camera_id"] = df["camera_id"].astype(str)
+        n_in = len(df)
+        df = df.loc[df["valid"].astype(bool)]
+        manifest_invalid = n_in - len(df)
+        df = df.sort_values(["capture", "frame_index", "camera_index"], kind="stable").reset_index(drop=True)
+        present = sorted(df["capture"].unique())
+        self.captures: list[str] = list(captures) if captures is not None else present
+        unknown = sorted(set(present) - set(self.captures))
+        if unknown:
+            raise ValueError(f"split rows reference captures not in `captures`: {unknown[:5]}")
+        self.camera_ids: list[str] = (
+            list(camera_ids) if camera_ids is not None else sorted(df["camera_id"].unique())
+        )
+        unknown = sorted(set(df["camera_id"]) - set(self.camera_ids))
+        if unknown:
+            raise ValueError(f"split rows reference camera ids not in `camera_ids`: {unknown[:5]}")
+
+        self._meta: dict[str, _CaptureMeta] = {}
+        keep = np.ones(len(df), dtype=bool)
+        image_hw: tuple[int, int] | None = None
+        tex_size = n_verts = None
+        for cap, rows in df.groupby("capture", sort=True).indices.items():
+            group = open_capture(self.store, cap, storage_options)
+            a = group.attrs
+            if a.get(L.ATTR_FORMAT_VERSION) != L.FORMAT_VERSION:
+                raise ValueError(
+                    f"capture {cap}: store format version {a.get(L.ATTR_FORMAT_VERSION)}, expected {L.FORMAT_VERSION}; re-run repack"
+                )
+            if not a.get(L.ATTR_COMPLETE, False):
+                raise ValueError(
+                    f"capture {cap}: store is incomplete (repack did not finish); re-run `ava256 repack`"
+                )
+            if downsample is not None and int(a.get(L.ATTR_DOWNSAMPLE, -1)) != int(downsample):
+                raise ValueError(
+                    f"capture {cap}: store was repacked with --downsample {a.get(L.ATTR_DOWNSAMPLE)}, the loader "
+                    f"wants {downsample}; repack with --downsample {downsample} or change the loader's downsample"
+                )
+            for name in (L.IMAGE, L.VERTICES, L.UV_TEXTURE, L.HEAD_POSE):
+                if name not in group:
+                    raise ValueError(
+                        f"capture {cap}: store has no {name!r} array (asset missing from the raw capture)"
+                    )
+            hw = tuple(int(x) for x in group[L.IMAGE].shape[2:4])
+            t, v = int(group[L.UV_TEXTURE].shape[1]), int(group[L.VERTICES].shape[1])
+            if image_hw is None:
+                image_hw, tex_size, n_verts = hw, t, v
+            elif (hw, t, v) != (image_hw, tex_size, n_verts):
+                raise ValueError(
+                    f"capture {cap}: image {hw} / texture {t} / vertices {v} differ from other captures' "
+                    f"{image_hw} / {tex_size} / {n_verts}; samples could not be batched"
+                )
+            cams = [str(c) for c in a[L.ATTR_CAMERA_IDS]]
+            fi = df["frame_index"].to_numpy()[rows]
+            ci = df["camera_index"].to_numpy()[rows]
+            if fi.max() >= group[L.IMAGE].shape[0] or ci.max() >= len(cams):
+                raise ValueError(
+                    f"capture {cap}: split rows index frames/cameras beyond the store's {group[L.IMAGE].shape[:2]}"
+                )
+            mism = np.asarray(cams, dtype=object)[ci] != df["camera_id"].to_numpy()[rows]
+            if mism.any():
+                raise ValueError(
+                    f"capture {cap}: split camera ids disagree with the store's camera_ids ({int(mism.sum())} rows)"
+                )
+            frame_ok = np.ones(group[L.IMAGE].shape[0], dtype=bool)
+            for asset in SAMPLE_FRAME_ASSETS:
+                frame_ok &= np.asarray(group[L.valid_name(asset)][...], dtype=bool)
+            image_ok = np.asarray(group[L.valid_name("image")][...], dtype=bool)
+            keep[rows] = frame_ok[fi] & image_ok[fi, ci]
+            self._meta[cap] = _CaptureMeta(
+                name=cap,
+                neutral_frame=choose_neutral_frame(a[L.ATTR_SEGMENTS], frame_ok, cap),
+                camera_ids=cams,
+                intrinsics=np.asarray(group[L.CAMERA_INTRINSICS][...], dtype=np.float32),
+                extrinsics=np.asarray(group[L.CAMERA_EXTRINSICS][...], dtype=np.float32),
+            )
+        store_invalid = int((~keep).sum())
+        if store_invalid:
+            log.warning("%d split rows are invalid in the stores' valid masks and are skipped", store_invalid)
+        df = df.loc[keep].reset_index(drop=True)
+        self.excluded = {"manifest_invalid": int(manifest_invalid), "store_invalid": store_invalid}
+        if df.empty:
+            raise ValueError(f"no valid samples left ({n_in} split rows, excluded: {self.excluded})")
+
+        self.image_size: tuple[int, int] = image_hw  # (H, W)
+        self.texture_size: int = int(tex_size)
+        self.n_vertices: int = int(n_verts)
+        self.downsample = downsample
+        cap_code = {c: i for i, c in enumerate(self.captures)}
+        cam_code = {c: i for i, c in enumerate(self.camera_ids)}
+        # Compact per-sample index (cheap to pickle to workers, O(1) lookup).
+        self._idindex = df["capture"].map(cap_code).to_numpy(np.int64)
+        self._frame = df["frame_index"].to_numpy(np.int64)
+        self._camera = df["camera_index"].to_numpy(np.int64)
+        self._camindex = df["camera_id"].map(cam_code).to_numpy(np.int64)
+        self.stats = stats if stats is not None else compute_norm_stats(self.store, present, storage_options)
+        if tuple(self.stats.tex_mean.shape) != (3, tex_size, tex_size) or tuple(
+            self.stats.vert_mean.shape
+        ) != (n_verts, 3):
+            raise ValueError(
+                f"normalisation stats of shape {tuple(self.stats.tex_mean.shape)} / {tuple(self.stats.vert_mean.shape)} "
+                f"do not match texture {tex_size} / vertices {n_verts}"
+            )
+        self._reset_worker_state()
+
+    # --- per-worker state ------------------------------------------------------------------------------------
+    def _reset_worker_state(self) -> None:
+        self._pid = os.getpid()
+        self._arrays: dict[str, _CaptureArrays] = {}
+        self._neutral_tex: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._pixelcoords = torch.from_numpy(pixel_coords(*self.image_size))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for k in ("_arrays", "_neutral_tex", "_pixelcoords"):
+            state.pop(k, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_worker_state()
+
+    def _capture_arrays(self, cap: str) -> _CaptureArrays:
+        if self._pid != os.getpid():  # forked worker: never reuse the parent's handles
+            self._reset_worker_state()
+        arrs = self._arrays.get(cap)
+        if arrs is None:
+            g = open_capture(self.store, cap, self.storage_options)
+            meta = self._meta[cap]
+            nv = torch.from_numpy(np.array(g[L.VERTICES][meta.neutral_frame], dtype=np.float32))
+            arrs = _CaptureArrays(
+                g[L.IMAGE], g[L.VERTICES], g[L.UV_TEXTURE], g[L.HEAD_POSE], self.stats.normalize_verts(nv)
+            )
+            self._arrays[cap] = arrs
+        return arrs
+
+    def _neutral_texture(self, cap: str, arrs: _CaptureArrays) -> torch.Tensor:
+        tex = self._neutral_tex.get(cap)
+        if tex is None:
+            raw = arrs.uv_texture[self._meta[cap].neutral_frame]
+            tex = self.stats.normalize_tex(_chw_float(raw))
+            self._neutral_tex[cap] = tex
+            while len(self._neutral_tex) > self.neutral_cache_size:
+                self._neutral_tex.popitem(last=False)
+        else:
+            self._neutral_tex.move_to_end(cap)
+        return tex
+
+    # --- Dataset API -------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._idindex.shape[0])
+
+    def sample_key(self, index: int) -> tuple[str, int, int]:
+        """(capture, frame_index, camera_index) of sample ``index``."""
+        return self.captures[int(self._idindex[index])], int(self._frame[index]), int(self._camera[index])
+
+    def keys(self) -> Iterator[tuple[str, int, int]]:
+        return (self.sample_key(i) for i in range(len(self)))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"sample {index} out of range ({len(self)} samples)")
+        index = int(index) % len(self)
+        cap, f, c = self.sample_key(index)
+        meta = self._meta[cap]
+        arrs = self._capture_arrays(cap)
+        image = arrs.image[f, c]  # (H, W, 3) uint8: one chunk
+        head_pose = arrs.head_pose[f]  # (3, 4)
+        verts = arrs.vertices[f]  # (V, 3)
+        tex = arrs.uv_texture[f]  # (T, T, 3) uint8
+        camrot, campos = camera_in_head_frame(meta.extrinsics[c], head_pose)
+        focal, princpt = focal_principal(meta.intrinsics[c])
+        return {
+            "image": _chw_float(image),
+            "camrot": torch.from_numpy(camrot),
+            "campos": torch.from_numpy(campos),
+            "focal": torch.from_numpy(focal),
+            "princpt": torch.from_numpy(princpt),
+            "verts": self.stats.normalize_verts(torch.from_numpy(np.array(verts, dtype=np.float32))),
+            "tex": self.stats.normalize_tex(_chw_float(tex)),
+            "neut_verts": arrs.neut_verts,
+            "neut_tex": self._neutral_texture(cap, arrs),
+            "idindex": torch.tensor(self._idindex[index], dtype=torch.int64),
+            "camindex": torch.tensor(self._camindex[index], dtype=torch.int64),
+            "pixelcoords": self._pixelcoords,
+            "valid": torch.tensor(True),
+            "capture": cap,
+            "frame_index": f,
+        }
+
+
+def _chw_float(hwc: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> contiguous (3, H, W) float32 (values 0..255)."""
+    t = torch.from_numpy(np.ascontiguousarray(hwc))
+    out = torch.empty((t.shape[2], t.shape[0], t.shape[1]), dtype=torch.float32)
+    out.copy_(t.permute(2, 0, 1))
+    return out
+
+
+def split_dataset(
+    store: Any, split: str, part: str, *, stats: NormStats | None = None, **kwargs: Any
+) -> ZarrSampleDataset:
+    """A :class:`ZarrSampleDataset` of ``STORE/_splits/<split>/<part>.parquet`` (local stores)."""
+    from ava256.manifests.splits import read_split_part
+
+    return ZarrSampleDataset(store, read_split_part(store, split, part), stats=stats, **kwargs)

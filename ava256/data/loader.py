@@ -1,0 +1,79 @@
+"""Batching: a collate for sample dicts, memory pinning when CUDA is present, and ``make_loader``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data._utils.collate import default_collate
+
+from ava256.data.sampler import ResumableSampler
+
+
+def collate_samples(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Stack sample dicts into a batch: tensors gain a leading batch dimension, ``capture`` becomes a list
+    of str and ``frame_index`` an int64 tensor. ``None`` entries are dropped (a dataset never returns None;
+    this keeps a custom one from breaking a batch); an all-None batch gives None."""
+    items = [s for s in samples if s is not None]
+    return default_collate(items) if items else None
+
+
+def pin_batch(batch: Any) -> Any:
+    """Page-lock every tensor of a (nested) batch when CUDA is available, so ``.to(device, non_blocking=True)``
+    overlaps the copy with compute; returns the batch unchanged on CPU-only machines."""
+    if not torch.cuda.is_available():
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return batch.pin_memory()
+    if isinstance(batch, dict):
+        return {k: pin_batch(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(pin_batch(v) for v in batch)
+    return batch
+
+
+def batch_size_of(batch: dict[str, Any]) -> int:
+    """Number of samples in a collated batch (what to pass to ``ResumableSampler.advance``)."""
+    return int(batch["idindex"].shape[0]) if "idindex" in batch else len(next(iter(batch.values())))
+
+
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int = 4,
+    num_workers: int = 2,
+    seed: int = 0,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    sampler: ResumableSampler | None = None,
+    prefetch_factor: int = 2,
+    persistent_workers: bool | None = None,
+    pin_memory: bool | None = None,
+) -> DataLoader:
+    """A DataLoader over ``dataset`` with a :class:`ResumableSampler` (rank/world from torch.distributed),
+    :func:`collate_samples`, worker processes, and pinned memory when CUDA is present (``pin_memory=None``).
+
+    The sampler is ``loader.sampler``; the training loop calls ``loader.sampler.advance(batch_size_of(b))``
+    after using each batch and ``loader.sampler.next_epoch()`` after each epoch, and checkpoints
+    ``loader.sampler.state_dict()``. ``drop_last`` drops the epoch's incomplete last batch (and, across
+    ranks, the indices that would need padding)."""
+    if sampler is None:
+        sampler = ResumableSampler(len(dataset), seed=seed, shuffle=shuffle, drop_last=drop_last)
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        kwargs["prefetch_factor"] = prefetch_factor
+        kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_samples,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        **kwargs,
+    )
