@@ -1,0 +1,247 @@
+"""CUDA path of the raymarcher: acceleration grid (built with torch ops on the GPU) + autograd Function.
+
+The acceleration structure is a uniform grid over each image's primitives: every primitive's oriented box is
+bounded by a (slightly padded) axis-aligned box, and each grid cell lists, in ascending k, the primitives
+whose bounding box overlaps it. The kernel then tests only the primitives of the cell its sample point lies
+in, and jumps over empty cells. Building it is a few sort/scan ops over the (primitive, cell) pairs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["AccelGrid", "build_grid", "raymarch_cuda"]
+
+#: Largest grid resolution along an axis, and the most (primitive, cell) entries allowed.
+MAX_RES = 128
+MAX_ENTRIES = 1 << 26
+#: Grid cell edge relative to the median primitive bounding-box edge (0.5: ~5 primitives tested per sample on
+#: the MVP head layout; see benchmarks/raymarch.py --cell-factor).
+CELL_FACTOR = 0.5
+
+
+@dataclass
+class AccelGrid:
+    """Per-image uniform grid. ``gridinfo`` (N, 12): lo(3), hi(3), 1/cell(3), cell(3); ``cell_start``
+    (N*Gz*Gy*Gx + 1,) int32 offsets into ``cell_prims`` (E,) int32 primitive indices; ``res`` (Gx, Gy, Gz)."""
+
+    gridinfo: Tensor
+    cell_start: Tensor
+    cell_prims: Tensor
+    res: tuple[int, int, int]
+
+
+def _prim_bounds(pos: Tensor, rot: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Padded axis-aligned bounds (N, K, 3) of the primitives' boxes, and a (N, K) finiteness mask."""
+    inv_s = 1.0 / scale.abs().clamp_min(1e-30)
+    half = (rot.abs() * inv_s[..., :, None]).sum(-2)  # half_i = sum_j |R_ji| / s_j
+    pad = 1e-4 * half + 1e-5 * (pos.abs() + half) + 1e-12
+    lo, hi = pos - half - pad, pos + half + pad
+    valid = torch.isfinite(lo).all(-1) & torch.isfinite(hi).all(-1)
+    return lo, hi, valid
+
+
+@torch.no_grad()
+def build_grid(
+    primpos: Tensor,
+    primrot: Tensor,
+    primscale: Tensor,
+    *,
+    cell_factor: float | None = None,
+    max_res: int = MAX_RES,
+) -> AccelGrid:
+    """Build the acceleration grid for (N, K) primitives (float32 tensors on one device).
+
+    ``cell_factor`` sets the cell edge relative to the median primitive bounding-box edge.
+    """
+    n, k = primpos.shape[:2]
+    dev = primpos.device
+    cell_factor = CELL_FACTOR if cell_factor is None else cell_factor
+    lo, hi, valid = _prim_bounds(primpos.float(), primrot.float(), primscale.float())
+    inf = torch.tensor(float("inf"), device=dev)
+    glo = torch.where(valid[..., None], lo, inf).amin(1)
+    ghi = torch.where(valid[..., None], hi, -inf).amax(1)
+    empty = ~torch.isfinite(glo).all(-1) | ~torch.isfinite(ghi).all(-1)
+    glo = torch.where(empty[:, None], torch.zeros_like(glo), glo)
+    ghi = torch.where(empty[:, None], torch.ones_like(ghi), ghi)
+    ext = (ghi - glo).clamp_min(1e-6)
+    glo = glo - 0.01 * ext - 1e-6
+    ghi = ghi + 0.01 * ext + 1e-6
+    ext = ghi - glo
+
+    edges = (hi - lo)[valid]
+    target = float(edges.median()) * cell_factor if edges.numel() else 1.0
+    max_ext = ext.amax(0).tolist()
+    res = [max(1, min(max_res, math.ceil(e / max(target, 1e-12)))) for e in max_ext]
+
+    while True:
+        g = torch.tensor(res, device=dev, dtype=torch.float32)
+        inv = g / ext
+        clo = torch.floor((lo - glo[:, None]) * inv[:, None])
+        chi = torch.floor((hi - glo[:, None]) * inv[:, None])
+        gmax = (g - 1)[None, None]
+        clo = torch.minimum(clo.clamp_min(0), gmax).long()
+        chi = torch.minimum(chi.clamp_min(0), gmax).long()
+        extent = (chi - clo + 1) * valid[..., None]
+        cnt = extent.prod(-1)
+        total = int(cnt.sum())
+        if total <= MAX_ENTRIES or max(res) == 1:
+            break
+        res = [max(1, r // 2) for r in res]
+    gx, gy, gz = res
+    ncells = n * gx * gy * gz
+
+    flat_cnt = cnt.reshape(-1)
+    prim_ids = torch.repeat_interleave(torch.arange(n * k, device=dev), flat_cnt, output_size=total)
+    offs = torch.cumsum(flat_cnt, 0) - flat_cnt
+    j = torch.arange(total, device=dev) - offs[prim_ids]
+    ex = extent.reshape(-1, 3)[prim_ids]
+    c0 = clo.reshape(-1, 3)[prim_ids]
+    cx = c0[:, 0] + j % ex[:, 0]
+    cy = c0[:, 1] + (j // ex[:, 0]) % ex[:, 1]
+    cz = c0[:, 2] + j // (ex[:, 0] * ex[:, 1])
+    cell = ((prim_ids // k * gz + cz) * gy + cy) * gx + cx
+    cell_sorted, order = torch.sort(cell, stable=True)  # stable: k stays ascending within a cell
+    cell_prims = (prim_ids[order] % k).to(torch.int32)
+    counts = torch.bincount(cell_sorted, minlength=ncells)
+    cell_start = torch.zeros(ncells + 1, dtype=torch.int64, device=dev)
+    cell_start[1:] = torch.cumsum(counts, 0)
+    gridinfo = torch.cat([glo, ghi, inv.expand(n, 3), (1.0 / inv).expand(n, 3)], -1).float().contiguous()
+    return AccelGrid(gridinfo, cell_start.to(torch.int32), cell_prims.contiguous(), (gx, gy, gz))
+
+
+def _pack_prims(primpos: Tensor, primrot: Tensor, primscale: Tensor) -> Tensor:
+    n, k = primpos.shape[:2]
+    pad = primpos.new_zeros(n, k, 1)
+    return _aligned(
+        torch.cat([primpos.float(), primscale.float(), primrot.reshape(n, k, 9).float(), pad.float()], -1)
+    )
+
+
+def _aligned(t: Tensor) -> Tensor:
+    """Contiguous float32 with a 16-byte aligned start (the kernels read float4s)."""
+    t = t.float().contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
+def _channels_last(grid: Tensor, channels: int = 4) -> Tensor:
+    """(N, K, C, D, D, D) -> (N, K, D, D, D, 4) float32 (zero-padded to 4 channels)."""
+    g = grid.float().permute(0, 1, 3, 4, 5, 2)
+    if g.shape[-1] < channels:
+        g = torch.cat([g, g.new_zeros(*g.shape[:-1], channels - g.shape[-1])], -1)
+    return _aligned(g)
+
+
+class _RaymarchCUDA(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, raypos, raydir, tminmax, primpos, primrot, primscale, template, warp, dt, termination):
+        from ._build import load_extension
+
+        ext = load_extension()
+        grid = build_grid(primpos, primrot, primscale)
+        prim = _pack_prims(primpos, primrot, primscale)
+        rays = [_aligned(t) for t in (raypos, raydir, tminmax)]
+        warp_cl = None if warp is None else _channels_last(warp)
+        stream = torch.cuda.current_stream(raypos.device).cuda_stream
+        rgba, aux = ext.forward(
+            *rays,
+            prim,
+            _channels_last(template),
+            warp_cl,
+            grid.gridinfo,
+            grid.cell_start,
+            grid.cell_prims,
+            list(grid.res),
+            float(dt),
+            float(termination),
+            stream,
+        )
+        ctx.save_for_backward(
+            *rays, prim, template, warp, grid.gridinfo, grid.cell_start, grid.cell_prims, aux
+        )
+        ctx.res = grid.res
+        ctx.dt, ctx.termination = float(dt), float(termination)
+        ctx.dtypes = (primpos.dtype, primrot.dtype, primscale.dtype, template.dtype)
+        return rgba
+
+    @staticmethod
+    def backward(ctx, grad_rgba):
+        from ._build import load_extension
+
+        ext = load_extension()
+        raypos, raydir, tminmax, prim, template, warp, gridinfo, cell_start, cell_prims, aux = (
+            ctx.saved_tensors
+        )
+        stream = torch.cuda.current_stream(raypos.device).cuda_stream
+        g_tmpl, g_warp, g_prim = ext.backward(
+            raypos,
+            raydir,
+            tminmax,
+            prim,
+            _channels_last(template),
+            None if warp is None else _channels_last(warp),
+            gridinfo,
+            cell_start,
+            cell_prims,
+            list(ctx.res),
+            ctx.dt,
+            ctx.termination,
+            aux,
+            _aligned(grad_rgba),
+            stream,
+        )
+        n, k = prim.shape[:2]
+        dpos, drot, dscale, dtmpl = ctx.dtypes
+        g_template = g_tmpl.permute(0, 1, 5, 2, 3, 4).to(dtmpl)
+        g_w = None
+        if warp is not None:
+            g_w = g_warp[..., :3].permute(0, 1, 5, 2, 3, 4).to(warp.dtype)
+        g_pos = g_prim[..., 0:3].to(dpos)
+        g_scale = g_prim[..., 3:6].to(dscale)
+        g_rot = g_prim[..., 6:15].reshape(n, k, 3, 3).to(drot)
+        return None, None, None, g_pos, g_rot, g_scale, g_template, g_w, None, None
+
+
+def raymarch_cuda(
+    raypos: Tensor,
+    raydir: Tensor,
+    tminmax: Tensor,
+    primpos: Tensor,
+    primrot: Tensor,
+    primscale: Tensor,
+    template: Tensor,
+    warp: Tensor | None = None,
+    *,
+    dt: float,
+    termination: float = 1.0 - 1e-4,
+) -> Tensor:
+    """The CUDA raymarcher (same contract as :func:`ava256.kernels.raymarch`); all tensors on one CUDA device."""
+    n, h, w, _ = raypos.shape
+    k = primpos.shape[1]
+    d = template.shape[-1]
+    expect = {
+        "raypos": (raypos, (n, h, w, 3)),
+        "raydir": (raydir, (n, h, w, 3)),
+        "tminmax": (tminmax, (n, h, w, 2)),
+        "primpos": (primpos, (n, k, 3)),
+        "primrot": (primrot, (n, k, 3, 3)),
+        "primscale": (primscale, (n, k, 3)),
+        "template": (template, (n, k, 4, d, d, d)),
+    }
+    if warp is not None:
+        expect["warp"] = (warp, (n, k, 3, d, d, d))
+    for name, (t, shape) in expect.items():
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+        if not t.is_cuda or t.device != raypos.device:
+            raise ValueError(f"{name} must be on {raypos.device} like raypos (CUDA path), got {t.device}")
+    if d < 2:
+        raise ValueError("voxel grids need D >= 2")
+    with torch.cuda.device(raypos.device):
+        return _RaymarchCUDA.apply(
+            raypos, raydir, tminmax, primpos, primrot, primscale, template, warp, dt, termination
+        )

@@ -1,0 +1,182 @@
+"""Benchmark of the MVP raymarcher: CUDA forward and forward+backward vs. the PyTorch reference.
+
+    python benchmarks/raymarch.py [--quick] [--cell-factor 0.5]
+
+Reference configuration (MVP): N=4 images of 512x333 rays, K=16384 primitives of 8^3 RGBA on a head-sized
+surface, volume radius 256 mm (normalised volume [-1, 1]^3), dt = 1/256; also K/2 and 2K (and K with a warp).
+Times are medians of CUDA-event-timed runs after warm-up, including the acceleration-grid build and the layout
+changes the autograd Function does. "Bytes" is the compulsory traffic (every input read once, every output
+written once; for the backward also the gradients written once), so "achieved" is a lower bound on the
+bandwidth actually used; it is compared with a device-to-device copy measured in the same run. The baseline
+row runs the PyTorch reference and the CUDA path on one small configuration on the same GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ava256.kernels import function, raymarch  # noqa: E402
+from ava256.kernels.scenes import head_scene  # noqa: E402
+
+
+def _time_ms(fn, warmup: int = 2, reps: int = 10) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy bandwidth in GB/s, counting bytes read plus bytes written."""
+    src = torch.rand(nbytes // 4, device="cuda")
+    dst = torch.empty_like(src)
+    ms = _time_ms(lambda: dst.copy_(src), warmup=3, reps=20)
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def _scene(n, h, w, k, d, warp, seed=0):
+    s = head_scene(n, h, w, k, d=2, warp=False, seed=seed).to("cuda")  # geometry and rays
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    tmpl = torch.rand(n, k, 4, d, d, d, device="cuda", generator=g)
+    tmpl[:, :, 3] *= 64.0
+    s.template = tmpl
+    if warp:
+        lin = torch.linspace(-1, 1, d, device="cuda")
+        zz, yy, xx = torch.meshgrid(lin, lin, lin, indexing="ij")
+        ident = torch.stack([xx, yy, zz], 0)
+        s.warp = ident[None, None] * 0.9 + 0.1 * (
+            torch.rand(n, k, 3, d, d, d, device="cuda", generator=g) * 2 - 1
+        )
+    return s
+
+
+def _bytes(s, backward: bool) -> int:
+    n, h, w = s.raypos.shape[:3]
+    grids = s.template.numel() + (0 if s.warp is None else s.warp.numel())
+    prims = s.primpos.numel() + s.primrot.numel() + s.primscale.numel()
+    fwd = 4 * (grids + prims + n * h * w * (3 + 3 + 2) + n * h * w * 4)
+    if not backward:
+        return fwd
+    # backward: read grids, prims, rays and grad_rgba again; write grid and prim gradients
+    return fwd + 4 * (2 * grids + 2 * prims + n * h * w * (8 + 4))
+
+
+def bench_config(n, h, w, k, d, dt, warp, reps):
+    s = _scene(n, h, w, k, d, warp)
+    args = s.args()
+    leaves = [t.clone().requires_grad_(True) for t in args[3:] if t is not None]
+    full = list(args[:3]) + leaves + ([None] if s.warp is None else [])
+
+    def fwd():
+        with torch.no_grad():
+            return raymarch(*args, dt=dt)
+
+    grad = torch.randn(n, h, w, 4, device="cuda")
+
+    def fwd_bwd():
+        out = raymarch(*full, dt=dt)
+        torch.autograd.backward(out, grad)
+
+    out = fwd()
+    grid_ms = _time_ms(lambda: function.build_grid(s.primpos, s.primrot, s.primscale), reps=reps)
+    f_ms = _time_ms(fwd, reps=reps)
+    fb_ms = _time_ms(fwd_bwd, reps=reps)
+    alpha = out[..., 3]
+    return {
+        "K": k,
+        "warp": warp,
+        "hit": float((alpha > 0).float().mean()),
+        "opaque": float((alpha > 0.99).float().mean()),
+        "grid_ms": grid_ms,
+        "fwd_ms": f_ms,
+        "fb_ms": fb_ms,
+        "fwd_gbs": _bytes(s, False) / (f_ms * 1e-3) / 1e9,
+        "fb_gbs": _bytes(s, True) / (fb_ms * 1e-3) / 1e9,
+    }
+
+
+def bench_reference(n, h, w, k, d, dt):
+    s = _scene(n, h, w, k, d, False, seed=1)
+    args = s.args()
+
+    def run(backend):
+        leaves = [t.clone().requires_grad_(True) for t in args[3:7]]
+        out = raymarch(*args[:3], *leaves, None, dt=dt, backend=backend)
+        out.sum().backward()
+        return out.detach()
+
+    t0 = time.perf_counter()
+    ref = run("reference")
+    torch.cuda.synchronize()
+    ref_ms = (time.perf_counter() - t0) * 1e3
+    cuda_ms = _time_ms(lambda: run("cuda"), reps=5)
+    got = run("cuda")
+    rel = float((got - ref).norm() / ref.norm())
+    return ref_ms, cuda_ms, rel
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="one image and fewer repeats")
+    p.add_argument(
+        "--cell-factor", type=float, default=function.CELL_FACTOR, help="grid cell / median prim box"
+    )
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to benchmark (the reference alone is exercised by the tests)")
+        return 1
+    function.CELL_FACTOR = args.cell_factor
+    n, h, w, d, dt = (1 if args.quick else 4), 333, 512, 8, 1.0 / 256
+    reps = 3 if args.quick else 10
+    dev = torch.cuda.get_device_name()
+    copy_gbs = copy_bandwidth_gbs()
+    t0 = time.perf_counter()
+    from ava256.kernels._build import load_extension
+
+    load_extension()
+    print(
+        f"device: {dev}; extension load/build {time.perf_counter() - t0:.1f} s; cell factor {args.cell_factor}"
+    )
+    rows = []
+    for k, warp in ((8192, False), (16384, False), (32768, False), (16384, True)):
+        r = bench_config(n, h, w, k, d, dt, warp, reps)
+        rows.append(r)
+        print(r, flush=True)
+    ref_ms, cuda_small_ms, rel = bench_reference(1, 84, 128, 1024, d, dt)
+
+    print()
+    print(f"N={n}, {w}x{h} rays, D={d}, dt=1/256; device-to-device copy {copy_gbs:.0f} GB/s (read+write)")
+    hdr = f"{'K':>6} {'warp':>5} {'hit%':>5} {'grid ms':>8} {'fwd ms':>8} {'fwd GB/s':>9} {'%copy':>6} "
+    hdr += f"{'fwd+bwd ms':>10} {'GB/s':>7} {'%copy':>6}"
+    print(hdr)
+    for r in rows:
+        print(
+            f"{r['K']:>6} {('yes' if r['warp'] else 'no'):>5} {100 * r['hit']:>5.1f} {r['grid_ms']:>8.2f} "
+            f"{r['fwd_ms']:>8.2f} {r['fwd_gbs']:>9.0f} {100 * r['fwd_gbs'] / copy_gbs:>5.1f}% "
+            f"{r['fb_ms']:>10.2f} {r['fb_gbs']:>7.0f} {100 * r['fb_gbs'] / copy_gbs:>5.1f}%"
+        )
+    print(
+        f"baseline (N=1, 128x84 rays, K=1024, fwd+bwd): PyTorch reference {ref_ms:.0f} ms, CUDA "
+        f"{cuda_small_ms:.2f} ms -> {ref_ms / cuda_small_ms:.0f}x; CUDA vs reference rel. error {rel:.1e}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
