@@ -153,12 +153,13 @@ def test_camera_in_head_frame_projects_the_mesh_onto_the_head(tiny_data):
         u = s["focal"][0] * xc[:, 0] / xc[:, 2] + s["princpt"][0]
         w = s["focal"][1] * xc[:, 1] / xc[:, 2] + s["princpt"][1]
         H, W = ds.image_size
-        assert ((u > -0.5) & (u < W - 0.5) & (w > -0.5) & (w < H - 0.5)).float().mean() > 0.99
+        inside = (u > -0.5) & (u < W - 0.5) & (w > -0.5) & (w < H - 0.5)
+        assert inside.float().mean() > 0.5  # the head may be cropped by the frame, not missed
         seg = group(tiny_data.store, cap)[L.SEGMENTATION][f, c]
-        ui = u.round().long().clamp(0, W - 1).numpy()
-        wi = w.round().long().clamp(0, H - 1).numpy()
+        ui = u[inside].round().long().numpy()
+        wi = w[inside].round().long().numpy()
         hits.append(float((seg[wi, ui] != 0).mean()))
-    assert np.mean(hits) > 0.8, hits
+    assert np.mean(hits) > 0.85, hits  # ignoring the head pose gives ~0.73 here; the right math ~0.92
 
 
 def test_statistics_index_tables_and_errors(tiny_data):
