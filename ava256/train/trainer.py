@@ -1,0 +1,361 @@
+"""The training loop: single process or torchrun DDP, bf16 autocast, checkpoints, TensorBoard, validation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+
+from ava256.models import Autoencoder, ModelConfig, losses, psnr, ssim
+from ava256.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from ava256.train.data import DataInfo, open_datasets
+from ava256.train.sampler import ResumableSampler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a run did. ``losses``: total loss of every iteration this call ran, in order."""
+
+    out: Path
+    start_iteration: int
+    iteration: int
+    losses: list[float] = field(default_factory=list)
+    val: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    samples_per_s: float = 0.0
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed() -> _Dist:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; without them this is a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+            device = torch.device("cuda", local)
+        else:
+            device = torch.device("cpu")
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return _Dist(rank, world, local, device)
+    return _Dist(device=torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Tensors to ``device`` (non-blocking from pinned memory); other values untouched."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def build_model(model_cfg: dict[str, Any], info: DataInfo) -> Autoencoder:
+    """The autoencoder for a data set (its topology, vertex normalisation, camera and identity counts)."""
+    mc = ModelConfig.from_dict({**model_cfg, "n_cameras": info.n_cameras, "n_identities": info.n_identities})
+    return Autoencoder(mc, info.topology, torch.as_tensor(info.vertmean), info.vertstd)
+
+
+def image_grid(gt: torch.Tensor, pred: torch.Tensor, n: int = 4) -> torch.Tensor:
+    """(3, n*H, 2*W) float 0..1: each row a sample, ground truth left, reconstruction right."""
+    g, p = gt[:n].float().cpu() / 255, pred[:n].detach().float().cpu().clamp(0, 255) / 255
+    rows = torch.cat([g, p], dim=-1)  # (n, 3, H, 2W)
+    return torch.cat(list(rows), dim=-2).clamp(0, 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: Autoencoder, dataset: Dataset, batch_size: int, max_batches: int, device: torch.device, amp: bool
+) -> dict[str, float]:
+    """PSNR (dB), SSIM and L1 (0..255) of reconstructions (mean expression code) on the first
+    ``max_batches`` batches of ``dataset`` in order."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    sums = {"psnr": 0.0, "ssim": 0.0, "l1": 0.0}
+    count = 0
+    for i, batch in enumerate(loader):
+        if i >= max_batches:
+            break
+        batch = to_device(batch, device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(batch, sample=False)
+        pred, gt = out["image"].float(), batch["image"].float()
+        valid = batch["valid"].bool()
+        if not valid.any():
+            continue
+        pred, gt = pred[valid], gt[valid]
+        sums["psnr"] += float(psnr(pred, gt).sum())
+        sums["ssim"] += float(ssim(pred, gt).sum())
+        sums["l1"] += float((pred.clamp(0, 255) - gt).abs().flatten(1).mean(1).sum())
+        count += int(valid.sum())
+    model.train(was_training)
+    return {k: v / max(count, 1) for k, v in sums.items()} | {"samples": float(count)}
+
+
+class _Metrics:
+    """Append-only ``metrics.jsonl`` (one JSON object per line) on the main rank."""
+
+    def __init__(self, path: Path, resume_iteration: int):
+        self.path = path
+        if path.exists():  # drop lines a killed run wrote after its last checkpoint
+            keep = [
+                ln
+                for ln in path.read_text().splitlines()
+                if ln and json.loads(ln)["iter"] <= resume_iteration
+            ]
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(k + "\n" for k in keep))
+            os.replace(tmp, path)
+        self.f = path.open("a")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.f.write(json.dumps(row) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def train(
+    store: str | os.PathLike[str] | None,
+    split: str | None,
+    cfg: dict[str, Any],
+    out: str | os.PathLike[str],
+    *,
+    datasets: tuple[Dataset, Dataset | None, DataInfo] | None = None,
+    stop_after: int | None = None,
+    on_iteration: Callable[[int, float], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train (or resume) the autoencoder.
+
+    Args:
+        store, split: the Zarr store and split name (``STORE/_splits/<split>/{train,val}.parquet``).
+        cfg: full config dict (:func:`ava256.train.config.load_config`).
+        out: run folder: ``checkpoints/``, ``tb/`` (TensorBoard), ``metrics.jsonl``, ``config.yaml``,
+            ``val.json``. If it holds checkpoints, training resumes from the newest one exactly.
+        datasets: (train, val, info) to use instead of opening ``store`` (in-memory benchmarks, tests).
+        stop_after: stop after this many iterations of this call (as if killed; no final checkpoint).
+        on_iteration: callback(iteration, loss) after each step (tests use it to simulate a crash).
+    """
+    import yaml
+    from tqdm import tqdm
+
+    t_start = time.perf_counter()
+    dd = _setup_distributed()
+    out = Path(out)
+    tc, dc = cfg["train"], cfg["data"]
+    ckpt_dir = out / "checkpoints"
+    if dd.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    seed_everything(int(tc["seed"]) + dd.rank)
+
+    if datasets is None:
+        if store is None or split is None:
+            raise ValueError("train needs a store and a split name (or datasets)")
+        train_ds, val_ds, info = open_datasets(store, split, dc)
+    else:
+        train_ds, val_ds, info = datasets
+
+    model = build_model(cfg["model"], info).to(dd.device)
+    opt = torch.optim.Adam(model.parameters(), lr=float(tc["lr"]))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=int(tc["lr_step"]), gamma=float(tc["lr_gamma"]))
+    sampler = ResumableSampler(len(train_ds), seed=int(tc["seed"]), rank=dd.rank, world=dd.world)
+    iteration = 0
+    ckpt = latest_checkpoint(ckpt_dir)
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, map_location=dd.device)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        iteration = int(state["iteration"])
+        rngs = state["rng"]
+        set_rng_state(rngs[dd.rank] if dd.rank < len(rngs) else rngs[0])
+        log.info("resumed from %s at iteration %d", ckpt, iteration)
+    start_iteration = iteration
+
+    net: torch.nn.Module = model
+    if dd.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dd.local_rank] if dd.device.type == "cuda" else None
+        )
+    amp = bool(tc["amp"]) and dd.device.type == "cuda"
+    weights = {k: float(v) for k, v in cfg["loss"].items()}
+    bs = int(dc["batch_size"])
+    iters = int(tc["iters"])
+
+    writer = None
+    metrics = None
+    if dd.main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"), purge_step=iteration + 1 if iteration else None)
+        metrics = _Metrics(out / "metrics.jsonl", iteration)
+
+    def save(it: int) -> None:
+        rngs = [rng_state()]
+        if dd.world > 1:
+            rngs = [None] * dd.world
+            dist.all_gather_object(rngs, rng_state())
+        if dd.main:
+            save_checkpoint(
+                ckpt_dir,
+                it,
+                {
+                    "iteration": it,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "sampler": sampler.state_dict(),
+                    "rng": rngs,
+                    "config": cfg,
+                    "model_config": model.cfg.to_dict(),
+                    "info": info.to_dict(),
+                },
+                keep=int(tc["keep_ckpts"]),
+            )
+        if dd.world > 1:
+            dist.barrier()
+
+    result = TrainResult(out=out, start_iteration=start_iteration, iteration=iteration)
+    bar = tqdm(
+        total=iters, initial=iteration, disable=not (progress and dd.main), unit="it", dynamic_ncols=True
+    )
+    loader_gen = torch.Generator()
+    ran = 0
+    t_loop = time.perf_counter()
+    samples_seen = 0
+    stopped = False
+    model.train()
+    while iteration < iters and not stopped:
+        loader_gen.manual_seed(int(tc["seed"]) * 7919 + sampler.epoch)
+        nw = int(dc["num_workers"])
+        loader = DataLoader(
+            train_ds,
+            batch_size=bs,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=nw,
+            pin_memory=bool(dc["pin_memory"]) and dd.device.type == "cuda",
+            prefetch_factor=int(dc["prefetch_factor"]) if nw > 0 else None,
+            persistent_workers=False,
+            generator=loader_gen,
+        )
+        epoch_done = True
+        for batch in loader:
+            t0 = time.perf_counter()
+            batch = to_device(batch, dd.device)
+            with torch.autocast(device_type=dd.device.type, dtype=torch.bfloat16, enabled=amp):
+                outs = net(batch)
+            terms = losses(outs, batch, weights)
+            opt.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), float(tc["grad_clip"]))
+            opt.step()
+            sched.step()
+            sampler.advance(bs)
+            iteration += 1
+            ran += 1
+            samples_seen += bs * dd.world
+            total = float(terms["total"].detach())
+            if not math.isfinite(total):
+                raise FloatingPointError(f"non-finite loss {total} at iteration {iteration}")
+            result.losses.append(total)
+            if dd.main:
+                dt_step = time.perf_counter() - t0
+                row = {"iter": iteration, "lr": sched.get_last_lr()[0], "grad_norm": float(gnorm)}
+                row |= {f"loss/{k}": float(v.detach()) for k, v in terms.items()}
+                metrics.write(row)
+                if iteration % int(tc["log_every"]) == 0:
+                    for k, v in row.items():
+                        if k != "iter":
+                            writer.add_scalar(k, v, iteration)
+                    writer.add_scalar("perf/step_s", dt_step, iteration)
+                if iteration % int(tc["image_every"]) == 0:
+                    writer.add_image(
+                        "train/gt_vs_recon", image_grid(batch["image"], outs["image"]), iteration
+                    )
+                bar.update(1)
+                el = time.perf_counter() - t_loop
+                bar.set_postfix(loss=f"{total:.3f}", samples_s=f"{samples_seen / max(el, 1e-9):.1f}")
+            if on_iteration is not None:
+                on_iteration(iteration, total)
+            if iteration % int(tc["ckpt_every"]) == 0 and iteration < iters:
+                save(iteration)
+            if val_ds is not None and iteration % int(tc["val_every"]) == 0 and iteration < iters:
+                result.val = _validate(model, val_ds, dc, dd, amp, writer, metrics, iteration, out)
+            if iteration >= iters or (stop_after is not None and ran >= stop_after):
+                stopped = stop_after is not None and ran >= stop_after and iteration < iters
+                epoch_done = False
+                break
+        if epoch_done:
+            sampler.next_epoch()
+    elapsed = time.perf_counter() - t_loop
+    bar.close()
+    if not stopped:
+        save(iteration)
+        if val_ds is not None:
+            result.val = _validate(model, val_ds, dc, dd, amp, writer, metrics, iteration, out)
+    if writer is not None:
+        writer.close()
+        metrics.close()
+    result.iteration = iteration
+    result.seconds = time.perf_counter() - t_start
+    result.samples_per_s = samples_seen / max(elapsed, 1e-9)
+    return result
+
+
+def _validate(
+    model, val_ds, dc, dd: _Dist, amp, writer, metrics, iteration: int, out: Path
+) -> dict[str, float]:
+    """Validation on the main rank; the others wait."""
+    res: dict[str, float] = {}
+    if dd.main and len(val_ds) > 0:
+        res = evaluate(model, val_ds, int(dc["batch_size"]), int(dc["val_batches"]), dd.device, amp)
+        for k, v in res.items():
+            writer.add_scalar(f"val/{k}", v, iteration)
+        metrics.write({"iter": iteration} | {f"val/{k}": v for k, v in res.items()})
+        tmp = out / "val.json.tmp"
+        tmp.write_text(json.dumps({"iter": iteration, **res}, indent=2))
+        os.replace(tmp, out / "val.json")
+        log.info("validation at %d: %s", iteration, res)
+    if dd.world > 1:
+        dist.barrier()
+    return res
