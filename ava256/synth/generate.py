@@ -67,6 +67,12 @@ _SEGMENT_EXPR = {
     "EXP_eyes_closed": (0.0, 0.0, -0.3, 1.0, 0.0),
 }
 ENCODER_SIZE = 400
+#: Noise levels (grey levels) tuned so that AVIF sizes match the release's (benchmarks/synth.py).
+GRAIN = 3.5  # per-pixel sensor grain of camera images
+PORES = 1.5  # fixed skin micro-texture of the uv texture
+TEX_NOISE = 1.0  # per-frame noise of the uv textures
+IMAGE_DETAIL = 0.06  # relative amplitude of surface micro-detail in camera images
+DETAIL = 0.065  # relative amplitude of mid-frequency skin detail (wrinkles, stubble)
 #: AVIF encoder speed used for synthetic data (0 slow/small .. 10 fast; 8 is within a few % of the default
 #: size at about 4x the speed).
 AVIF_SPEED = 8
@@ -129,7 +135,9 @@ def _look_at(center: np.ndarray, target: np.ndarray, roll: float) -> np.ndarray:
 
 
 def make_calibration(seed: int, capture: CaptureId, cameras: int, head_world: np.ndarray) -> Calibration:
-    """Cameras on a dome about 1 m around ``head_world`` looking at it; K for the full 4096 x 2668 sensor."""
+    """Cameras on a dome 0.56-0.7 m around ``head_world``, looking at it, spread over the front (azimuth
+    +-100 deg, elevation -25..45 deg); K for the full 4096 x 2668 sensor (fx ~ 10,000 px). At that distance
+    the face fills a portrait frame as in the release's sample image."""
     ids = camera_ids_for(seed, cameras)
     rng = _rng(seed, capture.folder, "calibration")
     n = len(ids)
@@ -137,7 +145,7 @@ def make_calibration(seed: int, capture: CaptureId, cameras: int, head_world: np
     k = np.arange(n) + 0.5
     az = np.deg2rad(-100 + 200 * ((k * 0.618034) % 1.0)) + rng.normal(0, 0.03, n)
     el = np.deg2rad(-25 + 70 * (k / n)) + rng.normal(0, 0.03, n)
-    dist = rng.uniform(780, 950, n)
+    dist = rng.uniform(560, 700, n)
     intr = np.zeros((n, 3, 3))
     extr = np.zeros((n, 3, 4))
     for i in range(n):
@@ -231,6 +239,7 @@ class _Scene:
     skin: np.ndarray  # (3,) albedo 0..255
     hair: np.ndarray  # (3,)
     identity: np.ndarray  # (V, 3) per-capture shape offset, mm
+    detail: np.ndarray  # (1024, 2048) float32 surface micro-detail over (elevation, azimuth), ~N(0, 1)
 
 
 def _scene(seed: int, capture: CaptureId, cameras: int, frames: int) -> _Scene:
@@ -271,7 +280,12 @@ def _scene(seed: int, capture: CaptureId, cameras: int, frames: int) -> _Scene:
     scale = 1.0 + rng.normal(0, 0.04, 3)
     identity = (base - topo.HEAD_CENTER) * (scale - 1.0)
     identity += rng.normal(0, 1.5, (1, 3))
-    return _Scene(cal, fl, efl, pose.astype(np.float32), expr, head_world, skin, hair, identity)
+    drng = _rng(seed, capture.folder, "detail")
+    detail = Image.fromarray(drng.standard_normal((512, 1024)).astype(np.float32), mode="F").resize(
+        (2048, 1024), Image.BICUBIC
+    )
+    detail = np.asarray(detail, np.float32) / 0.8
+    return _Scene(cal, fl, efl, pose.astype(np.float32), expr, head_world, skin, hair, identity, detail)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -358,8 +372,12 @@ def _identity_texture(seed: int, capture: CaptureId, scene: _Scene, size: int) -
     theta, phi, inside = _uv_to_angles(u, v)
     tex = np.empty((size, size, 3), np.float32)
     blotch = _smooth_noise(rng, size, size, 6, octaves=4)
+    wrinkles = _smooth_noise(rng, size, size, 96, octaves=2)
     pores = rng.standard_normal((size, size)).astype(np.float32)
-    skin = scene.skin[None, None] * (1 + 0.12 * blotch[..., None]) + 6.0 * pores[..., None]
+    skin = (
+        scene.skin[None, None] * (1 + 0.12 * blotch[..., None] + DETAIL * wrinkles[..., None])
+        + PORES * pores[..., None]
+    )
     # shading baked into the unwrapped texture (like the release's average textures)
     skin *= (0.55 + 0.45 * np.cos(np.clip(theta, -1.6, 1.6)) * np.cos(np.clip(phi, -1.3, 1.3)))[..., None]
     tex[:] = skin
@@ -411,7 +429,7 @@ def frame_texture(base: np.ndarray, expr: np.ndarray, rng: np.random.Generator) 
     if smile > 0.05:
         cheeks = sum(np.exp(-0.5 * _ell(theta, phi, s * 0.45, -0.25, 0.12, 0.12)) for s in (-1, 1))
         tex *= (1 + 0.12 * smile * cheeks)[..., None]
-    tex += rng.normal(0, 2.0, tex.shape).astype(np.float32)
+    tex += rng.normal(0, TEX_NOISE, tex.shape).astype(np.float32)
     return np.clip(tex, 0, 255).astype(np.uint8)
 
 
@@ -439,6 +457,26 @@ class _Camera:
 def _pixel_grid(width: int, height: int) -> np.ndarray:
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     return np.stack([xs + 0.5, ys + 0.5, np.ones_like(xs)], -1)
+
+
+def _bilinear(img: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Bilinear lookup of img (H, W[, C]) at float pixel coordinates (pixel centres at integers), clamped."""
+    h, w = img.shape[:2]
+    y = np.clip(y, 0, h - 1)
+    x = np.clip(x, 0, w - 1)
+    y0 = np.minimum(y.astype(np.int64), h - 2) if h > 1 else np.zeros(y.shape, np.int64)
+    x0 = np.minimum(x.astype(np.int64), w - 2) if w > 1 else np.zeros(x.shape, np.int64)
+    fy = (y - y0).astype(np.float32)
+    fx = (x - x0).astype(np.float32)
+    y1 = np.minimum(y0 + 1, h - 1)
+    x1 = np.minimum(x0 + 1, w - 1)
+    if img.ndim == 3:
+        fy, fx = fy[:, None], fx[:, None]
+    a = img[y0, x0].astype(np.float32)
+    b = img[y0, x1].astype(np.float32)
+    c = img[y1, x0].astype(np.float32)
+    d = img[y1, x1].astype(np.float32)
+    return (a * (1 - fx) + b * fx) * (1 - fy) + (c * (1 - fx) + d * fx) * fy
 
 
 def _ray_ellipsoid(o: np.ndarray, d: np.ndarray, radii: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -495,11 +533,18 @@ def render_view(
         phi = np.arctan2(-q[:, 1], np.hypot(q[:, 0], q[:, 2]))
         u, v = _angles_to_uv(theta, phi)
         t = tex.shape[0]
-        col = np.clip((u * t).astype(np.int64), 0, t - 1)
-        row = np.clip(((1 - v) * t).astype(np.int64), 0, t - 1)
-        albedo = tex[row, col].astype(np.float32)
+        albedo = _bilinear(tex, (1 - v) * t - 0.5, u * t - 0.5)
         outside = (np.abs(theta) > topo.AZIMUTH) | (np.abs(phi) > topo.ELEVATION)
         albedo[outside] = scene.hair
+        albedo[outside & (phi < -topo.ELEVATION) & (np.abs(theta) <= topo.AZIMUTH)] = (
+            scene.skin * 0.45
+        )  # neck
+        # view-independent micro-detail the uv texture does not resolve (stubble, pores, fine hair)
+        dh, dw = scene.detail.shape
+        micro = _bilinear(
+            scene.detail, (0.5 - phi / np.pi) * dh - 0.5, (theta / (2 * np.pi) + 0.5) * dw - 0.5
+        )
+        albedo *= (1.0 + IMAGE_DETAIL * micro)[:, None]
         n = q / topo.HEAD_RADII
         n = (n / np.linalg.norm(n, axis=1, keepdims=True)) @ rot.T  # world normal
         shade = 0.35 + 0.65 * np.clip(n @ light, 0, 1)
@@ -514,7 +559,7 @@ def render_view(
             n = p / np.linalg.norm(p, axis=1, keepdims=True)
             img[mask] = color * (0.4 + 0.6 * np.clip(n @ light, 0, 1))[:, None]
             labels[mask] = lab
-    img += rng.normal(0, 2.5, img.shape).astype(np.float32)  # sensor grain
+    img += rng.normal(0, GRAIN, img.shape).astype(np.float32)  # sensor grain
     return np.clip(img, 0, 255).astype(np.uint8), labels
 
 
@@ -867,3 +912,38 @@ def generate_bucket(
         for j in jobs:
             _generate_one(j)
     return ids
+
+
+def sample_frames(
+    *,
+    seed: int = 0,
+    size: str = "4TB",
+    image_size: tuple[int, int] | None = None,
+    texture_size: int = 1024,
+    views: int = 4,
+    capture: CaptureId | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Render ``views`` camera images ((H, W, 3) uint8, different cameras and frames) and as many uv
+    textures ((T, T, 3) uint8) exactly as :func:`generate_capture` would, without encoding or writing them.
+    Used by ``benchmarks/synth.py`` to compare with the release's sample files."""
+    width, height = parse_size_dims(size, image_size)
+    cid = capture or cap.release_capture_ids()[0]
+    cameras = max(views, 2)
+    frames = max(views * 5, 10)
+    scene = _scene(seed, cid, cameras, frames)
+    base = _identity_texture(seed, cid, scene, texture_size)
+    trng = _rng(seed, cid.folder, "frame-textures")
+    pixels = _pixel_grid(width, height)
+    images, textures = [], []
+    for k in range(views):
+        i = (k * 5 + 2) % frames
+        tex = frame_texture(base, scene.expr[i], trng)
+        cid_cam = scene.calibration.camera_ids[k % cameras]
+        camera = _Camera(scene.calibration, k % cameras, pixels)
+        bg = _background(seed, cid, cid_cam, width, height)
+        rgb, _ = render_view(
+            camera, scene.head_pose[i], tex, scene.expr[i], scene, bg, _rng(seed, "sample", k)
+        )
+        images.append(rgb)
+        textures.append(tex)
+    return images, textures
