@@ -305,7 +305,7 @@ def is_retryable(exc: BaseException) -> bool:
     bodies shorter than announced. False for 4xx, local OS errors (ENOSPC, permissions), bad data."""
     import http.client
 
-    from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
+    from botocore.exceptions import ClientError, FlexibleChecksumError, HTTPClientError, IncompleteReadError
     from urllib3.exceptions import HTTPError as Urllib3Error
 
     if isinstance(exc, ClientError):
@@ -316,6 +316,7 @@ def is_retryable(exc: BaseException) -> bool:
         (
             HTTPClientError,
             IncompleteReadError,
+            FlexibleChecksumError,  # a body damaged in transit (botocore's CRC check of the response)
             Urllib3Error,
             http.client.IncompleteRead,
             http.client.RemoteDisconnected,
@@ -525,6 +526,43 @@ def _mismatch(spec: ObjectSpec, d: _Download) -> str:
     return ""
 
 
+def _retrying(policy: RetryPolicy, fn, *args, **kw):
+    """``fn(*args, **kw)`` with the policy's retries on transient errors (listings, HEADs)."""
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            return fn(*args, **kw)
+        except Exception as exc:
+            if not is_retryable(exc) or attempt >= policy.attempts:
+                raise
+            time.sleep(policy.delay(attempt))
+
+
+def multipart_etag(path: str | os.PathLike, part_size: int) -> str:
+    """S3's ETag of the file at ``path`` uploaded in ``part_size``-byte parts: md5 of the parts' md5s + "-N"."""
+    digests = []
+    with open(path, "rb") as f:
+        while True:
+            m, left = hashlib.md5(), part_size
+            while left and (data := f.read(min(CHUNK_SIZE, left))):
+                m.update(data)
+                left -= len(data)
+            if left == part_size:
+                break
+            digests.append(m.digest())
+    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
+
+
+def _multipart_mismatch(spec: ObjectSpec, src: Source, part: Path, policy: RetryPolicy) -> str:
+    """Check a multipart ETag (``…-N``) against the downloaded bytes, with the part size from a HEAD of part 1
+    (parts are assumed uniform but for the last, as every S3 uploader makes them); "" if it matches."""
+    if src.kind != "s3" or not re.fullmatch(r"[0-9a-fA-F]{32}-\d+", spec.etag or ""):
+        return ""
+    kw = {"Bucket": src.location, "Key": src.prefix + spec.source_key, "PartNumber": 1}
+    part_size = int(_retrying(policy, _s3(src).head_object, **kw)["ContentLength"])
+    got = multipart_etag(part, part_size)
+    return "" if got == spec.etag.lower() else f"multipart ETag mismatch: content {got}, ETag {spec.etag}"
+
+
 def fetch_object(spec: ObjectSpec, out: str, src: Source, policy: RetryPolicy = RetryPolicy()) -> dict:
     """Fetch one object into ``OUT/{capture}/{key}``; returns its manifest row (never raises for a per-object
     problem: the row says ``failed`` with the reason). A row with ``_fatal`` set (disk full) should stop the run."""
@@ -549,7 +587,7 @@ def fetch_object(spec: ObjectSpec, out: str, src: Source, policy: RetryPolicy = 
         problems = []
         for _pass in range(2):
             d = _download(spec, src, part, tag, policy)
-            problem = _mismatch(spec, d)
+            problem = _mismatch(spec, d) or _multipart_mismatch(spec, src, part, policy)
             if not problem:
                 os.replace(part, dest)
                 _unlink(tag)
@@ -649,10 +687,10 @@ def plan_capture(
         listing, folder = None, None
         denied = False
         for name in capture.folder_names:
-            objs = _list_folder(src, name)
+            objs = _retrying(policy, _list_folder, src, name)
             if objs is None:
                 denied = True
-                if _head(src, f"{name}/{CALIBRATION_KEY}") is not None:
+                if _retrying(policy, _head, src, f"{name}/{CALIBRATION_KEY}") is not None:
                     folder = name
                     break
             elif objs:
@@ -666,7 +704,7 @@ def plan_capture(
         def stat(key: str) -> tuple[int, str] | None:
             if listing is not None:
                 return listing.get(key)
-            return _head(src, f"{folder}/{key}") if denied else None
+            return _retrying(policy, _head, src, f"{folder}/{key}") if denied else None
 
         def spec(asset: str, key: str) -> ObjectSpec | None:
             found = stat(key)
