@@ -24,6 +24,7 @@ import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -480,17 +481,31 @@ def _bilinear(img: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def _ray_ellipsoid(o: np.ndarray, d: np.ndarray, radii: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest positive hit distance (inf where missed) of rays o + s d with an axis-aligned ellipsoid at 0."""
-    o_ = o / radii
-    d_ = d / radii
+    """Nearest positive hit distance (inf where missed) of rays o + s d with an axis-aligned ellipsoid at 0
+    (float32 throughout: these are whole-image arrays)."""
+    inv = (1.0 / np.asarray(radii, np.float64)).astype(np.float32)
+    o_ = (np.asarray(o, np.float64) / radii).astype(np.float32)
+    d_ = d * inv
     a = np.einsum("...i,...i->...", d_, d_)
     b = 2 * (d_ @ o_)
-    c = float(o_ @ o_) - 1.0
+    c = np.float32(o_ @ o_ - 1.0)
     disc = b * b - 4 * a * c
     hit = disc > 0
-    s = np.where(hit, (-b - np.sqrt(np.where(hit, disc, 0))) / (2 * a), np.inf)
-    s = np.where(s > 0, s, np.inf)
+    np.sqrt(disc, out=disc, where=hit)
+    s = (-b - disc) / (2 * a)
+    s[~hit | (s <= 0)] = np.inf
     return s, np.isfinite(s)
+
+
+_GRAIN_PAD = 64
+
+
+@lru_cache(maxsize=4)
+def _grain_bank(h: int, w: int) -> np.ndarray:
+    rng = np.random.default_rng(h * 100003 + w)
+    bank = rng.standard_normal((h + _GRAIN_PAD, w + _GRAIN_PAD, 3), dtype=np.float32)
+    bank *= GRAIN
+    return bank
 
 
 def render_view(
@@ -510,24 +525,21 @@ def render_view(
     # head, in the head frame relative to the ellipsoid centre
     o_h = rot.T @ (cam.center - trans) - topo.HEAD_CENTER
     d_h = dirs @ rot.astype(np.float32)
-    s_head, hit_head = _ray_ellipsoid(o_h, d_h, topo.HEAD_RADII)
+    s_head, _ = _ray_ellipsoid(o_h, d_h, topo.HEAD_RADII)
     # shoulders (apparel) and chair back, static in the world below/behind the mean head position
     body_c = scene.head_world + np.array([0.0, 230.0, -40.0])
     s_body, _ = _ray_ellipsoid(cam.center - body_c, dirs, np.array([210.0, 120.0, 120.0]))
     chair_c = scene.head_world + np.array([0.0, 250.0, -230.0])
     s_chair, _ = _ray_ellipsoid(cam.center - chair_c, dirs, np.array([260.0, 320.0, 40.0]))
-    s_all = np.stack([s_head, s_body, s_chair])
-    which = np.argmin(s_all, axis=0)
-    near = np.min(s_all, axis=0)
-    is_head = np.isfinite(near) & (which == 0)
-    is_body = np.isfinite(near) & (which == 1)
-    is_chair = np.isfinite(near) & (which == 2)
+    is_head = np.isfinite(s_head) & (s_head <= s_body) & (s_head <= s_chair)
+    is_body = np.isfinite(s_body) & ~is_head & (s_body <= s_chair)
+    is_chair = np.isfinite(s_chair) & ~is_head & ~is_body
     img = background.copy()
     labels = np.zeros((h, w), np.uint8)
     light = -cam.forward + np.array([0.0, -0.6, 0.0])
     light /= np.linalg.norm(light)
     if is_head.any():
-        p = o_h + s_head[is_head, None] * d_h[is_head]  # head frame, relative to centre
+        p = o_h + s_head[is_head, None].astype(np.float64) * d_h[is_head]  # head frame, relative to centre
         q = p / topo.HEAD_RADII
         theta = np.arctan2(q[:, 0], q[:, 2])
         phi = np.arctan2(-q[:, 1], np.hypot(q[:, 0], q[:, 2]))
@@ -559,8 +571,12 @@ def render_view(
             n = p / np.linalg.norm(p, axis=1, keepdims=True)
             img[mask] = color * (0.4 + 0.6 * np.clip(n @ light, 0, 1))[:, None]
             labels[mask] = lab
-    img += rng.normal(0, GRAIN, img.shape).astype(np.float32)  # sensor grain
-    return np.clip(img, 0, 255).astype(np.uint8), labels
+    # sensor grain: a random crop of a per-image-size noise bank (a fresh draw per view costs ~10x more)
+    bank = _grain_bank(h, w)
+    oy, ox = (int(x) for x in rng.integers(0, _GRAIN_PAD, 2))
+    img += bank[oy : oy + h, ox : ox + w]
+    np.clip(img, 0, 255, out=img)
+    return img.astype(np.uint8), labels
 
 
 def _background(seed: int, capture: CaptureId, camera_id: str, w: int, h: int) -> np.ndarray:
