@@ -35,6 +35,7 @@ uv texture are valid; if there is none, its first frame with both valid (a warni
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections import OrderedDict
@@ -47,6 +48,7 @@ import pandas as pd
 import torch
 import zarr
 from torch.utils.data import Dataset
+from zarr.core.sync import sync
 
 from ava256.data.geometry import camera_in_head_frame, focal_principal, pixel_coords
 from ava256.data.normalization import CaptureStats, NormStats, combine_stats
@@ -346,10 +348,8 @@ class ZarrSampleDataset(Dataset):
         cap, f, c = self.sample_key(index)
         meta = self._meta[cap]
         arrs = self._capture_arrays(cap)
-        image = arrs.image[f, c]  # (H, W, 3) uint8: one chunk
-        head_pose = arrs.head_pose[f]  # (3, 4)
-        verts = arrs.vertices[f]  # (V, 3)
-        tex = arrs.uv_texture[f]  # (T, T, 3) uint8
+        # One chunk of each array, read concurrently on zarr's event loop (overlaps I/O and decompression).
+        image, head_pose, verts, tex = sync(_read_chunks(arrs, f, c))
         camrot, campos = camera_in_head_frame(meta.extrinsics[c], head_pose)
         focal, princpt = focal_principal(meta.intrinsics[c])
         return {
@@ -359,7 +359,7 @@ class ZarrSampleDataset(Dataset):
             "focal": torch.from_numpy(focal),
             "princpt": torch.from_numpy(princpt),
             "verts": self.stats.normalize_verts(torch.from_numpy(np.array(verts, dtype=np.float32))),
-            "tex": self.stats.normalize_tex(_chw_float(tex)),
+            "tex": self.stats.normalized_tex_from_uint8(torch.from_numpy(np.ascontiguousarray(tex))),
             "neut_verts": arrs.neut_verts,
             "neut_tex": self._neutral_texture(cap, arrs),
             "idindex": torch.tensor(self._idindex[index], dtype=torch.int64),
@@ -369,6 +369,16 @@ class ZarrSampleDataset(Dataset):
             "capture": cap,
             "frame_index": f,
         }
+
+
+async def _read_chunks(arrs: _CaptureArrays, f: int, c: int) -> list[Any]:
+    """``image[f, c]`` (H, W, 3), ``head_pose[f]`` (3, 4), ``vertices[f]`` (V, 3), ``uv_texture[f]`` (T, T, 3)."""
+    return await asyncio.gather(
+        arrs.image.async_array.getitem((f, c)),
+        arrs.head_pose.async_array.getitem((f,)),
+        arrs.vertices.async_array.getitem((f,)),
+        arrs.uv_texture.async_array.getitem((f,)),
+    )
 
 
 def _chw_float(hwc: np.ndarray) -> torch.Tensor:

@@ -15,9 +15,25 @@ from ava256.data.sampler import ResumableSampler
 def collate_samples(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
     """Stack sample dicts into a batch: tensors gain a leading batch dimension, ``capture`` becomes a list
     of str and ``frame_index`` an int64 tensor. ``None`` entries are dropped (a dataset never returns None;
-    this keeps a custom one from breaking a batch); an all-None batch gives None."""
+    this keeps a custom one from breaking a batch); an all-None batch gives None.
+
+    A tensor that is the *same object* in every sample (a per-worker cached constant such as
+    ``pixelcoords``, or ``neut_tex`` when all samples come from one capture) is not copied B times: the
+    batch holds a read-only broadcast view ``t.expand(B, ...)`` of it (same values; call ``.contiguous()``
+    before modifying it in place)."""
     items = [s for s in samples if s is not None]
-    return default_collate(items) if items else None
+    if not items:
+        return None
+    first = items[0]
+    shared = {
+        k: v.unsqueeze(0).expand(len(items), *v.shape)
+        for k, v in first.items()
+        if isinstance(v, torch.Tensor) and v.dim() > 0 and all(s[k] is v for s in items[1:])
+    }
+    if not shared:
+        return default_collate(items)
+    batch = default_collate([{k: v for k, v in s.items() if k not in shared} for s in items])
+    return {k: shared[k] if k in shared else batch[k] for k in first}
 
 
 def pin_batch(batch: Any) -> Any:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,10 +34,20 @@ class NormStats:
     vert_mean: torch.Tensor
     vert_std: float
     captures: tuple[str, ...] = ()
+    _mean_over_std: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     def normalize_tex(self, tex_chw: torch.Tensor) -> torch.Tensor:
         """(3, T, T) float32 texture in 0..255 -> normalised, in place."""
         return tex_chw.sub_(self.tex_mean).div_(self.tex_std)
+
+    def normalized_tex_from_uint8(self, tex_hwc: torch.Tensor) -> torch.Tensor:
+        """(T, T, 3) uint8 texture -> new normalised (3, T, T) float32, in two passes over the output:
+        ``t / std - mean / std`` (equal to ``(t - mean) / std`` up to float rounding)."""
+        if self._mean_over_std is None:
+            self._mean_over_std = self.tex_mean / self.tex_std
+        out = torch.empty((tex_hwc.shape[2], tex_hwc.shape[0], tex_hwc.shape[1]), dtype=torch.float32)
+        torch.mul(tex_hwc.permute(2, 0, 1), 1.0 / self.tex_std, out=out)
+        return out.sub_(self._mean_over_std)
 
     def normalize_verts(self, verts: torch.Tensor) -> torch.Tensor:
         """(V, 3) float32 vertices (mm) -> normalised, in place."""

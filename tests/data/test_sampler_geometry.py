@@ -194,5 +194,11 @@ def test_collate_drops_none_and_stacks():
     assert batch["x"].shape == (2, 2) and batch["capture"] == ["c", "d"]
     assert batch["frame_index"].tolist() == [1, 2]
     assert collate_samples([None]) is None
+    const = torch.arange(6.0).reshape(2, 3)
+    c = collate_samples([{"k": const, "x": torch.zeros(1)}, {"k": const, "x": torch.ones(1)}])
+    assert c["k"].shape == (2, 2, 3) and c["k"].stride(0) == 0 and torch.equal(c["k"][1], const)
+    assert c["x"].tolist() == [[0.0], [1.0]]
+    c = collate_samples([{"k": const}, {"k": const.clone()}])
+    assert c["k"].stride(0) == 6  # equal values but distinct objects: stacked
     same = pin_batch(batch)
     assert same["x"].is_pinned() == torch.cuda.is_available()

@@ -1,0 +1,313 @@
+"""Training-loader throughput: the Zarr loader vs. the seed's per-sample raw-zip approach, same data.
+
+Data: synthetic format-exact captures at the 4TB release's resolution (1024 x 667 AVIF camera images, 1024 x
+1024 AVIF uv textures, 7306-vertex PLY meshes), generated once into ``--workdir`` and repacked with
+``--downsample 2`` (stored images 512 x 333, the reference training's default resolution). Both loaders read
+the same samples in the same seeded random order through ``make_loader`` (same batch size, same number of
+DataLoader workers, same collate) and return the same contract dict (tests/data/test_equivalence.py).
+
+Loaders compared side by side, each in its own fresh process (so peak memory is its own), in rotating order:
+
+- ``zarr``: :class:`ava256.data.ZarrSampleDataset` on the repacked store;
+- ``legacy``: :class:`ava256.data.legacy.LegacySampleDataset` on the raw tree;
+- ``legacy-5k``: the same, on a copy of the raw tree whose zips carry ``--zip-members`` (default 5,000)
+  entries like a real capture's (the extra members are empty and never read): the seed's approach re-reads
+  a zip's central directory at every sample, and a real 4TB capture has ~5,000 frames per zip.
+
+Figures: steady-state samples/s (after the first batch; the median of ``--rounds``), time to first batch,
+per-sample bytes read (``/proc/self/io`` rchar over an in-process pass, and for Zarr the store requests and
+bytes counted by a wrapping store), in-process ms per sample, and peak RSS of the main process and of the
+largest worker. Run: ``python benchmarks/loader.py [--quick] [--workers N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+MB = 1e6
+
+
+# --------------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------------
+
+
+def prepare(args: argparse.Namespace) -> dict:
+    """Generate + repack the benchmark data into ``args.workdir`` once (reused while parameters match)."""
+    from ava256.pipeline.repack import repack
+    from ava256.synth.generate import generate_bucket
+
+    work = Path(args.workdir)
+    params = {
+        "captures": args.captures,
+        "cameras": args.cameras,
+        "frames": args.frames,
+        "downsample": args.downsample,
+        "zip_members": args.zip_members,
+        "seed": 0,
+        "version": 2,
+    }
+    marker = work / "params.json"
+    if marker.exists() and json.loads(marker.read_text()) == params:
+        return params
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    t = time.perf_counter()
+    generate_bucket(
+        work / "bucket",
+        captures=args.captures,
+        cameras=args.cameras,
+        frames=args.frames,
+        seed=0,
+        drop_rate=0.0,
+        workers=min(args.captures, os.cpu_count() or 1),
+        assets=("meta", "image", "head_pose", "vertices", "uv_texture"),
+    )
+    print(f"generated {args.captures} captures in {time.perf_counter() - t:.0f} s", flush=True)
+    raw = work / "bucket" / "ava-256" / "4TB"
+    t = time.perf_counter()
+    repack(
+        raw,
+        work / "store",
+        downsample=args.downsample,
+        workers=min(4, os.cpu_count() or 1),
+        processes=False,
+        progress=False,
+    )
+    print(f"repacked in {time.perf_counter() - t:.0f} s", flush=True)
+    pad_zips(raw, work / "raw-5k", args.zip_members)
+    marker.write_text(json.dumps(params))
+    return params
+
+
+def pad_zips(raw: Path, out: Path, members: int) -> None:
+    """Copy the raw tree; every zip gets empty extra members up to ``members`` entries (names like the
+    release's, frame ids beyond the frame list)."""
+    shutil.copytree(raw, out)
+    for path in sorted(out.rglob("*.zip")):
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        prefix = names[0].rsplit("/", 1)[0] + "/" if "/" in names[0] else ""
+        ext = names[0].rsplit(".", 1)[1]
+        with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_STORED) as z:
+            for k in range(max(0, members - len(names))):
+                z.writestr(f"{prefix}{900000 + k:06d}.{ext}", b"")
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# --------------------------------------------------------------------------------------------------------
+# one loader, in its own process
+# --------------------------------------------------------------------------------------------------------
+
+
+def build_dataset(kind: str, work: Path, downsample: int, counting: bool = False):
+    from ava256.data import ZarrSampleDataset
+    from ava256.data.iostats import CountingStore
+    from ava256.data.legacy import LegacySampleDataset
+    from ava256.pipeline.split import read_samples
+
+    df = read_samples(work / "store")
+    if kind == "zarr":
+        store = CountingStore.local(work / "store") if counting else work / "store"
+        return ZarrSampleDataset(store, df, downsample=downsample), store
+    raw = work / ("raw-5k" if kind == "legacy-5k" else "bucket/ava-256/4TB")
+    return LegacySampleDataset(raw, df, downsample=downsample), None
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    from ava256.data import ResumableSampler, make_loader
+    from ava256.data.iostats import process_read_bytes
+
+    torch.set_num_threads(1)
+    work = Path(args.workdir)
+    t0 = time.perf_counter()
+    ds, _ = build_dataset(args.child, work, args.downsample)
+    setup_s = time.perf_counter() - t0
+    loader = make_loader(
+        ds, batch_size=args.batch_size, num_workers=args.workers, seed=1, persistent_workers=False
+    )
+    n, t_first, n_first = 0, None, 0
+    t0 = time.perf_counter()
+    for batch in loader:
+        n += int(batch["idindex"].shape[0])
+        if t_first is None:
+            t_first, n_first = time.perf_counter(), n
+        if n >= args.samples:
+            break
+    t_end = time.perf_counter()
+    del loader, batch  # joins the workers, so RUSAGE_CHILDREN covers them
+    steady = (n - n_first) / (t_end - t_first) if t_end > t_first else float("nan")
+    worker_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+    # In-process pass (no workers): latency and bytes read per sample, on the same order of samples.
+    order = list(ResumableSampler(len(ds), seed=1))
+    m = min(args.inproc, len(order))
+    ds2, store = build_dataset(args.child, work, args.downsample, counting=True)
+    ds2[order[0]]
+    if store is not None:
+        store.reset()
+    r0, t1 = process_read_bytes(), time.perf_counter()
+    for i in order[1 : m + 1]:
+        ds2[i]
+    ms = (time.perf_counter() - t1) / m * 1000
+    r1 = process_read_bytes()
+    out = {
+        "kind": args.child,
+        "samples": n,
+        "setup_s": setup_s,
+        "first_batch_s": t_first - t0,
+        "steady_sps": steady,
+        "inproc_ms": ms,
+        "read_bytes_per_sample": (r1 - r0) / m if r0 is not None else None,
+        "store_requests_per_sample": store.requests / m if store is not None else None,
+        "store_bytes_per_sample": store.bytes / m if store is not None else None,
+        "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_worker_mb": worker_rss,
+    }
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def run_child(kind: str, args: argparse.Namespace) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--workdir",
+        str(args.workdir),
+        "--workers",
+        str(args.workers),
+    ]
+    cmd += [
+        "--batch-size",
+        str(args.batch_size),
+        "--samples",
+        str(args.samples),
+        "--inproc",
+        str(args.inproc),
+    ]
+    cmd += ["--downsample", str(args.downsample)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
+    if res.returncode or not lines:
+        raise SystemExit(
+            f"{kind} run failed (exit {res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+        )
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+# --------------------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small data and few samples (a smoke run)")
+    ap.add_argument("--workdir", default=os.environ.get("AVA256_BENCH_DIR", "/tmp/ava256-bench-loader"))
+    ap.add_argument(
+        "--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers (both loaders)"
+    )
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=None, help="samples per run [default 400, quick 48]")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="runs per loader; the table shows medians [default 3, quick 1]",
+    )
+    ap.add_argument("--inproc", type=int, default=24, help="samples of the in-process (no worker) pass")
+    ap.add_argument("--captures", type=int, default=None)
+    ap.add_argument("--cameras", type=int, default=None)
+    ap.add_argument("--frames", type=int, default=None)
+    ap.add_argument("--downsample", type=int, default=2)
+    ap.add_argument("--zip-members", type=int, default=5000)
+    ap.add_argument("--loaders", default="zarr,legacy,legacy-5k")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+    q = args.quick
+    args.captures = args.captures or 2
+    args.cameras = args.cameras or (2 if q else 4)
+    args.frames = args.frames or (6 if q else 24)
+    args.samples = args.samples or (48 if q else 400)
+    args.rounds = args.rounds or (1 if q else 3)
+    args.inproc = min(args.inproc, 12) if q else args.inproc
+    work = Path(args.workdir)
+    prepare(args)
+    kinds = args.loaders.split(",")
+    runs: dict[str, list[dict]] = {k: [] for k in kinds}
+    for r in range(args.rounds):
+        for k in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
+            runs[k].append(run_child(k, args))
+    med = {
+        k: {
+            key: statistics.median(x[key] for x in v) if isinstance(v[0][key], (int, float)) else v[0][key]
+            for key in v[0]
+        }
+        for k, v in runs.items()
+    }
+
+    raw_b, store_b = dir_bytes(work / "bucket"), dir_bytes(work / "store")
+    print()
+    print(
+        f"loader benchmark: {args.captures} captures x {args.cameras} cameras x {args.frames} frames; camera images "
+        f"1024x667 AVIF -> stored {'x'.join(map(str, _stored_hw(work)))} (downsample {args.downsample}); textures "
+        f"1024x1024; 7306 vertices"
+    )
+    print(
+        f"{args.samples} samples per run, batch {args.batch_size}, {args.workers} DataLoader workers (both), "
+        f"{args.rounds} round(s), medians; cpus={os.cpu_count()}; raw {raw_b / MB:.0f} MB, store {store_b / MB:.0f} MB"
+    )
+    base = {k: med[k]["steady_sps"] for k in ("legacy", "legacy-5k") if k in med}
+    hdr = "| loader | samples/s | vs legacy | vs legacy-5k | first batch s | in-proc ms/sample | MB read/sample | store reqs/sample | peak RSS main MB | peak RSS worker MB |"
+    print(hdr)
+    print("|" + "---|" * (hdr.count("|") - 1))
+    for k in kinds:
+        m = med[k]
+        ratio = {
+            b: f"{m['steady_sps'] / base[b]:.1f}x" if b in base else "-" for b in ("legacy", "legacy-5k")
+        }
+        reqs = f"{m['store_requests_per_sample']:.1f}" if m["store_requests_per_sample"] is not None else "-"
+        rb = f"{m['read_bytes_per_sample'] / MB:.2f}" if m["read_bytes_per_sample"] is not None else "-"
+        print(
+            f"| {k} | {m['steady_sps']:.1f} | {ratio['legacy']} | {ratio['legacy-5k']} | {m['first_batch_s']:.2f} | "
+            f"{m['inproc_ms']:.1f} | {rb} | {reqs} | {m['rss_main_mb']:.0f} | {m['rss_worker_mb']:.0f} |"
+        )
+    if "zarr" in med and med["zarr"]["store_bytes_per_sample"]:
+        print(
+            f"zarr store bytes/sample (counted by a wrapping store): {med['zarr']['store_bytes_per_sample'] / MB:.2f} MB"
+        )
+    print(
+        "rounds (samples/s): "
+        + "; ".join(f"{k} " + ", ".join(f"{x['steady_sps']:.1f}" for x in v) for k, v in runs.items())
+    )
+
+
+def _stored_hw(work: Path) -> tuple[int, int]:
+    from ava256.store import layout as L
+
+    cap = L.list_capture_stores(work / "store")[0]
+    h, w = L.open_capture_group(L.capture_store_path(work / "store", cap)).attrs[L.ATTR_IMAGE_SIZE]
+    return int(w), int(h)
+
+
+if __name__ == "__main__":
+    main()
