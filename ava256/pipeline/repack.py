@@ -20,6 +20,7 @@ A task writes whole shards before its row exists, so a crash at any point loses 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -39,6 +40,7 @@ from ava256.manifests import samples as sm
 from ava256.manifests.atomic import write_table_atomic
 from ava256.pipeline import repack_tasks as rt
 from ava256.store import layout as L
+from ava256.store.lock import locked_store
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +238,7 @@ def _shards_present(store_path: str, keys: Sequence[str]) -> bool:
     return all(fs.exists(f"{root.rstrip('/')}/{k}") for k in keys)
 
 
+@locked_store  # one repack per store: a second one is refused (ava256.store.lock)
 def repack(
     raw: str | os.PathLike[str],
     store: str | os.PathLike[str],
@@ -250,12 +253,15 @@ def repack(
     max_frames_per_shard: int = L.MAX_FRAMES_PER_SHARD,
     task_target_frames: int = rt.TASK_TARGET_FRAMES,
     flush_seconds: float = 10.0,
+    decode_threads: int | None = None,
     progress: bool = True,
 ) -> RepackSummary:
     """Repack the captures under ``raw`` into ``store`` (see the module docstring). Idempotent and
     resumable: re-running skips finished tasks; a capture whose raw inputs or options changed is redone.
 
-    ``max_frames_per_shard`` caps the frames per shard (tests use small values to get several shards)."""
+    ``max_frames_per_shard`` caps the frames per shard (tests use small values to get several shards).
+    ``decode_threads``: threads per AVIF decode in a worker; default: CPU count // worker threads for a local
+    cluster, 1 for a given client or scheduler."""
     from distributed import as_completed
     from tqdm import tqdm
 
@@ -322,7 +328,13 @@ def repack(
         book.flush()
 
         # 3. run the tasks, a bounded number in flight; masks then manifest rows as results arrive
-        n_workers = max(1, len(c.scheduler_info(n_workers=-1).get("workers", {})) or (workers or 1))
+        info = c.scheduler_info(n_workers=-1).get("workers", {})
+        n_workers = max(1, len(info) or (workers or 1))
+        threads = sum(int(w.get("nthreads", 1)) for w in info.values()) or n_workers
+        # local cluster: share this machine's cores among the worker threads; elsewhere 1 per decode
+        dthreads = max(1, (os.cpu_count() or 1) // threads) if (scheduler is None and client is None) else 1
+        dthreads = decode_threads or dthreads
+        todo = [dataclasses.replace(t, decode_threads=dthreads) for t in todo]
         window = 4 * n_workers
         pending: list[dict[str, Any]] = []
         by_id = {t.task_id: t for t in todo}

@@ -14,6 +14,7 @@ import socket
 import time
 import zipfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +35,7 @@ from ava256.formats.zips import ZipReader
 from ava256.manifests.repack import STATUS_DONE, STATUS_FAILED
 from ava256.store import layout as L
 from ava256.store.resample import resize_labels, resize_rgb
+from ava256.store.shards import shard_encoder
 
 log = logging.getLogger(__name__)
 
@@ -366,6 +368,7 @@ class RepackTask:
     source_hw: tuple[int, ...] | None  # expected decoded (H, W) (images, labels, IR) / (T, T) / (V,)
     out_hw: tuple[int, int] | None  # stored (H, W) for images and labels
     source_hash: str
+    decode_threads: int = 0  # threads per AVIF decode in the worker (0: Pillow's default, all cores)
 
     @property
     def task_id(self) -> str:
@@ -468,8 +471,8 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
             errors.append({"capture": task.capture, "file": file_rel, "member": member, "reason": reason})
 
     try:
+        _set_decode_threads(task.decode_threads)
         arr = zarr.open_array(task.store_path, path=task.array, mode="r+") if write else None
-        spec_shape = arr.shape[2:] if (arr is not None and task.camera_index >= 0) else None
         path = Path(task.raw_root) / task.source_key
         reader = None
         if not path.is_file():
@@ -481,40 +484,58 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
             except (zipfile.BadZipFile, OSError, ValueError) as exc:
                 err("", f"unreadable zip: {exc}")
                 n_corrupt = n
-        try:
-            for s0 in task.shard_starts():
-                s1 = min(s0 + task.frames_per_shard, task.frame_stop)
-                buf = None
-                for f in range(s0, s1):
-                    i = f - task.frame_start
-                    if reader is None:
-                        continue
-                    member = _member_name(task.asset, task.camera_id, task.frame_ids[i])
-                    if not reader.has(member):
-                        n_missing += 1
-                        err(member, "missing member (dropped frame)")
-                        continue
-                    try:
-                        x = decode_member(task, reader.read(member))
-                    except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
-                        n_corrupt += 1
-                        err(member, str(exc))
-                        continue
-                    if buf is None:
-                        buf = _empty_buffer(arr, task, s1 - s0, x, spec_shape)
-                    buf[f - s0] = x
-                    valid[i] = True
-                if write:
-                    if buf is None:
-                        buf = _empty_buffer(arr, task, s1 - s0, None, spec_shape)
-                    if task.camera_index >= 0:
-                        arr[s0:s1, task.camera_index] = buf
-                    else:
-                        arr[s0:s1] = buf
-                del buf
-        finally:
-            if reader is not None:
-                reader.close()
+        # Each decoded frame is compressed into its chunk bytes by a helper thread while the next one decodes
+        # (the compressors release the GIL); a shard is stored in one write once its frames are encoded. Memory:
+        # one shard of *compressed* chunks plus a few decoded frames. Layouts the encoder does not cover fall
+        # back to a shard buffer written through zarr.
+        enc = shard_encoder(arr) if write else None
+        last: Future | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="repack-encode") as pool:
+            try:
+                for s0 in task.shard_starts():
+                    s1 = min(s0 + task.frames_per_shard, task.frame_stop)
+                    parts: list[Future] = []
+                    buf = _new_buffer(arr, task, s1 - s0) if (write and enc is None) else None
+                    for f in range(s0, s1):
+                        i = f - task.frame_start
+                        x = None
+                        if reader is not None:
+                            member = _member_name(task.asset, task.camera_id, task.frame_ids[i])
+                            if not reader.has(member):
+                                n_missing += 1
+                                err(member, "missing member (dropped frame)")
+                            else:
+                                try:
+                                    x = decode_member(task, reader.read(member))
+                                    valid[i] = True
+                                except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
+                                    n_corrupt += 1
+                                    err(member, str(exc))
+                        if enc is not None:
+                            if len(parts) >= 2:
+                                parts[-2].result()  # at most ~2 decoded frames wait for the encoder
+                            parts.append(pool.submit(enc.encode, x))
+                        elif buf is not None:
+                            buf[f - s0] = x if x is not None else arr.fill_value
+                    if enc is not None:
+                        coords = [s0 // task.frames_per_shard] + (
+                            [task.camera_index] if task.camera_index >= 0 else []
+                        )
+                        # queued behind this shard's encodes on the same single thread: runs once they are done
+                        last = pool.submit(
+                            _store_shard, enc, tuple(coords + [0] * (arr.ndim - len(coords))), parts
+                        )
+                    elif buf is not None:
+                        if task.camera_index >= 0:
+                            arr[s0:s1, task.camera_index] = buf
+                        else:
+                            arr[s0:s1] = buf
+                    del parts, buf
+                if last is not None:
+                    last.result()
+            finally:
+                if reader is not None:
+                    reader.close()
     except Exception as exc:  # noqa: BLE001 - recorded in the manifest, retried on the next run
         log.exception("repack task %s failed", task.task_id)
         status = STATUS_FAILED
@@ -542,13 +563,23 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
     }
 
 
-def _empty_buffer(arr, task: RepackTask, n: int, sample: np.ndarray | None, spec_shape) -> np.ndarray | None:
-    """An (n, *frame shape) buffer filled with the array's fill value."""
-    if arr is None:
-        return np.empty((n, *sample.shape), dtype=sample.dtype) if sample is not None else None
-    shape = tuple(spec_shape) if task.camera_index >= 0 else tuple(arr.shape[1:])
-    fill = arr.fill_value
-    return np.full((n, *shape), fill, dtype=arr.dtype)
+def _new_buffer(arr: zarr.Array, task: RepackTask, n: int) -> np.ndarray:
+    """An uninitialised (n, *one frame of one camera) buffer (every slot is written before use)."""
+    shape = tuple(arr.shape[2:]) if task.camera_index >= 0 else tuple(arr.shape[1:])
+    return np.empty((n, *shape), dtype=arr.dtype)
+
+
+def _store_shard(enc, coords: tuple[int, ...], parts: list[Future]) -> None:
+    enc.write(coords, [p.result() for p in parts])
+
+
+def _set_decode_threads(n: int) -> None:
+    """Threads per AVIF decode in this process (0 keeps Pillow's default: all cores). With one
+    single-threaded Dask worker per core, 1 avoids oversubscribing the CPU."""
+    if n > 0:
+        from PIL import AvifImagePlugin
+
+        AvifImagePlugin.DEFAULT_MAX_THREADS = int(n)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -342,3 +342,38 @@ def test_cli_repack_runs_a_local_cluster(raw, tmp_path):
     assert res.exit_code == 0, res.output
     assert "0 failed" in res.output
     assert L.list_capture_stores(store) == [CAPS[1].folder]
+
+
+def test_synthetic_release_capture_with_drops(tmp_path, client):
+    """A capture from ava256.synth (the format-exact generator) with dropped entries: every drop the
+    generator reports is masked invalid and recorded as a missing member; nothing else is."""
+    from ava256.synth.generate import generate_capture
+
+    raw = tmp_path / "raw"
+    cap = CAPS[0]
+    info = generate_capture(
+        raw, cap, cameras=3, frames=12, image_size=(48, 72), texture_size=32, drop_rate=0.2, seed=3
+    )
+    store = tmp_path / "store"
+    summary = run(raw, store, client)
+    assert summary.tasks_failed == 0
+    g = zarr.open_group(L.capture_store_path(store, cap), mode="r")
+    fids = g.attrs[L.ATTR_FRAME_IDS]
+    assert fids == [int(f) for f in info["frame_ids"]]
+    cams = g.attrs[L.ATTR_CAMERA_IDS]
+    dropped = info["dropped"]
+    vi = g[L.valid_name("image")][...]
+    expect = np.array([[f not in set(dropped["image"][c]) for c in cams] for f in fids])
+    np.testing.assert_array_equal(vi, expect)
+    assert not expect.all(), "the generator was asked for drops"
+    for asset in ("head_pose", "vertices", "uv_texture", "keypoints_3d"):
+        np.testing.assert_array_equal(
+            g[L.valid_name(asset)][...], [f not in set(dropped.get(asset, [])) for f in fids]
+        )
+    man = read_repack_manifest(Path(store) / L.MANIFESTS_DIR / REPACK_MANIFEST)
+    n_drops = sum(len(v) for v in dropped["image"].values())
+    assert man[man.asset == "image"].n_missing.sum() == n_drops and man.n_corrupt.sum() == 0
+    # valid frames hold exactly what the files decode to
+    ci, fi = 1, int(np.flatnonzero(expect[:, 1])[0])
+    data = members(raw / cap.folder / cat.image_key(cams[ci]))[cat.image_member(cams[ci], fids[fi])]
+    np.testing.assert_array_equal(g[L.IMAGE][fi, ci], decode_rgb(data))

@@ -186,3 +186,61 @@ def test_repack_manifest_roundtrip(tmp_path):
     df = rm.read_repack_manifest(path)
     assert df.iloc[0].errors[0]["reason"] == "missing" and df.iloc[0].n_valid == 3
     assert len(rm.read_repack_manifest(tmp_path / "absent.parquet")) == 0
+
+
+@pytest.mark.parametrize("codec", L.CODECS)
+@pytest.mark.parametrize("kind", ["camera", "frame"])
+def test_shard_encoder_writes_the_bytes_zarr_writes(tmp_path, codec, kind):
+    """Our one-pass shard writer produces byte-identical shard files to zarr's own write path (full and
+    boundary shards, uint8 pictures and float32 per-frame arrays), and zarr reads them back."""
+    from ava256.store.shards import shard_encoder
+
+    rng = np.random.default_rng(1)
+    if kind == "camera":
+        shape, chunks, shards, dtype, fill, comp = (10, 3, 16, 24, 3), (1, 1, 16, 24, 3), (4, 1, 16, 24, 3), "uint8", 0, L.picture_compressors(codec)  # fmt: skip
+    else:
+        shape, chunks, shards, dtype, fill, comp = (10, 50, 3), (1, 50, 3), (4, 50, 3), "float32", np.nan, L.picture_compressors(codec)  # fmt: skip
+    data = rng.integers(0, 255, shape).astype(dtype)
+    kw = dict(shape=shape, dtype=dtype, chunks=chunks, shards=shards, compressors=comp, fill_value=fill)
+    ref = zarr.create_array(str(tmp_path / "ref.zarr"), config={"write_empty_chunks": True}, **kw)
+    ours = zarr.create_array(str(tmp_path / "ours.zarr"), **kw)
+    enc = shard_encoder(ours)
+    assert enc is not None and enc.frames_per_shard == 4
+    for s0 in range(0, 10, 4):
+        s1 = min(s0 + 4, 10)
+        if kind == "camera":
+            ref[s0:s1, 1] = data[s0:s1, 1]
+            frames = [data[f, 1] if f != 5 else None for f in range(s0, s1)]  # frame 5: fill value
+            enc.write((s0 // 4, 1, 0, 0, 0), [enc.encode(x) for x in frames])
+        else:
+            ref[s0:s1] = data[s0:s1]
+            enc.write((s0 // 4, 0, 0), [enc.encode(data[f]) for f in range(s0, s1)])
+    if kind == "camera":
+        ref[5, 1] = 0
+    files = sorted(
+        p.relative_to(tmp_path / "ref.zarr") for p in (tmp_path / "ref.zarr").rglob("*") if p.is_file()
+    )
+    assert len(files) == 4  # zarr.json + 3 shards
+    for rel in files:
+        if rel.name != "zarr.json":
+            assert (tmp_path / "ours.zarr" / rel).read_bytes() == (
+                tmp_path / "ref.zarr" / rel
+            ).read_bytes(), rel
+    back = zarr.open_array(str(tmp_path / "ours.zarr"), mode="r")[...]
+    np.testing.assert_array_equal(back, zarr.open_array(str(tmp_path / "ref.zarr"), mode="r")[...])
+
+
+def test_shard_encoder_declines_other_layouts(tmp_path):
+    from ava256.store.shards import shard_encoder
+
+    unsharded = zarr.create_array(str(tmp_path / "a.zarr"), shape=(4, 8), dtype="uint8", chunks=(1, 8))
+    assert shard_encoder(unsharded) is None
+    two_d_chunks = zarr.create_array(
+        str(tmp_path / "b.zarr"), shape=(4, 8), dtype="uint8", chunks=(1, 4), shards=(2, 8)
+    )
+    assert shard_encoder(two_d_chunks) is None
+    gz = zarr.create_array(
+        str(tmp_path / "c.zarr"), shape=(4, 8), dtype="uint8", chunks=(1, 8), shards=(2, 8),
+        compressors=[zarr.codecs.GzipCodec()],
+    )  # fmt: skip
+    assert shard_encoder(gz) is None

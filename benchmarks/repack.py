@@ -1,0 +1,222 @@
+"""Repack benchmark: (1) image codec table: store size vs. write and random-read throughput, incl. keeping the
+AVIF bytes; (2) repack vs. pure decode of the same AVIF files, same Dask LocalCluster (worker processes),
+one run, images/s; plus peak RSS per worker.
+
+    python benchmarks/repack.py [--quick] [--workers 2] [--cameras 4] [--frames 64]
+
+Images are 1024 x 667 (the 4TB/8TB release size). With the real reference image beside the repo
+(../shared/reference/021924.png) the frames are shifted/jittered crops of it, AVIF-encoded at the release's
+quality 63 (so the pixels carry real AVIF artefacts); without it, smooth synthetic noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from ava256 import capture as cat
+from ava256.formats.calibration import Calibration, write_calibration
+from ava256.formats.frame_list import FrameList, write_frame_list
+from ava256.formats.images import decode_rgb, encode_avif
+from ava256.formats.zips import write_stored_zip
+from ava256.store import layout as L
+
+REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "021924.png"
+H, W = 1024, 667
+
+
+def source_images(n: int, seed: int = 0) -> tuple[list[bytes], str]:
+    """``n`` distinct AVIF blobs (q63) of 1024 x 667 RGB images and a description of their origin."""
+    rng = np.random.default_rng(seed)
+    if REFERENCE.is_file():
+        from PIL import Image
+
+        big = np.asarray(Image.open(REFERENCE).convert("RGB").resize((W + 16, H + 16), Image.Resampling.BOX))
+        origin = "real reference image (shifted crops, AVIF q63)"
+    else:
+        yy, xx = np.mgrid[0 : H + 16, 0 : W + 16]
+        big = np.stack([128 + 100 * np.sin(xx / (17 + 5 * c) + yy / (23 + 3 * c)) for c in range(3)], -1)
+        big = (big + rng.normal(0, 6, big.shape)).clip(0, 255).astype(np.uint8)
+        origin = "synthetic smooth noise (AVIF q63)"
+    out = []
+    for _ in range(n):
+        dy, dx = rng.integers(0, 16, 2)
+        img = big[dy : dy + H, dx : dx + W].astype(np.int16) + int(rng.integers(-8, 8))
+        out.append(encode_avif(img.clip(0, 255).astype(np.uint8), 63))
+    return out, origin
+
+
+def make_raw(raw: Path, blobs: list[bytes], cameras: int, frames: int) -> cat.CaptureId:
+    """A raw capture with calibration, frame list and image zips only (the image asset)."""
+    cap = cat.release_capture_ids()[0]
+    base = raw / cap.folder
+    (base / "decoder").mkdir(parents=True)
+    cams = [f"{400000 + i}" for i in range(cameras)]
+    k = np.tile(np.array([[5000.0, 0, 1334], [0, 5000.0, 2048], [0, 0, 1]]), (cameras, 1, 1))
+    rt = np.tile(np.hstack([np.eye(3), [[0.0], [0.0], [1000.0]]]), (cameras, 1, 1))
+    (base / cat.CALIBRATION_KEY).write_bytes(
+        write_calibration(Calibration(cams, k, rt, np.zeros((cameras, 4))))
+    )
+    fids = np.arange(frames)
+    (base / cat.FRAME_LIST_KEY).write_bytes(
+        write_frame_list(FrameList(np.array(["EXP_free_face"] * frames), fids))
+    )
+    for ci, c in enumerate(cams):
+        members = [(cat.image_member(c, int(f)), blobs[(ci * frames + int(f)) % len(blobs)]) for f in fids]
+        write_stored_zip(base / cat.image_key(c), members)
+    return cap
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def codec_table(blobs: list[bytes], tmp: Path, n_read: int) -> list[dict]:
+    """Write the decoded images with each codec (chunk = 1 image, shard = all), then read n_read random images."""
+    imgs = np.stack([decode_rgb(b) for b in blobs])[:, None]  # (N, 1, H, W, 3)
+    n = len(imgs)
+    rows = []
+    order = [random.Random(1).randrange(n) for _ in range(n_read)]
+    raw_mb = imgs[0].nbytes / 2**20
+    for codec in L.CODECS:
+        path = tmp / f"codec-{codec}.zarr"
+        t0 = time.perf_counter()
+        a = zarr.create_array(
+            str(path), shape=imgs.shape, dtype="uint8", chunks=(1, 1, H, W, 3), shards=(n, 1, H, W, 3),
+            compressors=L.picture_compressors(codec), fill_value=0,
+        )  # fmt: skip
+        a[...] = imgs
+        t_write = time.perf_counter() - t0
+        r = zarr.open_array(str(path), mode="r")
+        t0 = time.perf_counter()
+        for i in order:
+            x = r[i, 0]
+        t_read = time.perf_counter() - t0
+        assert np.array_equal(x, imgs[order[-1], 0])
+        rows.append(
+            dict(codec=codec, mb=du(path) / n / 2**20, write=n / t_write, read=n_read / t_read, raw_mb=raw_mb)
+        )
+        shutil.rmtree(path)
+    # keep the AVIF bytes: a variable-length bytes array, decoded on every read
+    # (zarr warns that VariableLengthBytes has no Zarr v3 specification yet: another cost of this layout)
+    warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
+    path = tmp / "avif-bytes.zarr"
+    t0 = time.perf_counter()
+    a = zarr.create_array(str(path), shape=(n,), dtype="bytes", chunks=(1,), shards=(n,))
+    a[...] = np.array(blobs, dtype=object)
+    t_write = time.perf_counter() - t0
+    r = zarr.open_array(str(path), mode="r")
+    t0 = time.perf_counter()
+    for i in order:
+        x = decode_rgb(bytes(r[i : i + 1][0]))
+    t_read = time.perf_counter() - t0
+    assert np.array_equal(x, imgs[order[-1], 0])
+    rows.append(dict(codec="avif-bytes (lossy source kept)", mb=du(path) / n / 2**20, write=n / t_write,
+                     read=n_read / t_read, raw_mb=raw_mb))  # fmt: skip
+    return rows
+
+
+def throughput(raw: Path, tmp: Path, workers: int, codecs: list[str]) -> tuple[list[dict], float, float]:
+    """Pure decode vs. full repack of the same image zips on one LocalCluster of worker processes."""
+    from distributed import Client, LocalCluster
+
+    from ava256.pipeline import repack as rp
+    from ava256.pipeline import repack_tasks as rt
+
+    src = rp.discover_captures(raw)[0]
+    rows = []
+    with (
+        LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as lc,
+        Client(lc) as client,
+    ):
+        plan = client.submit(rt.probe_capture, src, 1).result()
+        specs = L.array_specs(plan.geometry)
+        # same AVIF threads per decode as the repack driver gives a local cluster (cores / workers)
+        dthreads = max(1, (os.cpu_count() or 1) // workers)
+        tasks = [
+            dataclasses.replace(t, decode_threads=dthreads)
+            for t in rt.plan_tasks(plan, str(tmp / "unused.zarr"), specs)
+        ]
+        n_img = sum(t.frame_stop - t.frame_start for t in tasks)
+        client.gather(client.map(rt.run_task, tasks[: workers * 2], write=False, pure=False))  # warm-up
+
+        def decode_pass() -> tuple[float, float]:
+            t0 = time.perf_counter()
+            res = client.gather(client.map(rt.run_task, tasks, write=False, pure=False))
+            dt = time.perf_counter() - t0
+            assert all(r["n_valid"] == r["n_frames"] for r in res)
+            return n_img / dt, max(r["peak_rss_mb"] for r in res)
+
+        d1, rss_decode = decode_pass()
+        for codec in codecs:
+            store = tmp / f"store-{codec}"
+            t0 = time.perf_counter()
+            s = rp.repack(raw, store, codec=codec, client=client, progress=False, decode_threads=dthreads)
+            dt = time.perf_counter() - t0
+            assert s.tasks_failed == 0 and s.frames_invalid == 0
+            rows.append(dict(codec=codec, ips=n_img / dt, rss=s.peak_rss_mb, mb=du(store) / n_img / 2**20,
+                             tasks=s.tasks_run))  # fmt: skip
+            shutil.rmtree(store)
+        d2, rss2 = decode_pass()
+    return rows, (d1 + d2) / 2, max(rss_decode, rss2), n_img
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small run (2 cameras x 24 frames)")
+    ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="Dask worker processes")
+    ap.add_argument("--cameras", type=int, default=4)
+    ap.add_argument("--frames", type=int, default=64)
+    ap.add_argument("--distinct", type=int, default=24, help="distinct AVIF images (reused cyclically)")
+    ap.add_argument("--codecs", default=",".join(L.CODECS), help="codecs to run the full repack with")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.cameras, args.frames, args.distinct = 2, 24, 8
+    codecs = [c for c in args.codecs.split(",") if c]
+
+    with tempfile.TemporaryDirectory(prefix="ava256-bench-repack-") as d:
+        tmp = Path(d)
+        t0 = time.perf_counter()
+        blobs, origin = source_images(args.distinct)
+        print(f"source: {len(blobs)} distinct {W}x{H} images, {origin}, "
+              f"mean AVIF {np.mean([len(b) for b in blobs]) / 1024:.0f} KiB ({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+        print(f"machine: {os.cpu_count()} CPU(s); zarr {zarr.__version__}; python {sys.version.split()[0]}\n")
+
+        rows = codec_table(blobs, tmp, n_read=3 * len(blobs))
+        print("1) image codec (chunk = one 1024x667 image, shard = all; single process; random-order reads)")
+        print(
+            f"{'codec':<32}{'MiB/image':>10}{'vs raw':>8}{'vs AVIF':>9}{'write img/s':>13}{'read img/s':>12}"
+        )
+        avif_mb = rows[-1]["mb"]
+        for r in rows:
+            print(f"{r['codec']:<32}{r['mb']:>10.3f}{r['mb'] / r['raw_mb']:>8.2f}{r['mb'] / avif_mb:>8.1f}x"
+                  f"{r['write']:>13.1f}{r['read']:>12.1f}")  # fmt: skip
+
+        raw = tmp / "raw"
+        make_raw(raw, blobs, args.cameras, args.frames)
+        trows, dec, rss_dec, n_img = throughput(raw, tmp, args.workers, codecs)
+        print(f"\n2) repack vs pure decode: {n_img} images ({args.cameras} cameras x {args.frames} frames), "
+              f"LocalCluster of {args.workers} worker processes x 1 thread, one run")  # fmt: skip
+        print(f"{'pipeline':<30}{'images/s':>10}{'ratio':>8}{'peak RSS/worker':>17}{'MiB/image':>11}")
+        print(f"{'pure decode (zip read + AVIF)':<30}{dec:>10.1f}{1.0:>8.2f}{rss_dec:>13.0f} MiB{'-':>11}")
+        for r in trows:
+            name = f"repack --codec {r['codec']}"
+            print(f"{name:<30}{r['ips']:>10.1f}{r['ips'] / dec:>8.2f}{r['rss']:>13.0f} MiB{r['mb']:>11.3f}")
+        print("\nratio = repack images/s / pure-decode images/s (decode = mean of a run before and after the "
+              "repacks); repack is end to end: probe, create arrays, decode, encode, write shards, masks, manifests.")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
