@@ -8,7 +8,10 @@ DataLoader workers, same collate) and return the same contract dict (tests/data/
 
 Loaders compared side by side, each in its own fresh process (so peak memory is its own), in rotating order:
 
-- ``zarr``: :class:`ava256.data.ZarrSampleDataset` on the repacked store;
+- ``zarr``: :class:`ava256.data.ZarrSampleDataset` on the repacked store (the contract dict, normalised in
+  the workers);
+- ``zarr-u8``: the same with ``normalize=False`` (uint8 pictures) and :func:`ava256.data.finish_batch` in the
+  consuming loop, on the GPU when there is one, else on the CPU (counted in the time either way);
 - ``legacy``: :class:`ava256.data.legacy.LegacySampleDataset` on the raw tree;
 - ``legacy-5k``: the same, on a copy of the raw tree whose zips carry ``--zip-members`` (default 5,000)
   entries like a real capture's (the extra members are empty and never read): the seed's approach re-reads
@@ -121,9 +124,9 @@ def build_dataset(kind: str, work: Path, downsample: int, counting: bool = False
     from ava256.pipeline.split import read_samples
 
     df = read_samples(work / "store")
-    if kind == "zarr":
+    if kind in ("zarr", "zarr-u8"):
         store = CountingStore.local(work / "store") if counting else work / "store"
-        return ZarrSampleDataset(store, df, downsample=downsample), store
+        return ZarrSampleDataset(store, df, downsample=downsample, normalize=kind == "zarr"), store
     raw = work / ("raw-5k" if kind == "legacy-5k" else "bucket/ava-256/4TB")
     return LegacySampleDataset(raw, df, downsample=downsample), None
 
@@ -131,7 +134,7 @@ def build_dataset(kind: str, work: Path, downsample: int, counting: bool = False
 def child(args: argparse.Namespace) -> None:
     import torch
 
-    from ava256.data import ResumableSampler, make_loader
+    from ava256.data import ResumableSampler, finish_batch, make_loader
     from ava256.data.iostats import process_read_bytes
 
     torch.set_num_threads(1)
@@ -142,9 +145,14 @@ def child(args: argparse.Namespace) -> None:
     loader = make_loader(
         ds, batch_size=args.batch_size, num_workers=args.workers, seed=1, persistent_workers=False
     )
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     n, t_first, n_first = 0, None, 0
     t0 = time.perf_counter()
     for batch in loader:
+        if args.child == "zarr-u8":  # the consumer's side: to the device, float + normalise there
+            batch = finish_batch(batch, ds.stats, device)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
         n += int(batch["idindex"].shape[0])
         if t_first is None:
             t_first, n_first = time.perf_counter(), n
@@ -238,7 +246,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=None)
     ap.add_argument("--downsample", type=int, default=2)
     ap.add_argument("--zip-members", type=int, default=5000)
-    ap.add_argument("--loaders", default="zarr,legacy,legacy-5k")
+    ap.add_argument("--loaders", default="zarr,zarr-u8,legacy,legacy-5k")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:

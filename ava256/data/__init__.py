@@ -3,7 +3,7 @@ sampler, and batching helpers. ``ava256.data.legacy`` is the raw-zip baseline us
 """
 
 from ava256.data.dataset import ZarrSampleDataset, compute_norm_stats, split_dataset
-from ava256.data.loader import batch_size_of, collate_samples, make_loader, pin_batch
+from ava256.data.loader import batch_size_of, collate_samples, finish_batch, make_loader, pin_batch
 from ava256.data.normalization import NormStats
 from ava256.data.sampler import ResumableSampler
 
@@ -14,6 +14,7 @@ __all__ = [
     "batch_size_of",
     "collate_samples",
     "compute_norm_stats",
+    "finish_batch",
     "make_loader",
     "pin_batch",
     "split_dataset",

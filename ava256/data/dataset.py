@@ -29,6 +29,10 @@ capture        str                 capture folder ``mcd--mct--sid``
 frame_index    int                 frame position in the capture (row of frame_list.csv)
 =============  ==================  ====================================================================
 
+With ``normalize=False`` the dataset returns ``image`` (3, H, W) and ``tex``/``neut_tex`` (3, T, T) as uint8 and
+``verts``/``neut_verts`` in mm; :func:`ava256.data.finish_batch` then builds the batch above on the training
+device (4x fewer texture bytes through workers, shared memory and PCIe; no float math on the CPU).
+
 The neutral frame of a capture is its first ``EXP_neutral_peak`` frame (frame_list order) whose vertices and
 uv texture are valid; if there is none, its first frame with both valid (a warning is logged).
 """
@@ -159,6 +163,7 @@ class ZarrSampleDataset(Dataset):
         captures: the identity table (``idindex`` = position); default: sorted captures of ``split_df``.
         camera_ids: the camera table (``camindex`` = position); default: sorted camera ids of ``split_df``.
         neutral_cache: how many captures' normalised neutral textures a worker keeps (LRU).
+        normalize: False returns uint8 pictures and raw vertices for :func:`ava256.data.finish_batch`.
     """
 
     def __init__(
@@ -171,12 +176,14 @@ class ZarrSampleDataset(Dataset):
         captures: Sequence[str] | None = None,
         camera_ids: Sequence[str] | None = None,
         neutral_cache: int = 8,
+        normalize: bool = True,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.store = store if isinstance(store, zarr.abc.store.Store) else os.fspath(store)
         self.storage_options = storage_options
         self.neutral_cache_size = max(1, int(neutral_cache))
+        self.normalize = bool(normalize)
         need = ["capture", "frame_index", "camera_index", "camera_id", "valid"]
         missing = [c for c in need if c not in split_df.columns]
         if missing:
@@ -313,7 +320,11 @@ class ZarrSampleDataset(Dataset):
             meta = self._meta[cap]
             nv = torch.from_numpy(np.array(g[L.VERTICES][meta.neutral_frame], dtype=np.float32))
             arrs = _CaptureArrays(
-                g[L.IMAGE], g[L.VERTICES], g[L.UV_TEXTURE], g[L.HEAD_POSE], self.stats.normalize_verts(nv)
+                g[L.IMAGE],
+                g[L.VERTICES],
+                g[L.UV_TEXTURE],
+                g[L.HEAD_POSE],
+                self.stats.normalize_verts(nv) if self.normalize else nv,
             )
             self._arrays[cap] = arrs
         return arrs
@@ -322,7 +333,10 @@ class ZarrSampleDataset(Dataset):
         tex = self._neutral_tex.get(cap)
         if tex is None:
             raw = arrs.uv_texture[self._meta[cap].neutral_frame]
-            tex = self.stats.normalize_tex(_chw_float(raw))
+            if self.normalize:
+                tex = self.stats.normalized_tex_from_uint8(torch.from_numpy(np.ascontiguousarray(raw)))
+            else:
+                tex = torch.from_numpy(np.ascontiguousarray(raw)).permute(2, 0, 1)
             self._neutral_tex[cap] = tex
             while len(self._neutral_tex) > self.neutral_cache_size:
                 self._neutral_tex.popitem(last=False)
@@ -352,14 +366,22 @@ class ZarrSampleDataset(Dataset):
         image, head_pose, verts, tex = sync(_read_chunks(arrs, f, c))
         camrot, campos = camera_in_head_frame(meta.extrinsics[c], head_pose)
         focal, princpt = focal_principal(meta.intrinsics[c])
+        verts_t = torch.from_numpy(np.array(verts, dtype=np.float32))
+        if self.normalize:
+            image_t = _chw_float(image)
+            tex_t = self.stats.normalized_tex_from_uint8(torch.from_numpy(np.ascontiguousarray(tex)))
+            verts_t = self.stats.normalize_verts(verts_t)
+        else:  # uint8 pictures, raw vertices: ``finish_batch`` converts on the training device
+            image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+            tex_t = torch.from_numpy(np.ascontiguousarray(tex)).permute(2, 0, 1)
         return {
-            "image": _chw_float(image),
+            "image": image_t,
             "camrot": torch.from_numpy(camrot),
             "campos": torch.from_numpy(campos),
             "focal": torch.from_numpy(focal),
             "princpt": torch.from_numpy(princpt),
-            "verts": self.stats.normalize_verts(torch.from_numpy(np.array(verts, dtype=np.float32))),
-            "tex": self.stats.normalized_tex_from_uint8(torch.from_numpy(np.ascontiguousarray(tex))),
+            "verts": verts_t,
+            "tex": tex_t,
             "neut_verts": arrs.neut_verts,
             "neut_tex": self._neutral_texture(cap, arrs),
             "idindex": torch.tensor(self._idindex[index], dtype=torch.int64),

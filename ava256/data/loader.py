@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
+from ava256.data.normalization import NormStats
 from ava256.data.sampler import ResumableSampler
 
 
@@ -48,6 +49,36 @@ def pin_batch(batch: Any) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(pin_batch(v) for v in batch)
     return batch
+
+
+def finish_batch(
+    batch: dict[str, Any],
+    stats: NormStats,
+    device: torch.device | str | None = None,
+    non_blocking: bool = True,
+) -> dict[str, Any]:
+    """Turn a batch of a ``ZarrSampleDataset(..., normalize=False)`` (uint8 ``image`` (B, 3, H, W), uint8
+    ``tex``/``neut_tex`` (B, 3, T, T), vertices in mm) into the contract batch on ``device``: tensors moved
+    (``non_blocking`` from pinned memory), ``image`` float32 0..255, textures and vertices normalised with
+    ``stats``. Doing this on the GPU moves 4x fewer texture bytes through workers, shared memory and PCIe and
+    takes the float math off the CPU. ValueError for a batch that is already normalised."""
+    if batch["image"].dtype != torch.uint8 or batch["tex"].dtype != torch.uint8:
+        raise ValueError(
+            "finish_batch needs a batch of a ZarrSampleDataset(normalize=False) (uint8 image/tex)"
+        )
+    dev = torch.device(device) if device is not None else batch["image"].device
+    out = {
+        k: v.to(dev, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
+    tex_mean, vert_mean = stats.on(dev)
+    inv_tex, inv_vert = 1.0 / stats.tex_std, 1.0 / stats.vert_std
+    out["image"] = out["image"].float()
+    for k in ("tex", "neut_tex"):
+        out[k] = (out[k].float() - tex_mean).mul_(inv_tex)
+    for k in ("verts", "neut_verts"):
+        out[k] = (out[k].float() - vert_mean).mul_(inv_vert)
+    return out
 
 
 def batch_size_of(batch: dict[str, Any]) -> int:

@@ -35,6 +35,18 @@ class NormStats:
     vert_std: float
     captures: tuple[str, ...] = ()
     _mean_over_std: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    _device_cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Caches (device copies may be CUDA tensors) never travel to worker processes or checkpoints.
+        return {**self.__dict__, "_mean_over_std": None, "_device_cache": {}}
+
+    def on(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tex_mean, vert_mean)`` on ``device`` (copied once per device, then cached)."""
+        key = str(torch.device(device))
+        if key not in self._device_cache:
+            self._device_cache[key] = (self.tex_mean.to(device), self.vert_mean.to(device))
+        return self._device_cache[key]
 
     def normalize_tex(self, tex_chw: torch.Tensor) -> torch.Tensor:
         """(3, T, T) float32 texture in 0..255 -> normalised, in place."""

@@ -11,7 +11,7 @@ import pytest
 import torch
 import zarr
 
-from ava256.data import ZarrSampleDataset, make_loader, split_dataset
+from ava256.data import ZarrSampleDataset, collate_samples, finish_batch, make_loader, split_dataset
 from ava256.data.iostats import CountingStore
 from ava256.data.loader import batch_size_of
 from ava256.manifests.splits import read_split_part
@@ -222,3 +222,27 @@ def test_dataframe_with_categoricals_and_extra_columns(tiny_data):
     cat = df.astype({"capture": "category", "camera_id": "category"}).assign(extra=1)
     a, b = ZarrSampleDataset(tiny_data.store, df), ZarrSampleDataset(tiny_data.store, cat)
     assert list(a.keys()) == list(b.keys()) and len(a) == len(df)
+
+
+def test_uint8_batches_finished_on_device_equal_the_contract_batch(tiny_data):
+    df = read_split_part(tiny_data.store, "free-face", "val")
+    full = ZarrSampleDataset(tiny_data.store, df)
+    raw = ZarrSampleDataset(tiny_data.store, df, normalize=False, stats=full.stats)
+    idx = [0, 3, len(df) - 1]
+    want = collate_samples([full[i] for i in idx])
+    got_u8 = collate_samples([raw[i] for i in idx])
+    assert got_u8["image"].dtype == torch.uint8 and got_u8["tex"].dtype == torch.uint8
+    assert (
+        got_u8["tex"].element_size() * got_u8["tex"].numel() * 4
+        == want["tex"].element_size() * want["tex"].numel()
+    )
+    got = finish_batch(got_u8, full.stats, "cpu")
+    assert set(got) == set(want)
+    for k, v in want.items():
+        if isinstance(v, torch.Tensor):
+            assert got[k].dtype == v.dtype and got[k].shape == v.shape, k
+            torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-4, msg=k)
+        else:
+            assert got[k] == v
+    with pytest.raises(ValueError, match="normalize=False"):
+        finish_batch(want, full.stats)
