@@ -4,8 +4,8 @@
 
 Reference configuration (MVP): N=4 images of 512x333 rays, K=16384 primitives of 8^3 RGBA on a head-sized
 surface, volume radius 256 mm (normalised volume [-1, 1]^3), dt = 1/256; also K/2 and 2K (and K with a warp).
-Times are medians of CUDA-event-timed runs after warm-up, including the acceleration-grid build and the layout
-changes the autograd Function does. "Bytes" is the compulsory traffic (every input read once, every output
+Times are medians of CUDA-event-timed runs after warm-up, including the acceleration-grid build and all the glue
+the autograd Function does. "Bytes" is the compulsory traffic (every input read once, every output
 written once; for the backward also the gradients written once), so "achieved" is a lower bound on the
 bandwidth actually used; it is compared with a device-to-device copy measured in the same run. The baseline
 row runs the PyTorch reference and the CUDA path on one small configuration on the same GPU.
@@ -111,6 +111,56 @@ def bench_config(n, h, w, k, d, dt, warp, reps):
     }
 
 
+def breakdown(n, h, w, k, d, dt, reps):
+    """Pieces of one forward+backward at one configuration: grid build and the kernels alone
+    (forward at several grid cell sizes; backward variants, two of them with atomics left out)."""
+    from ava256.kernels._build import load_extension
+
+    ext = load_extension()
+    s = _scene(n, h, w, k, d, False)
+    stream = torch.cuda.current_stream().cuda_stream
+    rays = [function._aligned(t) for t in (s.raypos, s.raydir, s.tminmax)]
+    prim = function._pack_prims(s.primpos, s.primrot, s.primscale)
+    tcl = function._aligned(s.template)
+    out = {}
+    term = 1.0 - 1e-4
+    for cf in (0.35, 0.5, 0.75, 1.0):
+        grid = function.build_grid(s.primpos, s.primrot, s.primscale, cell_factor=cf)
+        gargs = (grid.gridinfo, grid.cell_start, grid.cell_prims, list(grid.res), dt, term)
+        out[f"grid_ms@{cf}"] = _time_ms(
+            lambda cf=cf: function.build_grid(s.primpos, s.primrot, s.primscale, cell_factor=cf), reps=reps
+        )
+        out[f"fwd_kernel_ms@{cf}"] = _time_ms(
+            lambda gargs=gargs: ext.forward(*rays, prim, tcl, None, *gargs, stream)
+        )
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            function.build_grid(s.primpos, s.primrot, s.primscale)
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=40))
+    grid = function.build_grid(s.primpos, s.primrot, s.primscale)
+    gargs = (grid.gridinfo, grid.cell_start, grid.cell_prims, list(grid.res), dt, term)
+    rgba, aux = ext.forward(*rays, prim, tcl, None, *gargs, stream)
+    g = torch.randn_like(rgba)
+    names = {
+        0: "bwd_kernel_ms",
+        4: "bwd_kernel_aggregated_ms",
+        1: "bwd_no_tmpl_atomics_ms",
+        2: "bwd_no_prim_atomics_ms",
+    }
+    names[3] = "bwd_no_atomics_ms"
+    res = {}
+    for flags, name in names.items():
+        out[name] = _time_ms(
+            lambda flags=flags: ext.backward(*rays, prim, tcl, None, *gargs, aux, g, stream, flags), reps=reps
+        )
+        res[flags] = ext.backward(*rays, prim, tcl, None, *gargs, aux, g, stream, flags)
+    out["aggregated_vs_plain_rel_err"] = float((res[4][2] - res[0][2]).norm() / res[0][2].norm())
+    return out
+
+
 def bench_reference(n, h, w, k, d, dt):
     s = _scene(n, h, w, k, d, False, seed=1)
     args = s.args()
@@ -135,13 +185,20 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one image and fewer repeats")
     p.add_argument(
-        "--cell-factor", type=float, default=function.CELL_FACTOR, help="grid cell / median prim box"
+        "--cell-factor", type=float, default=function.CELL_FACTOR, help="grid cell / mean prim box edge"
+    )
+    p.add_argument(
+        "--backward-flags",
+        type=int,
+        default=function.BACKWARD_FLAGS,
+        help="backward variant (4: warp-aggregated)",
     )
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to benchmark (the reference alone is exercised by the tests)")
         return 1
     function.CELL_FACTOR = args.cell_factor
+    function.BACKWARD_FLAGS = args.backward_flags
     n, h, w, d, dt = (1 if args.quick else 4), 333, 512, 8, 1.0 / 256
     reps = 3 if args.quick else 10
     dev = torch.cuda.get_device_name()
@@ -158,6 +215,8 @@ def main(argv=None) -> int:
         r = bench_config(n, h, w, k, d, dt, warp, reps)
         rows.append(r)
         print(r, flush=True)
+    parts = breakdown(n, h, w, 16384, d, dt, reps)
+    print(parts, flush=True)
     ref_ms, cuda_small_ms, rel = bench_reference(1, 84, 128, 1024, d, dt)
 
     print()
@@ -171,6 +230,7 @@ def main(argv=None) -> int:
             f"{r['fwd_ms']:>8.2f} {r['fwd_gbs']:>9.0f} {100 * r['fwd_gbs'] / copy_gbs:>5.1f}% "
             f"{r['fb_ms']:>10.2f} {r['fb_gbs']:>7.0f} {100 * r['fb_gbs'] / copy_gbs:>5.1f}%"
         )
+    print("breakdown at K=16384 (ms): " + ", ".join(f"{a}={b:.3g}" for a, b in parts.items()))
     print(
         f"baseline (N=1, 128x84 rays, K=1024, fwd+bwd): PyTorch reference {ref_ms:.0f} ms, CUDA "
         f"{cuda_small_ms:.2f} ms -> {ref_ms / cuda_small_ms:.0f}x; CUDA vs reference rel. error {rel:.1e}"

@@ -22,6 +22,8 @@ MAX_ENTRIES = 1 << 26
 #: Grid cell edge relative to the median primitive bounding-box edge (0.5: ~5 primitives tested per sample on
 #: the MVP head layout; see benchmarks/raymarch.py --cell-factor).
 CELL_FACTOR = 0.5
+#: Backward kernel variant flags (csrc/raymarch.h): 4 = sum transform gradients across the warp before atomics.
+BACKWARD_FLAGS = 4
 
 
 @dataclass
@@ -54,64 +56,109 @@ def build_grid(
     cell_factor: float | None = None,
     max_res: int = MAX_RES,
 ) -> AccelGrid:
-    """Build the acceleration grid for (N, K) primitives (float32 tensors on one device).
+    """Build the acceleration grid for (N, K) primitives (tensors on one device, CPU or CUDA).
 
-    ``cell_factor`` sets the cell edge relative to the median primitive bounding-box edge.
+    ``cell_factor`` sets the cell edge relative to the mean primitive bounding-box edge (default
+    :data:`CELL_FACTOR`). Two host syncs: one to size the grid, one to size the entry list.
     """
     n, k = primpos.shape[:2]
     dev = primpos.device
     cell_factor = CELL_FACTOR if cell_factor is None else cell_factor
+    if dev.type == "cuda":
+        return _build_grid_cuda(primpos, primrot, primscale, cell_factor, max_res)
     lo, hi, valid = _prim_bounds(primpos.float(), primrot.float(), primscale.float())
-    inf = torch.tensor(float("inf"), device=dev)
-    glo = torch.where(valid[..., None], lo, inf).amin(1)
-    ghi = torch.where(valid[..., None], hi, -inf).amax(1)
+    glo, ghi, ext = _grid_box(
+        torch.where(valid[..., None], lo, float("inf")).amin(1),
+        torch.where(valid[..., None], hi, float("-inf")).amax(1),
+    )
+    nvalid = valid.sum()
+    mean_edge = torch.where(valid[..., None], hi - lo, 0.0).sum() / (3 * nvalid).clamp_min(1)
+    res = _resolution(ext, mean_edge, nvalid, cell_factor, max_res)
+
+    while True:
+        g = torch.tensor(res, device=dev, dtype=torch.float32)
+        inv = g / ext
+        gmax = (g - 1)[None, None]
+        clo = torch.minimum(torch.floor((lo - glo[:, None]) * inv[:, None]).clamp_min(0), gmax)
+        chi = torch.minimum(torch.floor((hi - glo[:, None]) * inv[:, None]).clamp_min(0), gmax)
+        clo = torch.where(valid[..., None], clo, 0.0).to(torch.int32)
+        chi = torch.where(valid[..., None], chi, -1.0).to(torch.int32)
+        cnt = (chi - clo + 1).to(torch.int64).prod(-1).reshape(-1)
+        ends = torch.cumsum(cnt, 0)
+        total = int(ends[-1]) if ends.numel() else 0
+        if total <= MAX_ENTRIES or max(res) == 1:
+            break
+        res = [max(1, r // 2) for r in res]
+    gx, gy, gz = res
+    ncells = n * gx * gy * gz
+    starts = ends - cnt
+    prim_ids = torch.repeat_interleave(torch.arange(n * k, device=dev), cnt, output_size=total)
+    j = torch.arange(total, device=dev) - starts[prim_ids]
+    c0 = clo.reshape(-1, 3)[prim_ids].long()
+    ex = (chi - clo + 1).reshape(-1, 3)[prim_ids].long()
+    cx = c0[:, 0] + j % ex[:, 0]
+    cy = c0[:, 1] + (j // ex[:, 0]) % ex[:, 1]
+    cz = c0[:, 2] + j // (ex[:, 0] * ex[:, 1])
+    cell = (((prim_ids // k) * gz + cz) * gy + cy) * gx + cx
+    cell_sorted, order = torch.sort(cell, stable=True)  # stable: k stays ascending within a cell
+    cell_prims = (prim_ids[order] % k).to(torch.int32)
+    counts = torch.bincount(cell_sorted, minlength=ncells)
+    cell_start = torch.zeros(ncells + 1, dtype=torch.int32, device=dev)
+    cell_start[1:] = torch.cumsum(counts, 0)
+    return AccelGrid(_gridinfo(glo, ghi, inv), cell_start, cell_prims.contiguous(), (gx, gy, gz))
+
+
+def _grid_box(glo: Tensor, ghi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-image grid box from the union of primitive bounds (N, 3), with a 1% margin; unit box if empty."""
     empty = ~torch.isfinite(glo).all(-1) | ~torch.isfinite(ghi).all(-1)
     glo = torch.where(empty[:, None], torch.zeros_like(glo), glo)
     ghi = torch.where(empty[:, None], torch.ones_like(ghi), ghi)
     ext = (ghi - glo).clamp_min(1e-6)
     glo = glo - 0.01 * ext - 1e-6
     ghi = ghi + 0.01 * ext + 1e-6
-    ext = ghi - glo
+    return glo, ghi, ghi - glo
 
-    edges = (hi - lo)[valid]
-    target = float(edges.median()) * cell_factor if edges.numel() else 1.0
-    max_ext = ext.amax(0).tolist()
-    res = [max(1, min(max_res, math.ceil(e / max(target, 1e-12)))) for e in max_ext]
 
+def _resolution(
+    ext: Tensor, mean_edge: Tensor, nvalid: Tensor, cell_factor: float, max_res: int
+) -> list[int]:
+    stats = torch.cat([ext.amax(0), mean_edge.reshape(1), nvalid.reshape(1).float()]).tolist()  # host sync
+    target = stats[3] * cell_factor if stats[4] > 0 else 1.0
+    return [max(1, min(max_res, math.ceil(e / max(target, 1e-12)))) for e in stats[:3]]
+
+
+def _gridinfo(glo: Tensor, ghi: Tensor, inv: Tensor) -> Tensor:
+    n = glo.shape[0]
+    return torch.cat([glo, ghi, inv.expand(n, 3), (1.0 / inv).expand(n, 3)], -1).float().contiguous()
+
+
+def _build_grid_cuda(primpos, primrot, primscale, cell_factor: float, max_res: int) -> AccelGrid:
+    """The same grid as the CPU path, built with a few custom kernels (few launches, two host syncs)."""
+    from ._build import load_extension
+
+    ext_mod = load_extension()
+    dev = primpos.device
+    n, k = primpos.shape[:2]
+    stream = torch.cuda.current_stream(dev).cuda_stream
+    bounds, edge = ext_mod.prim_bounds(_aligned(primpos), _aligned(primrot), _aligned(primscale), stream)
+    glo, ghi, ext = _grid_box(bounds[..., :3].amin(1), bounds[..., 3:].amax(1))
+    nvalid = (edge > 0).sum()
+    res = _resolution(ext, edge.sum() / nvalid.clamp_min(1), nvalid, cell_factor, max_res)
     while True:
-        g = torch.tensor(res, device=dev, dtype=torch.float32)
-        inv = g / ext
-        clo = torch.floor((lo - glo[:, None]) * inv[:, None])
-        chi = torch.floor((hi - glo[:, None]) * inv[:, None])
-        gmax = (g - 1)[None, None]
-        clo = torch.minimum(clo.clamp_min(0), gmax).long()
-        chi = torch.minimum(chi.clamp_min(0), gmax).long()
-        extent = (chi - clo + 1) * valid[..., None]
-        cnt = extent.prod(-1)
-        total = int(cnt.sum())
+        inv = torch.tensor(res, device=dev, dtype=torch.float32) / ext
+        gridinfo = _gridinfo(glo, ghi, inv)
+        clo, chi, cnt = ext_mod.cell_ranges(bounds, gridinfo, res, stream)
+        ends = torch.cumsum(cnt, 0)
+        total = int(ends[-1]) if ends.numel() else 0  # host sync
         if total <= MAX_ENTRIES or max(res) == 1:
             break
         res = [max(1, r // 2) for r in res]
-    gx, gy, gz = res
-    ncells = n * gx * gy * gz
-
-    flat_cnt = cnt.reshape(-1)
-    prim_ids = torch.repeat_interleave(torch.arange(n * k, device=dev), flat_cnt, output_size=total)
-    offs = torch.cumsum(flat_cnt, 0) - flat_cnt
-    j = torch.arange(total, device=dev) - offs[prim_ids]
-    ex = extent.reshape(-1, 3)[prim_ids]
-    c0 = clo.reshape(-1, 3)[prim_ids]
-    cx = c0[:, 0] + j % ex[:, 0]
-    cy = c0[:, 1] + (j // ex[:, 0]) % ex[:, 1]
-    cz = c0[:, 2] + j // (ex[:, 0] * ex[:, 1])
-    cell = ((prim_ids // k * gz + cz) * gy + cy) * gx + cx
+    ncells = n * res[0] * res[1] * res[2]
+    cell, prim = ext_mod.grid_entries(clo, chi, ends - cnt, total, res, stream)
     cell_sorted, order = torch.sort(cell, stable=True)  # stable: k stays ascending within a cell
-    cell_prims = (prim_ids[order] % k).to(torch.int32)
-    counts = torch.bincount(cell_sorted, minlength=ncells)
-    cell_start = torch.zeros(ncells + 1, dtype=torch.int64, device=dev)
-    cell_start[1:] = torch.cumsum(counts, 0)
-    gridinfo = torch.cat([glo, ghi, inv.expand(n, 3), (1.0 / inv).expand(n, 3)], -1).float().contiguous()
-    return AccelGrid(gridinfo, cell_start.to(torch.int32), cell_prims.contiguous(), (gx, gy, gz))
+    cell_prims = prim[order].contiguous()
+    cell_start = ext_mod.cell_starts(cell_sorted, ncells, stream)
+    return AccelGrid(gridinfo, cell_start, cell_prims, (res[0], res[1], res[2]))
 
 
 def _pack_prims(primpos: Tensor, primrot: Tensor, primscale: Tensor) -> Tensor:
@@ -128,14 +175,6 @@ def _aligned(t: Tensor) -> Tensor:
     return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
-def _channels_last(grid: Tensor, channels: int = 4) -> Tensor:
-    """(N, K, C, D, D, D) -> (N, K, D, D, D, 4) float32 (zero-padded to 4 channels)."""
-    g = grid.float().permute(0, 1, 3, 4, 5, 2)
-    if g.shape[-1] < channels:
-        g = torch.cat([g, g.new_zeros(*g.shape[:-1], channels - g.shape[-1])], -1)
-    return _aligned(g)
-
-
 class _RaymarchCUDA(torch.autograd.Function):
     @staticmethod
     def forward(ctx, raypos, raydir, tminmax, primpos, primrot, primscale, template, warp, dt, termination):
@@ -145,13 +184,13 @@ class _RaymarchCUDA(torch.autograd.Function):
         grid = build_grid(primpos, primrot, primscale)
         prim = _pack_prims(primpos, primrot, primscale)
         rays = [_aligned(t) for t in (raypos, raydir, tminmax)]
-        warp_cl = None if warp is None else _channels_last(warp)
+        warp_in = None if warp is None else _aligned(warp)
         stream = torch.cuda.current_stream(raypos.device).cuda_stream
         rgba, aux = ext.forward(
             *rays,
             prim,
-            _channels_last(template),
-            warp_cl,
+            _aligned(template),
+            warp_in,
             grid.gridinfo,
             grid.cell_start,
             grid.cell_prims,
@@ -182,8 +221,8 @@ class _RaymarchCUDA(torch.autograd.Function):
             raydir,
             tminmax,
             prim,
-            _channels_last(template),
-            None if warp is None else _channels_last(warp),
+            _aligned(template),
+            None if warp is None else _aligned(warp),
             gridinfo,
             cell_start,
             cell_prims,
@@ -193,9 +232,11 @@ class _RaymarchCUDA(torch.autograd.Function):
             aux,
             _aligned(grad_rgba),
             stream,
+            BACKWARD_FLAGS,
         )
         n, k = prim.shape[:2]
         dpos, drot, dscale, dtmpl = ctx.dtypes
+        # channel-last accumulators -> (N, K, C, D, D, D) views (no copy)
         g_template = g_tmpl.permute(0, 1, 5, 2, 3, 4).to(dtmpl)
         g_w = None
         if warp is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ava256.kernels import raymarch
+from ava256.kernels import function, raymarch
 from ava256.kernels.function import build_grid
 from ava256.kernels.reference import local_coords, raymarch_reference
 from ava256.kernels.scenes import Scene, head_scene, random_scene
@@ -21,10 +21,14 @@ CASES = {
 }
 
 
-def test_grid_lists_every_primitive_containing_a_point():
-    """CPU check of the acceleration structure: the cell of any point lists all primitives containing it."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_grid_lists_every_primitive_containing_a_point(device):
+    """The acceleration structure (built on CPU or GPU): the cell of any point lists all primitives containing
+    it, in ascending k."""
     scene = random_scene(2, 2, 2, k=40, d=2, spread=0.6, seed=8)
-    grid = build_grid(scene.primpos, scene.primrot, scene.primscale, cell_factor=0.5)
+    s = scene.to(device)
+    grid = build_grid(s.primpos, s.primrot, s.primscale, cell_factor=0.5)
+    grid = type(grid)(grid.gridinfo.cpu(), grid.cell_start.cpu(), grid.cell_prims.cpu(), grid.res)
     gx, gy, gz = grid.res
     assert gx * gy * gz > 8
     g = torch.Generator().manual_seed(0)
@@ -60,8 +64,10 @@ def _run(scene: Scene, dt: float, backend: str, device: str, grad_out: torch.Ten
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("flags", [0, 4], ids=["atomics", "warp_aggregated"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_cuda_matches_reference(case):
+def test_cuda_matches_reference(case, flags, monkeypatch):
+    monkeypatch.setattr(function, "BACKWARD_FLAGS", flags)
     scene, dt = CASES[case][0](), CASES[case][1]
     g = torch.Generator().manual_seed(123)
     grad_out = torch.randn(*scene.raypos.shape[:3], 4, generator=g)

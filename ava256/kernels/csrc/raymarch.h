@@ -6,12 +6,13 @@ struct RaymarchParams {
   int N, H, W, K, D;
   int Gx, Gy, Gz;            // acceleration grid resolution (same for every image)
   float dt, termination;
+  int flags;                 // backward: FLAG_* below (diagnostics and variants)
   const float* raypos;       // (N, H, W, 3)
   const float* raydir;       // (N, H, W, 3)
   const float* tminmax;      // (N, H, W, 2)
   const float4* prim;        // (N, K, 16): pos(3) scale(3) rot row-major(9) pad
-  const float4* tmpl;        // (N, K, D, D, D, 4) channel-last RGBA
-  const float4* warp;        // (N, K, D, D, D, 4) channel-last xyz + pad, or nullptr
+  const float* tmpl;         // (N, K, 4, D, D, D) RGBA planes (channel-first, as the contract)
+  const float* warp;         // (N, K, 3, D, D, D) or nullptr
   const float* gridinfo;     // (N, 12): lo(3) hi(3) inv_cell(3) cell(3)
   const int* cell_start;     // (N * Gz * Gy * Gx + 1)
   const int* cell_prims;     // (E,) primitive index k, ascending within each cell
@@ -23,5 +24,19 @@ struct RaymarchParams {
   float* grad_prim;          // (N, K, 16)
 };
 
+constexpr int FLAG_SKIP_TMPL_GRAD = 1;  // diagnostics: leave out the template/warp gradient atomics
+constexpr int FLAG_SKIP_PRIM_GRAD = 2;  // diagnostics: leave out the transform gradient atomics
+constexpr int FLAG_AGGREGATE = 4;       // sum transform gradients across the warp before the atomics
+
 cudaError_t raymarch_forward_cuda(const RaymarchParams& p, cudaStream_t stream);
 cudaError_t raymarch_backward_cuda(const RaymarchParams& p, cudaStream_t stream);
+// Acceleration grid entries: for each primitive f = n*K + k with inclusive cell ranges clo..chi (N*K, 3) int32,
+// write offsets[f] .. offsets[f] + count(f) - 1 of cells (global cell index) and prims (k).
+cudaError_t grid_entries_cuda(const int* clo, const int* chi, const int64_t* offsets, int N, int K, int Gx, int Gy,
+                              int Gz, int* cells, int* prims, cudaStream_t stream);
+// cell_start (ncells + 1) from the E entries' cell indices sorted ascending.
+cudaError_t cell_starts_cuda(const int* sorted_cells, int64_t E, int64_t ncells, int* cell_start, cudaStream_t stream);
+cudaError_t prim_bounds_cuda(const float* pos, const float* rot, const float* scale, int NK, float* bounds,
+                             float* edge, cudaStream_t stream);
+cudaError_t cell_ranges_cuda(const float* bounds, const float* gridinfo, int N, int K, int Gx, int Gy, int Gz,
+                             int* clo, int* chi, int64_t* cnt, cudaStream_t stream);

@@ -94,9 +94,52 @@ __device__ __forceinline__ void corner_dweight(const Trilerp& t, int c, float ou
   out[2] = sz * wy * wx;
 }
 
-__device__ __forceinline__ float4 sample4(const float4* __restrict__ grid, const Trilerp& t, float4 v[8]) {
+// Add a sample's 15 transform gradients to its primitive. With `aggregate`, lanes of the warp that are adding
+// to the same primitive at the same time first sum their values with shuffles (a tree over the group's ranks),
+// and one lane per group issues the atomics: fewer same-address atomics when neighbouring rays hit a primitive
+// together.
+__device__ __forceinline__ void prim_grad_add(float* gp, float (&v)[15], int key, bool aggregate) {
+  if (aggregate) {
+    const unsigned active = __activemask();
+    const unsigned peers = __match_any_sync(active, key);
+    const int cnt = __popc(peers);
+    if (cnt > 1) {
+      const int lane = (threadIdx.y * blockDim.x + threadIdx.x) & 31;
+      const int rank = __popc(peers & ((1u << lane) - 1u));
+      for (int off = 1; off < cnt; off <<= 1) {
+        const bool has = rank + off < cnt;
+        int src = lane;
+        if (has) {
+          unsigned m = peers;
+          for (int i = 0; i < rank + off; ++i) m &= m - 1u;
+          src = __ffs(m) - 1;
+        }
 #pragma unroll
-  for (int c = 0; c < 8; ++c) v[c] = __ldg(grid + corner_index(t, c));
+        for (int j = 0; j < 15; ++j) {
+          const float o = __shfl_sync(peers, v[j], src);
+          if (has) v[j] += o;
+        }
+      }
+      if (rank != 0) return;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < 15; ++j) atomicAdd(gp + j, v[j]);
+}
+
+// Channel-first sampling: the grid of one primitive is `nch` planes of D^3 voxels (channels r, g, b, a or
+// the warp's x, y, z); missing channels read as 0.
+template <int NCH>
+__device__ __forceinline__ float4 sample_planes(const float* __restrict__ grid, int D3, const Trilerp& t,
+                                                float4 v[8]) {
+#pragma unroll
+  for (int c = 0; c < 8; ++c) {
+    const int idx = corner_index(t, c);
+    v[c].x = __ldg(grid + idx);
+    v[c].y = __ldg(grid + D3 + idx);
+    v[c].z = __ldg(grid + 2 * D3 + idx);
+    v[c].w = NCH > 3 ? __ldg(grid + 3 * D3 + idx) : 0.f;
+  }
   float4 out = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
   for (int c = 0; c < 8; ++c) out = f4add(out, f4scale(v[c], corner_weight(t, c)));
@@ -155,25 +198,66 @@ __global__ void __launch_bounds__(TILE_X* TILE_Y) march_kernel(const RaymarchPar
   }
   const float tenter = fmaxf(tmin, t0);
   const float texit = fminf(tmax, t1);
+  bool alive = tmax > tmin && tenter <= texit && dt > 0.f;
+  const float tlimit = texit + 1e-4f * (1.0f + fabsf(texit)) + dt;
+  int i = 0;
+  {
+    const float s = floorf((tenter - tmin) / dt) - 1.0f;
+    if (alive && s > 0.f) i = (int)fminf(s, 2.0e9f);
+  }
+  const int Gx = p.Gx, Gy = p.Gy, Gz = p.Gz;
+  const float4* __restrict__ prims = p.prim + (int64_t)n * p.K * 4;
+  const float* __restrict__ tmpl = p.tmpl + (int64_t)n * p.K * 4 * D3;
+  const float* __restrict__ warp = WARP ? p.warp + (int64_t)n * p.K * 3 * D3 : nullptr;
 
-  if (tmax > tmin && tenter <= texit && dt > 0.f) {
-    const float tlimit = texit + 1e-4f * (1.0f + fabsf(texit)) + dt;
-    int i = 0;
-    {
-      const float s = floorf((tenter - tmin) / dt) - 1.0f;
-      if (s > 0.f) i = (int)fminf(s, 2.0e9f);
-    }
-    const int Gx = p.Gx, Gy = p.Gy, Gz = p.Gz;
-    const float4* __restrict__ prims = p.prim + (int64_t)n * p.K * 4;
-    const float4* __restrict__ tmpl = p.tmpl + (int64_t)n * p.K * D3;
-    const float4* __restrict__ warp = WARP ? p.warp + (int64_t)n * p.K * D3 : nullptr;
-    bool done = false;
-    while (!done) {
+  // Iterator state: sample i at point x; entries e..eend of its cell still to test (in_cell).
+  float xx = 0.f, xy = 0.f, xz = 0.f;
+  int e = 0, eend = 0;
+  bool in_cell = false;
+
+  while (true) {
+    // ---- Find this ray's next (sample, primitive) pair with the point inside the primitive. This loop is
+    // light and divergent; the heavy per-sample work below then runs with the warp's lanes together.
+    bool found = false;
+    int k = 0;
+    float y0 = 0.f, y1 = 0.f, y2 = 0.f, l0 = 0.f, l1 = 0.f, l2 = 0.f, ddx = 0.f, ddy = 0.f, ddz = 0.f;
+    float4 q0, q1, q2, q3;
+    while (alive) {
+      if (e < eend) {
+        k = __ldg(p.cell_prims + e);
+        ++e;
+        q0 = __ldg(prims + (int64_t)k * 4 + 0);
+        q1 = __ldg(prims + (int64_t)k * 4 + 1);
+        q2 = __ldg(prims + (int64_t)k * 4 + 2);
+        q3 = __ldg(prims + (int64_t)k * 4 + 3);
+        // layout: pos(3) scale(3) rot row-major(9) pad; the reference's operation order, rounded per op
+        ddx = __fsub_rn(xx, q0.x);
+        ddy = __fsub_rn(xy, q0.y);
+        ddz = __fsub_rn(xz, q0.z);
+        l0 = __fadd_rn(__fadd_rn(__fmul_rn(q1.z, ddx), __fmul_rn(q1.w, ddy)), __fmul_rn(q2.x, ddz));
+        l1 = __fadd_rn(__fadd_rn(__fmul_rn(q2.y, ddx), __fmul_rn(q2.z, ddy)), __fmul_rn(q2.w, ddz));
+        l2 = __fadd_rn(__fadd_rn(__fmul_rn(q3.x, ddx), __fmul_rn(q3.y, ddy)), __fmul_rn(q3.z, ddz));
+        y0 = __fmul_rn(l0, q0.w);
+        y1 = __fmul_rn(l1, q1.x);
+        y2 = __fmul_rn(l2, q1.y);
+        if (fabsf(y0) <= 1.f && fabsf(y1) <= 1.f && fabsf(y2) <= 1.f) {
+          found = true;
+          break;
+        }
+        continue;
+      }
+      if (in_cell) {  // every primitive of this sample's cell was tested
+        in_cell = false;
+        ++i;
+      }
       const float t = __fadd_rn(tmin, __fmul_rn((float)i, dt));
-      if (!(t < tmax) || t > tlimit) break;
-      const float xx = __fadd_rn(ox, __fmul_rn(t, dx));
-      const float xy = __fadd_rn(oy, __fmul_rn(t, dy));
-      const float xz = __fadd_rn(oz, __fmul_rn(t, dz));
+      if (!(t < tmax) || t > tlimit) {
+        alive = false;
+        break;
+      }
+      xx = __fadd_rn(ox, __fmul_rn(t, dx));
+      xy = __fadd_rn(oy, __fmul_rn(t, dy));
+      xz = __fadd_rn(oz, __fmul_rn(t, dz));
       const float fx = floorf(__fmul_rn(__fsub_rn(xx, lox), ivx));
       const float fy = floorf(__fmul_rn(__fsub_rn(xy, loy), ivy));
       const float fz = floorf(__fmul_rn(__fsub_rn(xz, loz), ivz));
@@ -199,127 +283,97 @@ __global__ void __launch_bounds__(TILE_X* TILE_Y) march_kernel(const RaymarchPar
         i = inext;
         continue;
       }
-      for (int e = start; e < end; ++e) {
-        const int k = __ldg(p.cell_prims + e);
-        const float4 q0 = __ldg(prims + (int64_t)k * 4 + 0);
-        const float4 q1 = __ldg(prims + (int64_t)k * 4 + 1);
-        const float4 q2 = __ldg(prims + (int64_t)k * 4 + 2);
-        const float4 q3 = __ldg(prims + (int64_t)k * 4 + 3);
-        // layout: pos(3) scale(3) rot row-major(9) pad
-        const float ddx = __fsub_rn(xx, q0.x), ddy = __fsub_rn(xy, q0.y), ddz = __fsub_rn(xz, q0.z);
-        const float r00 = q1.z, r01 = q1.w, r02 = q2.x;
-        const float r10 = q2.y, r11 = q2.z, r12 = q2.w;
-        const float r20 = q3.x, r21 = q3.y, r22 = q3.z;
-        const float s0 = q0.w, s1 = q1.x, s2 = q1.y;
-        const float l0 = __fadd_rn(__fadd_rn(__fmul_rn(r00, ddx), __fmul_rn(r01, ddy)), __fmul_rn(r02, ddz));
-        const float l1 = __fadd_rn(__fadd_rn(__fmul_rn(r10, ddx), __fmul_rn(r11, ddy)), __fmul_rn(r12, ddz));
-        const float l2 = __fadd_rn(__fadd_rn(__fmul_rn(r20, ddx), __fmul_rn(r21, ddy)), __fmul_rn(r22, ddz));
-        const float y0 = __fmul_rn(l0, s0), y1 = __fmul_rn(l1, s1), y2 = __fmul_rn(l2, s2);
-        if (!(fabsf(y0) <= 1.f && fabsf(y1) <= 1.f && fabsf(y2) <= 1.f)) continue;
-
-        // Sample (optionally through the warp).
-        float w0 = y0, w1 = y1, w2 = y2;
-        Trilerp tw;
-        float4 wv[8];
-        if (WARP) {
-          tw = make_trilerp(y0, y1, y2, D);
-          const float4 wr = sample4(warp + (int64_t)k * D3, tw, wv);
-          w0 = fminf(fmaxf(wr.x, -1.f), 1.f);
-          w1 = fminf(fmaxf(wr.y, -1.f), 1.f);
-          w2 = fminf(fmaxf(wr.z, -1.f), 1.f);
-          if (BACKWARD) {
-            // keep the unclamped values to mask the clamp's gradient
-            wv[0].w = wr.x;  // stash (w channel of the warp grid is padding and unused)
-            wv[1].w = wr.y;
-            wv[2].w = wr.z;
-          }
-        }
-        const Trilerp tt = make_trilerp(w0, w1, w2, D);
-        float4 tv[8];
-        const float4 rgba = sample4(tmpl + (int64_t)k * D3, tt, tv);
-
-        const float wgt = rgba.w * dt;
-        const float rem = 1.0f - A;
-        const bool clamped = wgt > rem;
-        const float a = clamped ? rem : wgt;
-
-        if (BACKWARD) {
-          float ga_w;  // dL/d(alpha*dt)
-          if (clamped) {
-            ga_w = 0.f;
-          } else {
-            ga_w = rgba.x * gcr + rgba.y * gcg + rgba.z * gcb + gA - corr;
-          }
-          const float4 g4 = make_float4(a * gcr, a * gcg, a * gcb, ga_w * dt);
-          float4* gt = p.grad_tmpl + ((int64_t)n * p.K + k) * D3;
-          float gu[3] = {0.f, 0.f, 0.f};
-#pragma unroll
-          for (int c = 0; c < 8; ++c) {
-            const float wc = corner_weight(tt, c);
-            atomic_add4(gt + corner_index(tt, c), f4scale(g4, wc));
-            float dw[3];
-            corner_dweight(tt, c, dw);
-            const float vg = tv[c].x * g4.x + tv[c].y * g4.y + tv[c].z * g4.z + tv[c].w * g4.w;
-            gu[0] += dw[0] * vg;
-            gu[1] += dw[1] * vg;
-            gu[2] += dw[2] * vg;
-          }
-          float gy0 = gu[0] * half_span, gy1 = gu[1] * half_span, gy2 = gu[2] * half_span;
-          if (WARP) {
-            // through the clamp, then the warp's trilinear sample
-            if (!(fabsf(wv[0].w) <= 1.f)) gy0 = 0.f;
-            if (!(fabsf(wv[1].w) <= 1.f)) gy1 = 0.f;
-            if (!(fabsf(wv[2].w) <= 1.f)) gy2 = 0.f;
-            float4* gw = p.grad_warp + ((int64_t)n * p.K + k) * D3;
-            float gv[3] = {0.f, 0.f, 0.f};
-#pragma unroll
-            for (int c = 0; c < 8; ++c) {
-              const float wc = corner_weight(tw, c);
-              atomic_add4(gw + corner_index(tw, c), make_float4(gy0 * wc, gy1 * wc, gy2 * wc, 0.f));
-              float dw[3];
-              corner_dweight(tw, c, dw);
-              // wv[c].w of corners 0..2 was overwritten above; only xyz are used here
-              const float vg = wv[c].x * gy0 + wv[c].y * gy1 + wv[c].z * gy2;
-              gv[0] += dw[0] * vg;
-              gv[1] += dw[1] * vg;
-              gv[2] += dw[2] * vg;
-            }
-            gy0 = gv[0] * half_span;
-            gy1 = gv[1] * half_span;
-            gy2 = gv[2] * half_span;
-          }
-          // y_j = l_j * s_j, l_j = R_j . (x - pos)
-          float* gp = p.grad_prim + ((int64_t)n * p.K + k) * 16;
-          const float gl0 = gy0 * s0, gl1 = gy1 * s1, gl2 = gy2 * s2;
-          atomicAdd(gp + 0, -(gl0 * r00 + gl1 * r10 + gl2 * r20));
-          atomicAdd(gp + 1, -(gl0 * r01 + gl1 * r11 + gl2 * r21));
-          atomicAdd(gp + 2, -(gl0 * r02 + gl1 * r12 + gl2 * r22));
-          atomicAdd(gp + 3, gy0 * l0);
-          atomicAdd(gp + 4, gy1 * l1);
-          atomicAdd(gp + 5, gy2 * l2);
-          atomicAdd(gp + 6, gl0 * ddx);
-          atomicAdd(gp + 7, gl0 * ddy);
-          atomicAdd(gp + 8, gl0 * ddz);
-          atomicAdd(gp + 9, gl1 * ddx);
-          atomicAdd(gp + 10, gl1 * ddy);
-          atomicAdd(gp + 11, gl1 * ddz);
-          atomicAdd(gp + 12, gl2 * ddx);
-          atomicAdd(gp + 13, gl2 * ddy);
-          atomicAdd(gp + 14, gl2 * ddz);
-        }
-
-        cr = cr + rgba.x * a;
-        cg = cg + rgba.y * a;
-        cb = cb + rgba.z * a;
-        A = A + a;
-        if (!BACKWARD && clamped) clamp_rec = make_float4(rgba.x, rgba.y, rgba.z, 1.f);
-        if (A >= p.termination) {
-          done = true;
-          break;
-        }
-      }
-      ++i;
+      e = start;
+      eend = end;
+      in_cell = true;
     }
+    if (!found) break;
+
+    // ---- One sample of primitive k at local coordinates y (optionally through the warp).
+    float w0 = y0, w1 = y1, w2 = y2;
+    Trilerp tw;
+    float4 wv[8];
+    float wr0 = 0.f, wr1 = 0.f, wr2 = 0.f;
+    if (WARP) {
+      tw = make_trilerp(y0, y1, y2, D);
+      const float4 wr = sample_planes<3>(warp + (int64_t)k * 3 * D3, D3, tw, wv);
+      wr0 = wr.x;
+      wr1 = wr.y;
+      wr2 = wr.z;
+      w0 = fminf(fmaxf(wr0, -1.f), 1.f);
+      w1 = fminf(fmaxf(wr1, -1.f), 1.f);
+      w2 = fminf(fmaxf(wr2, -1.f), 1.f);
+    }
+    const Trilerp tt = make_trilerp(w0, w1, w2, D);
+    float4 tv[8];
+    const float4 rgba = sample_planes<4>(tmpl + (int64_t)k * 4 * D3, D3, tt, tv);
+
+    const float wgt = rgba.w * dt;
+    const float rem = 1.0f - A;
+    const bool clamped = wgt > rem;
+    const float a = clamped ? rem : wgt;
+
+    if (BACKWARD) {
+      // dL/d(alpha*dt): direct term, minus the clamped last sample's dependence on this one (corr).
+      const float ga_w = clamped ? 0.f : rgba.x * gcr + rgba.y * gcg + rgba.z * gcb + gA - corr;
+      const float4 g4 = make_float4(a * gcr, a * gcg, a * gcb, ga_w * dt);
+      float4* gt = p.grad_tmpl + ((int64_t)n * p.K + k) * D3;
+      float gu0 = 0.f, gu1 = 0.f, gu2 = 0.f;
+#pragma unroll
+      for (int c = 0; c < 8; ++c) {
+        const float wc = corner_weight(tt, c);
+        if (!(p.flags & FLAG_SKIP_TMPL_GRAD)) atomic_add4(gt + corner_index(tt, c), f4scale(g4, wc));
+        float dw[3];
+        corner_dweight(tt, c, dw);
+        const float vg = tv[c].x * g4.x + tv[c].y * g4.y + tv[c].z * g4.z + tv[c].w * g4.w;
+        gu0 += dw[0] * vg;
+        gu1 += dw[1] * vg;
+        gu2 += dw[2] * vg;
+      }
+      float gy0 = gu0 * half_span, gy1 = gu1 * half_span, gy2 = gu2 * half_span;
+      if (WARP) {
+        // through the clamp, then the warp's trilinear sample
+        if (!(fabsf(wr0) <= 1.f)) gy0 = 0.f;
+        if (!(fabsf(wr1) <= 1.f)) gy1 = 0.f;
+        if (!(fabsf(wr2) <= 1.f)) gy2 = 0.f;
+        float4* gw = p.grad_warp + ((int64_t)n * p.K + k) * D3;
+        float gv0 = 0.f, gv1 = 0.f, gv2 = 0.f;
+#pragma unroll
+        for (int c = 0; c < 8; ++c) {
+          const float wc = corner_weight(tw, c);
+          if (!(p.flags & FLAG_SKIP_TMPL_GRAD))
+            atomic_add4(gw + corner_index(tw, c), make_float4(gy0 * wc, gy1 * wc, gy2 * wc, 0.f));
+          float dw[3];
+          corner_dweight(tw, c, dw);
+          const float vg = wv[c].x * gy0 + wv[c].y * gy1 + wv[c].z * gy2;
+          gv0 += dw[0] * vg;
+          gv1 += dw[1] * vg;
+          gv2 += dw[2] * vg;
+        }
+        gy0 = gv0 * half_span;
+        gy1 = gv1 * half_span;
+        gy2 = gv2 * half_span;
+      }
+      // y_j = l_j * s_j, l_j = R_j . (x - pos)
+      const float r00 = q1.z, r01 = q1.w, r02 = q2.x;
+      const float r10 = q2.y, r11 = q2.z, r12 = q2.w;
+      const float r20 = q3.x, r21 = q3.y, r22 = q3.z;
+      const float gl0 = gy0 * q0.w, gl1 = gy1 * q1.x, gl2 = gy2 * q1.y;
+      float gvals[15] = {-(gl0 * r00 + gl1 * r10 + gl2 * r20), -(gl0 * r01 + gl1 * r11 + gl2 * r21),
+                         -(gl0 * r02 + gl1 * r12 + gl2 * r22), gy0 * l0, gy1 * l1, gy2 * l2,
+                         gl0 * ddx, gl0 * ddy, gl0 * ddz, gl1 * ddx, gl1 * ddy, gl1 * ddz,
+                         gl2 * ddx, gl2 * ddy, gl2 * ddz};
+      if (!(p.flags & FLAG_SKIP_PRIM_GRAD)) {
+        prim_grad_add(p.grad_prim + ((int64_t)n * p.K + k) * 16, gvals, k, (p.flags & FLAG_AGGREGATE) != 0);
+      }
+    }
+
+    cr = cr + rgba.x * a;
+    cg = cg + rgba.y * a;
+    cb = cb + rgba.z * a;
+    A = A + a;
+    if (!BACKWARD && clamped) clamp_rec = make_float4(rgba.x, rgba.y, rgba.z, 1.f);
+    if (A >= p.termination) alive = false;
   }
   if (!BACKWARD) {
     reinterpret_cast<float4*>(p.rgba)[ray] = make_float4(cr, cg, cb, A);
@@ -339,7 +393,121 @@ cudaError_t launch(const RaymarchParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+// One thread per primitive: padded axis-aligned bounds of its box, (lo, hi) = (+inf, -inf) if not finite, and
+// its mean bounding-box edge (0 if not finite). Same arithmetic as function._prim_bounds.
+__global__ void prim_bounds_kernel(const float* __restrict__ pos, const float* __restrict__ rot,
+                                   const float* __restrict__ scale, int NK, float* __restrict__ bounds,
+                                   float* __restrict__ edge) {
+  const int f = blockIdx.x * blockDim.x + threadIdx.x;
+  if (f >= NK) return;
+  float is[3], lo[3], hi[3];
+  for (int j = 0; j < 3; ++j) is[j] = 1.0f / fmaxf(fabsf(scale[f * 3 + j]), 1e-30f);
+  bool ok = true;
+  for (int i = 0; i < 3; ++i) {
+    float half = 0.f;
+    for (int j = 0; j < 3; ++j) half += fabsf(rot[f * 9 + j * 3 + i]) * is[j];
+    const float pi = pos[f * 3 + i];
+    const float pad = 1e-4f * half + 1e-5f * (fabsf(pi) + half) + 1e-12f;
+    lo[i] = pi - half - pad;
+    hi[i] = pi + half + pad;
+    ok = ok && isfinite(lo[i]) && isfinite(hi[i]);
+  }
+  for (int i = 0; i < 3; ++i) {
+    bounds[f * 6 + i] = ok ? lo[i] : INFINITY;
+    bounds[f * 6 + 3 + i] = ok ? hi[i] : -INFINITY;
+  }
+  edge[f] = ok ? ((hi[0] - lo[0]) + (hi[1] - lo[1]) + (hi[2] - lo[2])) / 3.0f : 0.f;
+}
+
+// One thread per primitive: inclusive cell ranges of its bounds in its image's grid, and their cell count.
+__global__ void cell_ranges_kernel(const float* __restrict__ bounds, const float* __restrict__ gridinfo, int NK,
+                                   int K, int Gx, int Gy, int Gz, int* __restrict__ clo, int* __restrict__ chi,
+                                   int64_t* __restrict__ cnt) {
+  const int f = blockIdx.x * blockDim.x + threadIdx.x;
+  if (f >= NK) return;
+  const int n = f / K;
+  const float* gi = gridinfo + (int64_t)n * 12;
+  const int G[3] = {Gx, Gy, Gz};
+  int64_t c = 1;
+  for (int a = 0; a < 3; ++a) {
+    const float lo = bounds[f * 6 + a], hi = bounds[f * 6 + 3 + a];
+    if (!(lo <= hi)) {  // not finite: no cells
+      c = 0;
+      clo[f * 3 + a] = 0;
+      chi[f * 3 + a] = -1;
+      continue;
+    }
+    const float gmax = (float)(G[a] - 1);
+    const float l = fminf(fmaxf(floorf(__fmul_rn(__fsub_rn(lo, gi[a]), gi[6 + a])), 0.f), gmax);
+    const float h = fminf(fmaxf(floorf(__fmul_rn(__fsub_rn(hi, gi[a]), gi[6 + a])), 0.f), gmax);
+    clo[f * 3 + a] = (int)l;
+    chi[f * 3 + a] = (int)h;
+    c *= (int64_t)((int)h - (int)l + 1);
+  }
+  cnt[f] = c;
+}
+
+// One thread per primitive: write the (cell, k) pairs of every grid cell its bounding box overlaps.
+__global__ void grid_entries_kernel(const int* __restrict__ clo, const int* __restrict__ chi,
+                                    const int64_t* __restrict__ offsets, int NK, int K, int Gx, int Gy, int Gz,
+                                    int* __restrict__ cells, int* __restrict__ prims) {
+  const int f = blockIdx.x * blockDim.x + threadIdx.x;
+  if (f >= NK) return;
+  const int n = f / K, k = f - n * K;
+  const int x0 = clo[f * 3 + 0], y0 = clo[f * 3 + 1], z0 = clo[f * 3 + 2];
+  const int x1 = chi[f * 3 + 0], y1 = chi[f * 3 + 1], z1 = chi[f * 3 + 2];
+  int64_t o = offsets[f];
+  for (int z = z0; z <= z1; ++z)
+    for (int y = y0; y <= y1; ++y)
+      for (int x = x0; x <= x1; ++x) {
+        cells[o] = ((n * Gz + z) * Gy + y) * Gx + x;
+        prims[o] = k;
+        ++o;
+      }
+}
+
+// One thread per sorted entry: cell_start[c] = first entry of cell c (= next non-empty cell's first entry for
+// empty cells), cell_start[ncells] = E.
+__global__ void cell_starts_kernel(const int* __restrict__ sorted_cells, int64_t E, int64_t ncells,
+                                   int* __restrict__ cell_start) {
+  const int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (e > E) return;
+  const int64_t prev = (e == 0) ? -1 : (int64_t)sorted_cells[e - 1];
+  const int64_t cur = (e == E) ? ncells : (int64_t)sorted_cells[e];
+  for (int64_t c = prev + 1; c <= cur; ++c) cell_start[c] = (int)e;
+}
+
 }  // namespace
+
+cudaError_t cell_starts_cuda(const int* sorted_cells, int64_t E, int64_t ncells, int* cell_start,
+                             cudaStream_t stream) {
+  const int64_t threads = E + 1;
+  cell_starts_kernel<<<(unsigned)((threads + 255) / 256), 256, 0, stream>>>(sorted_cells, E, ncells, cell_start);
+  return cudaGetLastError();
+}
+
+cudaError_t prim_bounds_cuda(const float* pos, const float* rot, const float* scale, int NK, float* bounds,
+                             float* edge, cudaStream_t stream) {
+  if (NK == 0) return cudaSuccess;
+  prim_bounds_kernel<<<(NK + 255) / 256, 256, 0, stream>>>(pos, rot, scale, NK, bounds, edge);
+  return cudaGetLastError();
+}
+
+cudaError_t cell_ranges_cuda(const float* bounds, const float* gridinfo, int N, int K, int Gx, int Gy, int Gz,
+                             int* clo, int* chi, int64_t* cnt, cudaStream_t stream) {
+  const int NK = N * K;
+  if (NK == 0) return cudaSuccess;
+  cell_ranges_kernel<<<(NK + 255) / 256, 256, 0, stream>>>(bounds, gridinfo, NK, K, Gx, Gy, Gz, clo, chi, cnt);
+  return cudaGetLastError();
+}
+
+cudaError_t grid_entries_cuda(const int* clo, const int* chi, const int64_t* offsets, int N, int K, int Gx, int Gy,
+                              int Gz, int* cells, int* prims, cudaStream_t stream) {
+  const int NK = N * K;
+  if (NK == 0) return cudaSuccess;
+  grid_entries_kernel<<<(NK + 255) / 256, 256, 0, stream>>>(clo, chi, offsets, NK, K, Gx, Gy, Gz, cells, prims);
+  return cudaGetLastError();
+}
 
 cudaError_t raymarch_forward_cuda(const RaymarchParams& p, cudaStream_t stream) { return launch<false>(p, stream); }
 
