@@ -72,7 +72,7 @@ ENCODER_SIZE = 400
 GRAIN = 3.5  # per-pixel sensor grain of camera images
 PORES = 1.5  # fixed skin micro-texture of the uv texture
 TEX_NOISE = 1.0  # per-frame noise of the uv textures
-IMAGE_DETAIL = 0.06  # relative amplitude of surface micro-detail in camera images
+IMAGE_DETAIL = 0.07  # relative amplitude of surface micro-detail in camera images
 DETAIL = 0.065  # relative amplitude of mid-frequency skin detail (wrinkles, stubble)
 #: AVIF encoder speed used for synthetic data (0 slow/small .. 10 fast; 8 is within a few % of the default
 #: size at about 4x the speed).
