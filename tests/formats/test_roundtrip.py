@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -93,3 +94,17 @@ def test_calibration_round_trip(n, rnd):
     np.testing.assert_array_equal(again.intrinsics, cal.intrinsics)
     np.testing.assert_array_equal(again.extrinsics, cal.extrinsics)
     np.testing.assert_array_equal(again.distortion, cal.distortion)
+
+
+def test_calibration_subset_and_centers():
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3, 3)))
+    centers = rng.normal(0, 1000, (3, 3))
+    ext = np.concatenate([q, -np.einsum("cij,cj->ci", q, centers)[:, :, None]], axis=2)
+    cal = Calibration(["400002", "400010", "400100"], np.tile(np.eye(3), (3, 1, 1)), ext, np.zeros((3, 4)))
+    np.testing.assert_allclose(cal.camera_centers(), centers, atol=1e-9)
+    sub = cal.subset(["400100", "400002"])
+    assert sub.camera_ids == ["400002", "400100"]
+    np.testing.assert_array_equal(sub.extrinsics[1], cal.extrinsics[2])
+    with pytest.raises(KeyError):
+        cal.subset(["999999"])

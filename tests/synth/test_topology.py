@@ -44,3 +44,14 @@ def test_region_weights():
     verts = face_topology().vertices
     # the jaw region sits below the brow region (y down)
     assert verts[w["jaw"] > 0.5, 1].mean() > verts[w["brow"] > 0.5, 1].mean() + 50
+
+
+def test_topology_obj_round_trip():
+    from ava256.formats import read_obj, write_obj
+
+    t = face_topology()
+    back = read_obj(write_obj(t))
+    np.testing.assert_array_equal(back.vertices, t.vertices)
+    np.testing.assert_array_equal(back.uvs, t.uvs)
+    np.testing.assert_array_equal(back.faces, t.faces)
+    np.testing.assert_array_equal(back.faces_uv, t.faces_uv)
