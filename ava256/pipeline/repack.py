@@ -40,7 +40,6 @@ from ava256.manifests import samples as sm
 from ava256.manifests.atomic import write_table_atomic
 from ava256.pipeline import repack_tasks as rt
 from ava256.store import layout as L
-from ava256.store.lock import locked_store
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +237,6 @@ def _shards_present(store_path: str, keys: Sequence[str]) -> bool:
     return all(fs.exists(f"{root.rstrip('/')}/{k}") for k in keys)
 
 
-@locked_store  # one repack per store: a second one is refused (ava256.store.lock)
 def repack(
     raw: str | os.PathLike[str],
     store: str | os.PathLike[str],
