@@ -282,7 +282,11 @@ def info_cmd(store, as_json):
     "cameras: hold out ~10% of the dome cameras (half val, half test).",
 )
 @click.option("--seed", default=0, type=int, help="Seed of the held-out subject/camera choice.")
-@click.option("--name", default=None, help="Split name (folder under STORE/_splits). [default: PROTOCOL or PROTOCOL-seedS]")
+@click.option(
+    "--name",
+    default=None,
+    help="Split name (folder under STORE/_splits). [default: PROTOCOL or PROTOCOL-seedS]",
+)
 @click.option(
     "--held-out-cameras",
     default=None,
