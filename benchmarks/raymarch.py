@@ -112,8 +112,8 @@ def bench_config(n, h, w, k, d, dt, warp, reps):
 
 
 def breakdown(n, h, w, k, d, dt, reps):
-    """Pieces of one forward+backward at one configuration: grid build and the kernels alone
-    (forward at several grid cell sizes; backward variants, two of them with atomics left out)."""
+    """Pieces of one forward+backward at one configuration: the grid build and the kernels alone (forward at
+    several grid cell sizes and two launch shapes; backward variants, one with its atomics left out)."""
     from ava256.kernels._build import load_extension
 
     ext = load_extension()
@@ -121,43 +121,35 @@ def breakdown(n, h, w, k, d, dt, reps):
     stream = torch.cuda.current_stream().cuda_stream
     rays = [function._aligned(t) for t in (s.raypos, s.raydir, s.tminmax)]
     prim = function._pack_prims(s.primpos, s.primrot, s.primscale)
-    tcl = function._aligned(s.template)
-    out = {}
+    tmpl = function._aligned(s.template)
     term = 1.0 - 1e-4
-    for cf in (0.35, 0.5, 0.75, 1.0):
+    out = {}
+    for cf in (0.35, 0.5, 1.0):
         grid = function.build_grid(s.primpos, s.primrot, s.primscale, cell_factor=cf)
         gargs = (grid.gridinfo, grid.cell_start, grid.cell_prims, list(grid.res), dt, term)
-        out[f"grid_ms@{cf}"] = _time_ms(
+        out[f"grid@cf{cf}"] = _time_ms(
             lambda cf=cf: function.build_grid(s.primpos, s.primrot, s.primscale, cell_factor=cf), reps=reps
         )
-        out[f"fwd_kernel_ms@{cf}"] = _time_ms(
-            lambda gargs=gargs: ext.forward(*rays, prim, tcl, None, *gargs, stream)
+        out[f"fwd_kernel@cf{cf}"] = _time_ms(
+            lambda gargs=gargs: ext.forward(*rays, prim, tmpl, None, *gargs, stream, 0), reps=reps
         )
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(3):
-            function.build_grid(s.primpos, s.primrot, s.primscale)
-        torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14, max_name_column_width=40))
-    grid = function.build_grid(s.primpos, s.primrot, s.primscale)
+    grid = function.build_grid(s.primpos, s.primrot, s.primscale, cell_factor=0.5)
     gargs = (grid.gridinfo, grid.cell_start, grid.cell_prims, list(grid.res), dt, term)
-    rgba, aux = ext.forward(*rays, prim, tcl, None, *gargs, stream)
+    out["fwd_kernel_8x16"] = _time_ms(
+        lambda: ext.forward(*rays, prim, tmpl, None, *gargs, stream, 8), reps=reps
+    )
+    rgba, aux = ext.forward(*rays, prim, tmpl, None, *gargs, stream, 0)
     g = torch.randn_like(rgba)
-    names = {
-        0: "bwd_kernel_ms",
-        4: "bwd_kernel_aggregated_ms",
-        1: "bwd_no_tmpl_atomics_ms",
-        2: "bwd_no_prim_atomics_ms",
-    }
-    names[3] = "bwd_no_atomics_ms"
-    res = {}
+    names = {0: "bwd_kernel_plain", 4: "bwd_kernel_aggregated", 12: "bwd_kernel_aggregated_8x16"}
+    names[3] = "bwd_kernel_no_atomics"
+    grads = {}
     for flags, name in names.items():
         out[name] = _time_ms(
-            lambda flags=flags: ext.backward(*rays, prim, tcl, None, *gargs, aux, g, stream, flags), reps=reps
+            lambda flags=flags: ext.backward(*rays, prim, tmpl, None, *gargs, aux, g, stream, flags),
+            reps=reps,
         )
-        res[flags] = ext.backward(*rays, prim, tcl, None, *gargs, aux, g, stream, flags)
-    out["aggregated_vs_plain_rel_err"] = float((res[4][2] - res[0][2]).norm() / res[0][2].norm())
+        grads[flags] = ext.backward(*rays, prim, tmpl, None, *gargs, aux, g, stream, flags)
+    out["aggregated_vs_plain_rel_err"] = float((grads[4][2] - grads[0][2]).norm() / grads[0][2].norm())
     return out
 
 
@@ -188,6 +180,9 @@ def main(argv=None) -> int:
         "--cell-factor", type=float, default=function.CELL_FACTOR, help="grid cell / mean prim box edge"
     )
     p.add_argument(
+        "--launch-flags", type=int, default=function.LAUNCH_FLAGS, help="launch shape (8: 8x16 blocks)"
+    )
+    p.add_argument(
         "--backward-flags",
         type=int,
         default=function.BACKWARD_FLAGS,
@@ -199,6 +194,7 @@ def main(argv=None) -> int:
         return 1
     function.CELL_FACTOR = args.cell_factor
     function.BACKWARD_FLAGS = args.backward_flags
+    function.LAUNCH_FLAGS = args.launch_flags
     n, h, w, d, dt = (1 if args.quick else 4), 333, 512, 8, 1.0 / 256
     reps = 3 if args.quick else 10
     dev = torch.cuda.get_device_name()

@@ -24,6 +24,8 @@ MAX_ENTRIES = 1 << 26
 CELL_FACTOR = 0.5
 #: Backward kernel variant flags (csrc/raymarch.h): 4 = sum transform gradients across the warp before atomics.
 BACKWARD_FLAGS = 4
+#: Launch shape flags for both kernels: 0 = 16x8-pixel blocks (warps of 16x2 rays), 8 = 8x16 (warps of 8x4).
+LAUNCH_FLAGS = 0
 
 
 @dataclass
@@ -140,16 +142,31 @@ def _build_grid_cuda(primpos, primrot, primscale, cell_factor: float, max_res: i
     dev = primpos.device
     n, k = primpos.shape[:2]
     stream = torch.cuda.current_stream(dev).cuda_stream
-    bounds, edge = ext_mod.prim_bounds(_aligned(primpos), _aligned(primrot), _aligned(primscale), stream)
-    glo, ghi, ext = _grid_box(bounds[..., :3].amin(1), bounds[..., 3:].amax(1))
-    nvalid = (edge > 0).sum()
-    res = _resolution(ext, edge.sum() / nvalid.clamp_min(1), nvalid, cell_factor, max_res)
+    bounds, stats = ext_mod.prim_bounds(_aligned(primpos), _aligned(primrot), _aligned(primscale), stream)
+    rows = stats.tolist()  # host sync 1: per-image (min lo, max hi, edge sum, count)
+    glo, ghi, exts = [], [], []
+    for r in rows:
+        lo3, hi3 = r[0:3], r[3:6]
+        if r[7] == 0 or not all(math.isfinite(v) for v in lo3 + hi3):
+            lo3, hi3 = [0.0] * 3, [1.0] * 3
+        e3 = [max(b - a, 1e-6) for a, b in zip(lo3, hi3)]
+        lo3 = [a - 0.01 * e - 1e-6 for a, e in zip(lo3, e3)]
+        hi3 = [b + 0.01 * e + 1e-6 for b, e in zip(hi3, e3)]
+        glo.append(lo3)
+        ghi.append(hi3)
+        exts.append([b - a for a, b in zip(lo3, hi3)])
+    nvalid = sum(r[7] for r in rows)
+    target = sum(r[6] for r in rows) / nvalid * cell_factor if nvalid > 0 else 1.0
+    res = [max(1, min(max_res, math.ceil(max(e[a] for e in exts) / max(target, 1e-12)))) for a in range(3)]
     while True:
-        inv = torch.tensor(res, device=dev, dtype=torch.float32) / ext
-        gridinfo = _gridinfo(glo, ghi, inv)
+        info = []
+        for lo3, hi3, e3 in zip(glo, ghi, exts):
+            inv = [r / e for r, e in zip(res, e3)]
+            info.append(lo3 + hi3 + inv + [1.0 / v for v in inv])
+        gridinfo = torch.tensor(info, dtype=torch.float32).to(dev)
         clo, chi, cnt = ext_mod.cell_ranges(bounds, gridinfo, res, stream)
         ends = torch.cumsum(cnt, 0)
-        total = int(ends[-1]) if ends.numel() else 0  # host sync
+        total = int(ends[-1]) if ends.numel() else 0  # host sync 2
         if total <= MAX_ENTRIES or max(res) == 1:
             break
         res = [max(1, r // 2) for r in res]
@@ -198,6 +215,7 @@ class _RaymarchCUDA(torch.autograd.Function):
             float(dt),
             float(termination),
             stream,
+            LAUNCH_FLAGS,
         )
         ctx.save_for_backward(
             *rays, prim, template, warp, grid.gridinfo, grid.cell_start, grid.cell_prims, aux
@@ -232,7 +250,7 @@ class _RaymarchCUDA(torch.autograd.Function):
             aux,
             _aligned(grad_rgba),
             stream,
-            BACKWARD_FLAGS,
+            BACKWARD_FLAGS | LAUNCH_FLAGS,
         )
         n, k = prim.shape[:2]
         dpos, drot, dscale, dtmpl = ctx.dtypes

@@ -64,10 +64,13 @@ def _run(scene: Scene, dt: float, backend: str, device: str, grad_out: torch.Ten
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("flags", [0, 4], ids=["atomics", "warp_aggregated"])
+@pytest.mark.parametrize(
+    "flags", [(0, 0), (4, 0), (4, 8)], ids=["atomics", "warp_aggregated", "aggregated_8x16_tiles"]
+)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_cuda_matches_reference(case, flags, monkeypatch):
-    monkeypatch.setattr(function, "BACKWARD_FLAGS", flags)
+    monkeypatch.setattr(function, "BACKWARD_FLAGS", flags[0])
+    monkeypatch.setattr(function, "LAUNCH_FLAGS", flags[1])
     scene, dt = CASES[case][0](), CASES[case][1]
     g = torch.Generator().manual_seed(123)
     grad_out = torch.randn(*scene.raypos.shape[:3], 4, generator=g)

@@ -70,9 +70,10 @@ std::vector<torch::Tensor> forward(const torch::Tensor& raypos, const torch::Ten
                                    const torch::Tensor& tmpl, const c10::optional<torch::Tensor>& warp,
                                    const torch::Tensor& gridinfo, const torch::Tensor& cell_start,
                                    const torch::Tensor& cell_prims, std::vector<int64_t> grid_res, double dt,
-                                   double termination, int64_t stream) {
+                                   double termination, int64_t stream, int64_t flags) {
   RaymarchParams p = make_params(raypos, raydir, tminmax, prim, tmpl, warp, gridinfo, cell_start, cell_prims,
                                  grid_res, dt, termination);
+  p.flags = (int)flags;
   auto opts = raypos.options();
   torch::Tensor rgba = torch::empty({p.N, p.H, p.W, 4}, opts);
   torch::Tensor aux = torch::empty({p.N, p.H, p.W, 4}, opts);
@@ -152,12 +153,12 @@ std::vector<torch::Tensor> prim_bounds(const torch::Tensor& pos, const torch::Te
   const int64_t N = pos.size(0), K = pos.size(1);
   TORCH_CHECK(rot.numel() == N * K * 9 && scale.numel() == N * K * 3, "primitive shapes disagree");
   torch::Tensor bounds = torch::empty({N, K, 6}, pos.options());
-  torch::Tensor edge = torch::empty({N, K}, pos.options());
-  cudaError_t err = prim_bounds_cuda(pos.data_ptr<float>(), rot.data_ptr<float>(), scale.data_ptr<float>(),
-                                     (int)(N * K), bounds.data_ptr<float>(), edge.data_ptr<float>(),
+  torch::Tensor stats = torch::empty({N, 8}, pos.options());
+  cudaError_t err = prim_bounds_cuda(pos.data_ptr<float>(), rot.data_ptr<float>(), scale.data_ptr<float>(), (int)N,
+                                     (int)K, bounds.data_ptr<float>(), stats.data_ptr<float>(),
                                      reinterpret_cast<cudaStream_t>(stream));
   TORCH_CHECK(err == cudaSuccess, "prim_bounds launch failed: ", cudaGetErrorString(err));
-  return {bounds, edge};
+  return {bounds, stats};
 }
 
 std::vector<torch::Tensor> cell_ranges(const torch::Tensor& bounds, const torch::Tensor& gridinfo,
@@ -181,12 +182,15 @@ std::vector<torch::Tensor> cell_ranges(const torch::Tensor& bounds, const torch:
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "MVP raymarch forward (CUDA)");
+  m.def("forward", &forward, "MVP raymarch forward (CUDA)", py::arg("raypos"), py::arg("raydir"),
+        py::arg("tminmax"), py::arg("prim"), py::arg("tmpl"), py::arg("warp"), py::arg("gridinfo"),
+        py::arg("cell_start"), py::arg("cell_prims"), py::arg("grid_res"), py::arg("dt"), py::arg("termination"),
+        py::arg("stream"), py::arg("flags") = 0);
   m.def("backward", &backward, "MVP raymarch backward (CUDA)", py::arg("raypos"), py::arg("raydir"),
         py::arg("tminmax"), py::arg("prim"), py::arg("tmpl"), py::arg("warp"), py::arg("gridinfo"),
         py::arg("cell_start"), py::arg("cell_prims"), py::arg("grid_res"), py::arg("dt"), py::arg("termination"),
         py::arg("aux"), py::arg("grad_rgba"), py::arg("stream"), py::arg("flags") = 0);
-  m.def("prim_bounds", &prim_bounds, "padded primitive bounds and mean edges (CUDA)");
+  m.def("prim_bounds", &prim_bounds, "padded primitive bounds and per-image stats (CUDA)");
   m.def("cell_ranges", &cell_ranges, "primitive cell ranges and counts (CUDA)");
   m.def("cell_starts", &cell_starts, "cell offsets from sorted cell indices (CUDA)");
   m.def("grid_entries", &grid_entries, "(cell, k) pairs of the acceleration grid (CUDA)");

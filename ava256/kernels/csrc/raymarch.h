@@ -6,7 +6,7 @@ struct RaymarchParams {
   int N, H, W, K, D;
   int Gx, Gy, Gz;            // acceleration grid resolution (same for every image)
   float dt, termination;
-  int flags;                 // backward: FLAG_* below (diagnostics and variants)
+  int flags;                 // FLAG_* below (variants and diagnostics)
   const float* raypos;       // (N, H, W, 3)
   const float* raydir;       // (N, H, W, 3)
   const float* tminmax;      // (N, H, W, 2)
@@ -27,6 +27,7 @@ struct RaymarchParams {
 constexpr int FLAG_SKIP_TMPL_GRAD = 1;  // diagnostics: leave out the template/warp gradient atomics
 constexpr int FLAG_SKIP_PRIM_GRAD = 2;  // diagnostics: leave out the transform gradient atomics
 constexpr int FLAG_AGGREGATE = 4;       // sum transform gradients across the warp before the atomics
+constexpr int FLAG_TILE_8X16 = 8;       // launch 8x16-pixel blocks (warps of 8x4 rays) instead of 16x8
 
 cudaError_t raymarch_forward_cuda(const RaymarchParams& p, cudaStream_t stream);
 cudaError_t raymarch_backward_cuda(const RaymarchParams& p, cudaStream_t stream);
@@ -36,7 +37,7 @@ cudaError_t grid_entries_cuda(const int* clo, const int* chi, const int64_t* off
                               int Gz, int* cells, int* prims, cudaStream_t stream);
 // cell_start (ncells + 1) from the E entries' cell indices sorted ascending.
 cudaError_t cell_starts_cuda(const int* sorted_cells, int64_t E, int64_t ncells, int* cell_start, cudaStream_t stream);
-cudaError_t prim_bounds_cuda(const float* pos, const float* rot, const float* scale, int NK, float* bounds,
-                             float* edge, cudaStream_t stream);
+cudaError_t prim_bounds_cuda(const float* pos, const float* rot, const float* scale, int N, int K, float* bounds,
+                             float* stats, cudaStream_t stream);
 cudaError_t cell_ranges_cuda(const float* bounds, const float* gridinfo, int N, int K, int Gx, int Gy, int Gz,
                              int* clo, int* chi, int64_t* cnt, cudaStream_t stream);

@@ -148,8 +148,8 @@ __device__ __forceinline__ float4 sample_planes(const float* __restrict__ grid, 
 
 template <bool BACKWARD, bool WARP>
 __global__ void __launch_bounds__(TILE_X* TILE_Y) march_kernel(const RaymarchParams p) {
-  const int px = blockIdx.x * TILE_X + threadIdx.x;
-  const int py = blockIdx.y * TILE_Y + threadIdx.y;
+  const int px = blockIdx.x * blockDim.x + threadIdx.x;
+  const int py = blockIdx.y * blockDim.y + threadIdx.y;
   const int n = blockIdx.z;
   if (px >= p.W || py >= p.H) return;
   const int64_t ray = ((int64_t)n * p.H + py) * p.W + px;
@@ -383,8 +383,9 @@ __global__ void __launch_bounds__(TILE_X* TILE_Y) march_kernel(const RaymarchPar
 
 template <bool BACKWARD>
 cudaError_t launch(const RaymarchParams& p, cudaStream_t stream) {
-  dim3 block(TILE_X, TILE_Y);
-  dim3 grid((p.W + TILE_X - 1) / TILE_X, (p.H + TILE_Y - 1) / TILE_Y, p.N);
+  const bool tall = (p.flags & FLAG_TILE_8X16) != 0;
+  dim3 block(tall ? TILE_Y : TILE_X, tall ? TILE_X : TILE_Y);
+  dim3 grid((p.W + block.x - 1) / block.x, (p.H + block.y - 1) / block.y, p.N);
   if (p.warp != nullptr) {
     march_kernel<BACKWARD, true><<<grid, block, 0, stream>>>(p);
   } else {
@@ -393,30 +394,64 @@ cudaError_t launch(const RaymarchParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// One thread per primitive: padded axis-aligned bounds of its box, (lo, hi) = (+inf, -inf) if not finite, and
-// its mean bounding-box edge (0 if not finite). Same arithmetic as function._prim_bounds.
+// One block per image: padded axis-aligned bounds of each primitive's box, (lo, hi) = (+inf, -inf) if not
+// finite (same arithmetic as function._prim_bounds), and the image's statistics for sizing the grid:
+// stats[n] = (min lo (3), max hi (3), sum of mean box edges, number of finite primitives).
 __global__ void prim_bounds_kernel(const float* __restrict__ pos, const float* __restrict__ rot,
-                                   const float* __restrict__ scale, int NK, float* __restrict__ bounds,
-                                   float* __restrict__ edge) {
-  const int f = blockIdx.x * blockDim.x + threadIdx.x;
-  if (f >= NK) return;
-  float is[3], lo[3], hi[3];
-  for (int j = 0; j < 3; ++j) is[j] = 1.0f / fmaxf(fabsf(scale[f * 3 + j]), 1e-30f);
-  bool ok = true;
-  for (int i = 0; i < 3; ++i) {
-    float half = 0.f;
-    for (int j = 0; j < 3; ++j) half += fabsf(rot[f * 9 + j * 3 + i]) * is[j];
-    const float pi = pos[f * 3 + i];
-    const float pad = 1e-4f * half + 1e-5f * (fabsf(pi) + half) + 1e-12f;
-    lo[i] = pi - half - pad;
-    hi[i] = pi + half + pad;
-    ok = ok && isfinite(lo[i]) && isfinite(hi[i]);
+                                   const float* __restrict__ scale, int K, float* __restrict__ bounds,
+                                   float* __restrict__ stats) {
+  const int n = blockIdx.x;
+  float mn[3] = {INFINITY, INFINITY, INFINITY}, mx[3] = {-INFINITY, -INFINITY, -INFINITY};
+  float esum = 0.f, cnt = 0.f;
+  for (int k = threadIdx.x; k < K; k += blockDim.x) {
+    const int64_t f = (int64_t)n * K + k;
+    float is[3], lo[3], hi[3];
+    for (int j = 0; j < 3; ++j) is[j] = 1.0f / fmaxf(fabsf(scale[f * 3 + j]), 1e-30f);
+    bool ok = true;
+    for (int i = 0; i < 3; ++i) {
+      float half = 0.f;
+      for (int j = 0; j < 3; ++j) half += fabsf(rot[f * 9 + j * 3 + i]) * is[j];
+      const float pi = pos[f * 3 + i];
+      const float pad = 1e-4f * half + 1e-5f * (fabsf(pi) + half) + 1e-12f;
+      lo[i] = pi - half - pad;
+      hi[i] = pi + half + pad;
+      ok = ok && isfinite(lo[i]) && isfinite(hi[i]);
+    }
+    for (int i = 0; i < 3; ++i) {
+      bounds[f * 6 + i] = ok ? lo[i] : INFINITY;
+      bounds[f * 6 + 3 + i] = ok ? hi[i] : -INFINITY;
+      if (ok) {
+        mn[i] = fminf(mn[i], lo[i]);
+        mx[i] = fmaxf(mx[i], hi[i]);
+      }
+    }
+    if (ok) {
+      esum += ((hi[0] - lo[0]) + (hi[1] - lo[1]) + (hi[2] - lo[2])) / 3.0f;
+      cnt += 1.f;
+    }
   }
-  for (int i = 0; i < 3; ++i) {
-    bounds[f * 6 + i] = ok ? lo[i] : INFINITY;
-    bounds[f * 6 + 3 + i] = ok ? hi[i] : -INFINITY;
+  // block reduction: warps by shuffles, then the first warp over the warps' results
+  __shared__ float red[32][8];
+  float v[8] = {mn[0], mn[1], mn[2], mx[0], mx[1], mx[2], esum, cnt};
+  for (int off = 16; off > 0; off >>= 1) {
+    for (int j = 0; j < 3; ++j) v[j] = fminf(v[j], __shfl_down_sync(0xffffffffu, v[j], off));
+    for (int j = 3; j < 6; ++j) v[j] = fmaxf(v[j], __shfl_down_sync(0xffffffffu, v[j], off));
+    for (int j = 6; j < 8; ++j) v[j] += __shfl_down_sync(0xffffffffu, v[j], off);
   }
-  edge[f] = ok ? ((hi[0] - lo[0]) + (hi[1] - lo[1]) + (hi[2] - lo[2])) / 3.0f : 0.f;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  if (lane == 0)
+    for (int j = 0; j < 8; ++j) red[warp][j] = v[j];
+  __syncthreads();
+  if (warp == 0) {
+    for (int j = 0; j < 8; ++j) v[j] = lane < nwarps ? red[lane][j] : (j < 3 ? INFINITY : (j < 6 ? -INFINITY : 0.f));
+    for (int off = 16; off > 0; off >>= 1) {
+      for (int j = 0; j < 3; ++j) v[j] = fminf(v[j], __shfl_down_sync(0xffffffffu, v[j], off));
+      for (int j = 3; j < 6; ++j) v[j] = fmaxf(v[j], __shfl_down_sync(0xffffffffu, v[j], off));
+      for (int j = 6; j < 8; ++j) v[j] += __shfl_down_sync(0xffffffffu, v[j], off);
+    }
+    if (lane == 0)
+      for (int j = 0; j < 8; ++j) stats[n * 8 + j] = v[j];
+  }
 }
 
 // One thread per primitive: inclusive cell ranges of its bounds in its image's grid, and their cell count.
@@ -486,10 +521,10 @@ cudaError_t cell_starts_cuda(const int* sorted_cells, int64_t E, int64_t ncells,
   return cudaGetLastError();
 }
 
-cudaError_t prim_bounds_cuda(const float* pos, const float* rot, const float* scale, int NK, float* bounds,
-                             float* edge, cudaStream_t stream) {
-  if (NK == 0) return cudaSuccess;
-  prim_bounds_kernel<<<(NK + 255) / 256, 256, 0, stream>>>(pos, rot, scale, NK, bounds, edge);
+cudaError_t prim_bounds_cuda(const float* pos, const float* rot, const float* scale, int N, int K, float* bounds,
+                             float* stats, cudaStream_t stream) {
+  if (N == 0) return cudaSuccess;
+  prim_bounds_kernel<<<N, 1024, 0, stream>>>(pos, rot, scale, K, bounds, stats);
   return cudaGetLastError();
 }
 
