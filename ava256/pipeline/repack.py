@@ -40,6 +40,7 @@ from ava256.manifests import samples as sm
 from ava256.manifests.atomic import write_table_atomic
 from ava256.pipeline import repack_tasks as rt
 from ava256.store import layout as L
+from ava256.store.lock import locked_store
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +238,7 @@ def _shards_present(store_path: str, keys: Sequence[str]) -> bool:
     return all(fs.exists(f"{root.rstrip('/')}/{k}") for k in keys)
 
 
+@locked_store  # one repack per store: a second one is refused (ava256.store.lock)
 def repack(
     raw: str | os.PathLike[str],
     store: str | os.PathLike[str],
@@ -302,11 +304,13 @@ def repack(
                 group = L.create_capture_group(
                     path,
                     plan.geometry,
-                    rt.group_attrs(plan, downsample, codec),
+                    {**rt.group_attrs(plan, downsample, codec), L.ATTR_SOURCE_HASH: None},
                     codec=codec,
                     max_frames_per_shard=max_frames_per_shard,
                 )
                 rt.write_capture_metadata(group, plan)
+                # the hash last: a group killed before its metadata is written never matches, so it is redone
+                group.attrs[L.ATTR_SOURCE_HASH] = plan.source_hash
                 book.drop_capture(folder)
                 summary.recreated.append(folder)
             book.add(_probe_row(plan))
