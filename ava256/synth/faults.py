@@ -12,7 +12,9 @@
 - ``"corrupt"``: the real headers (Content-Length and ETag of the stored object) but ``flip`` bytes of the body
   XOR-ed from ``after_bytes`` on: an ETag that does not match the body;
 - ``"etag"``: the real body with a different ``ETag`` header (``etag``, default a random-looking MD5), as when the
-  object is replaced between the listing and the GET.
+  object is replaced between the listing and the GET;
+- ``"throttle"``: the real response, sent ``after_bytes`` at a time with ``delay`` seconds between pieces (a slow
+  link: crash tests kill a fetch while objects are in flight).
 
 :class:`ChaosS3Server` is :class:`~ava256.synth.server.LocalS3Server` with a :class:`ChaosInjector` in front.
 An S3 ``503 SlowDown`` burst is the base kind ``error`` with ``times=N`` (and ``method="*"``, ``match=""`` to hit
@@ -21,6 +23,7 @@ every request of the run).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -28,7 +31,7 @@ from urllib.parse import unquote
 from ava256.synth.server import Fault, FaultInjector, LocalS3Server
 
 BASE_KINDS = ("error", "reset", "stall")
-CHAOS_KINDS = ("truncate", "length", "corrupt", "etag")
+CHAOS_KINDS = ("truncate", "length", "corrupt", "etag", "throttle")
 WRONG_ETAG = "0123456789abcdef0123456789abcdef"
 
 
@@ -39,6 +42,7 @@ class ChaosFault(Fault):
     delta: int = -1000  # "length": Content-Length = real length + delta
     flip: int = 1  # "corrupt": how many body bytes to XOR with 0xFF (from after_bytes on)
     etag: str = WRONG_ETAG  # "etag": the ETag header sent instead of the real one
+    delay: float = 0.01  # "throttle": seconds between pieces of after_bytes bytes
 
 
 class ChaosInjector(FaultInjector):
@@ -107,6 +111,8 @@ class ChaosInjector(FaultInjector):
             start_response(captured["status"], headers)
             if fault.kind == "truncate":
                 return self._truncate(inner, fault.after_bytes)
+            if fault.kind == "throttle":
+                return self._throttle(inner, max(1, fault.after_bytes), fault.delay)
             return self._corrupt(inner, fault.after_bytes, fault.flip)
 
         return middleware
@@ -121,6 +127,13 @@ class ChaosInjector(FaultInjector):
                 return  # a clean end: the server closes the connection short of Content-Length
             sent += len(chunk)
             yield chunk
+
+    @staticmethod
+    def _throttle(inner: Iterable[bytes], piece: int, delay: float) -> Iterator[bytes]:
+        for chunk in inner:
+            for i in range(0, len(chunk), piece):
+                yield chunk[i : i + piece]
+                time.sleep(delay)
 
     @staticmethod
     def _corrupt(inner: Iterable[bytes], start: int, flip: int) -> Iterator[bytes]:

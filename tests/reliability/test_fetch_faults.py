@@ -5,7 +5,7 @@ the server behaves heals the tree."""
 from __future__ import annotations
 
 import pytest
-from conftest import CAMERAS, sha256
+from rel_helpers import CAMERAS, sha256
 
 from ava256.capture import image_key
 from ava256.manifests.fetch import read_fetch_manifest
