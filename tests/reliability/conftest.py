@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from rel_helpers import BIG_BYTES, CAMERAS, MULTIPART, ChaosBucket, calibration_bytes
+from rel_helpers import (
+    BIG_BYTES,
+    CAMERAS,
+    MULTIPART,
+    ChaosBucket,
+    calibration_bytes,
+    count_files,
+    write_raw_captures,
+)
 
 from ava256.capture import ASSETS, CALIBRATION_KEY, TEXTURE_KEY, capture_keys, release_capture_ids
 from ava256.synth.faults import ChaosS3Server
@@ -56,3 +64,21 @@ def threads_client():
 
     with dask_client(4) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def raw_tree(tmp_path_factory):
+    raw = tmp_path_factory.mktemp("crash-raw")
+    write_raw_captures(raw, n=2, cameras=3, frames=12)
+    return raw
+
+
+@pytest.fixture(scope="session")
+def clean_store(raw_tree, tmp_path_factory, threads_client):
+    """A clean, uninterrupted repack (same options as the CLI's defaults) and its number of store files."""
+    from ava256.pipeline.repack import repack
+
+    store = tmp_path_factory.mktemp("clean") / "store"
+    summary = repack(raw_tree, store, client=threads_client, progress=False)
+    assert summary.tasks_failed == 0 and not summary.failed_captures
+    return store, count_files(store)

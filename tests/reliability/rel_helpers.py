@@ -146,3 +146,42 @@ def tree_digest(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file() and "_manifests" not in p.parts and not p.name.endswith((".part", ".etag", ".tmp"))
     }
+
+
+def count_files(store, since: float = 0.0) -> int:
+    """Files under ``store`` (written at or after ``since``, a time.time())."""
+    n = 0
+    for dirpath, _dirs, files in os.walk(store):  # tolerant of folders vanishing (a group being recreated)
+        for name in files:
+            try:
+                n += os.stat(os.path.join(dirpath, name)).st_mtime >= since
+            except FileNotFoundError:
+                pass
+    return n
+
+
+def assert_same_store(store, clean) -> None:
+    """``store`` equals ``clean``: every array and attrs (content hashes), samples and repack manifests."""
+    import pandas as pd
+
+    from ava256.manifests.repack import read_repack_manifest
+    from ava256.manifests.samples import read_samples
+    from ava256.store import layout as L
+
+    got, want = store_digest(store), store_digest(clean)
+    assert set(got) == set(want), set(got) ^ set(want)
+    bad = sorted(k for k in want if got[k] != want[k])
+    assert not bad, f"arrays differ from the clean run: {bad}"
+    cols = ["capture", "frame_index", "camera_index", "frame_id", "segment", "valid", "valid_image"]
+    a = read_samples(L.manifests_path(store, "samples.parquet"))[cols].reset_index(drop=True)
+    b = read_samples(L.manifests_path(clean, "samples.parquet"))[cols].reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+    m = read_repack_manifest(L.manifests_path(store, "repack.parquet"))
+    assert m["task_id"].is_unique and (m["status"] == "done").all()
+    ref = read_repack_manifest(L.manifests_path(clean, "repack.parquet"))
+    assert sorted(m["task_id"]) == sorted(ref["task_id"])
+    cmp = ["task_id", "n_frames", "n_valid", "n_missing", "n_corrupt"]
+    pd.testing.assert_frame_equal(
+        m[cmp].sort_values("task_id").reset_index(drop=True),
+        ref[cmp].sort_values("task_id").reset_index(drop=True),
+    )

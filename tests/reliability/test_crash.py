@@ -8,14 +8,10 @@ import os
 import random
 import time
 
-import pandas as pd
 import pytest
-from rel_helpers import kill9, run_cli, sha256, start_cli, store_digest, tree_digest, write_raw_captures
+from rel_helpers import assert_same_store, count_files, kill9, run_cli, sha256, start_cli, tree_digest
 
 from ava256.manifests.fetch import read_fetch_manifest
-from ava256.manifests.repack import read_repack_manifest
-from ava256.manifests.samples import read_samples
-from ava256.store import layout as L
 from ava256.store.lock import lock_path
 
 KILLS = 3
@@ -46,56 +42,6 @@ def test_fetch_killed_at_random_points_then_rerun_equals_the_bucket(chaos_bucket
     assert len(rows) == len(want) and all(r["status"] == "ok" for r in rows.values())
     assert {r["path"]: r["sha256"] for r in rows.values()} == want
     assert run_cli("verify", out, "--no-progress").returncode == 0
-
-
-@pytest.fixture(scope="module")
-def raw_tree(tmp_path_factory):
-    raw = tmp_path_factory.mktemp("crash-raw")
-    write_raw_captures(raw, n=2, cameras=3, frames=12)
-    return raw
-
-
-@pytest.fixture(scope="module")
-def clean_store(raw_tree, tmp_path_factory, threads_client):
-    """A clean, uninterrupted repack (same options as the CLI's defaults) and its number of store files."""
-    from ava256.pipeline.repack import repack
-
-    store = tmp_path_factory.mktemp("clean") / "store"
-    summary = repack(raw_tree, store, client=threads_client, progress=False)
-    assert summary.tasks_failed == 0 and not summary.failed_captures
-    return store, count_files(store)
-
-
-def count_files(store, since: float = 0.0) -> int:
-    """Files under ``store`` (written at or after ``since``, a time.time())."""
-    n = 0
-    for dirpath, _dirs, files in os.walk(store):  # tolerant of folders vanishing (a group being recreated)
-        for name in files:
-            try:
-                n += os.stat(os.path.join(dirpath, name)).st_mtime >= since
-            except FileNotFoundError:
-                pass
-    return n
-
-
-def assert_same_store(store, clean) -> None:
-    got, want = store_digest(store), store_digest(clean)
-    assert set(got) == set(want), set(got) ^ set(want)
-    bad = sorted(k for k in want if got[k] != want[k])
-    assert not bad, f"arrays differ from the clean run: {bad}"
-    cols = ["capture", "frame_index", "camera_index", "frame_id", "segment", "valid", "valid_image"]
-    a = read_samples(L.manifests_path(store, "samples.parquet"))[cols].reset_index(drop=True)
-    b = read_samples(L.manifests_path(clean, "samples.parquet"))[cols].reset_index(drop=True)
-    pd.testing.assert_frame_equal(a, b)
-    m = read_repack_manifest(L.manifests_path(store, "repack.parquet"))
-    assert m["task_id"].is_unique and (m["status"] == "done").all()
-    ref = read_repack_manifest(L.manifests_path(clean, "repack.parquet"))
-    assert sorted(m["task_id"]) == sorted(ref["task_id"])
-    cmp = ["task_id", "n_frames", "n_valid", "n_missing", "n_corrupt"]
-    pd.testing.assert_frame_equal(
-        m[cmp].sort_values("task_id").reset_index(drop=True),
-        ref[cmp].sort_values("task_id").reset_index(drop=True),
-    )
 
 
 @pytest.mark.slow
