@@ -90,6 +90,8 @@ def bench_config(n, h, w, k, d, dt, warp, reps):
     grad = torch.randn(n, h, w, 4, device="cuda")
 
     def fwd_bwd():
+        for t in leaves:  # fresh gradients each time, as for the decoder outputs in training
+            t.grad = None
         out = raymarch(*full, dt=dt)
         torch.autograd.backward(out, grad)
 

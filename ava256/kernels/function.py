@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 __all__ = ["AccelGrid", "build_grid", "raymarch_cuda"]
 
@@ -226,6 +227,7 @@ class _RaymarchCUDA(torch.autograd.Function):
         return rgba
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_rgba):
         from ._build import load_extension
 
@@ -254,11 +256,8 @@ class _RaymarchCUDA(torch.autograd.Function):
         )
         n, k = prim.shape[:2]
         dpos, drot, dscale, dtmpl = ctx.dtypes
-        # channel-last accumulators -> (N, K, C, D, D, D) views (no copy)
-        g_template = g_tmpl.permute(0, 1, 5, 2, 3, 4).to(dtmpl)
-        g_w = None
-        if warp is not None:
-            g_w = g_warp[..., :3].permute(0, 1, 5, 2, 3, 4).to(warp.dtype)
+        g_template = g_tmpl.to(dtmpl)
+        g_w = None if warp is None else g_warp.to(warp.dtype)
         g_pos = g_prim[..., 0:3].to(dpos)
         g_scale = g_prim[..., 3:6].to(dscale)
         g_rot = g_prim[..., 6:15].reshape(n, k, 3, 3).to(drot)

@@ -97,18 +97,17 @@ std::vector<torch::Tensor> backward(const torch::Tensor& raypos, const torch::Te
   check(aux, "aux", torch::kFloat32);
   check(grad_rgba, "grad_rgba", torch::kFloat32);
   TORCH_CHECK(grad_rgba.sizes() == aux.sizes(), "grad_rgba must be (N, H, W, 4)");
-  // gradients accumulate channel-last (one float4 atomic per voxel); the caller returns permuted views
-  torch::Tensor grad_tmpl = torch::zeros({p.N, p.K, p.D, p.D, p.D, 4}, tmpl.options());
+  torch::Tensor grad_tmpl = torch::zeros_like(tmpl);
   torch::Tensor grad_prim = torch::zeros_like(prim);
   torch::Tensor grad_warp;
   p.aux = const_cast<float*>(aux.data_ptr<float>());
   p.grad_rgba = grad_rgba.data_ptr<float>();
-  p.grad_tmpl = reinterpret_cast<float4*>(grad_tmpl.data_ptr<float>());
+  p.grad_tmpl = grad_tmpl.data_ptr<float>();
   p.grad_prim = grad_prim.data_ptr<float>();
   p.grad_warp = nullptr;
   if (p.warp != nullptr) {
-    grad_warp = torch::zeros({p.N, p.K, p.D, p.D, p.D, 4}, tmpl.options());
-    p.grad_warp = reinterpret_cast<float4*>(grad_warp.data_ptr<float>());
+    grad_warp = torch::zeros_like(*warp);
+    p.grad_warp = grad_warp.data_ptr<float>();
   }
   cudaError_t err = raymarch_backward_cuda(p, reinterpret_cast<cudaStream_t>(stream));
   TORCH_CHECK(err == cudaSuccess, "raymarch backward launch failed: ", cudaGetErrorString(err));

@@ -19,8 +19,8 @@ struct RaymarchParams {
   float* rgba;               // (N, H, W, 4) forward output
   float* aux;                // (N, H, W, 4) forward: rgb of the clamped sample, w = 1 if one was clamped
   const float* grad_rgba;    // (N, H, W, 4) backward input
-  float4* grad_tmpl;         // (N, K, D, D, D, 4) backward output (accumulated, zero-initialised)
-  float4* grad_warp;         // (N, K, D, D, D, 4) or nullptr
+  float* grad_tmpl;          // (N, K, 4, D, D, D) backward output (accumulated, zero-initialised)
+  float* grad_warp;          // (N, K, 3, D, D, D) or nullptr
   float* grad_prim;          // (N, K, 16)
 };
 

@@ -10,7 +10,7 @@
 // contraction) in the reference's order, so the discrete "is x inside primitive k" decisions agree bit for bit.
 //
 // Backward recomputes the forward march of each ray, and for every sample scatters gradients into the
-// template/warp (float4 atomics) and the primitive transforms (scalar atomics), using the per-ray record of
+// template/warp and the primitive transforms (atomics; the transforms' summed across the warp first), using the per-ray record of
 // the one sample whose opacity was clamped to 1 - A (if any), which couples all earlier samples of that ray.
 //
 // This file includes no PyTorch headers: raymarch.cpp binds it.
@@ -31,18 +31,6 @@ __device__ __forceinline__ float4 f4add(float4 a, float4 b) {
 }
 __device__ __forceinline__ float4 f4scale(float4 a, float s) {
   return make_float4(a.x * s, a.y * s, a.z * s, a.w * s);
-}
-
-__device__ __forceinline__ void atomic_add4(float4* addr, float4 v) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  atomicAdd(addr, v);
-#else
-  float* a = reinterpret_cast<float*>(addr);
-  atomicAdd(a + 0, v.x);
-  atomicAdd(a + 1, v.y);
-  atomicAdd(a + 2, v.z);
-  atomicAdd(a + 3, v.w);
-#endif
 }
 
 // Trilinear interpolation weights (align_corners=True) of a D^3 grid indexed [z, y, x] at y in [-1, 1]^3.
@@ -317,12 +305,18 @@ __global__ void __launch_bounds__(TILE_X* TILE_Y) march_kernel(const RaymarchPar
       // dL/d(alpha*dt): direct term, minus the clamped last sample's dependence on this one (corr).
       const float ga_w = clamped ? 0.f : rgba.x * gcr + rgba.y * gcg + rgba.z * gcb + gA - corr;
       const float4 g4 = make_float4(a * gcr, a * gcg, a * gcb, ga_w * dt);
-      float4* gt = p.grad_tmpl + ((int64_t)n * p.K + k) * D3;
+      float* gt = p.grad_tmpl + ((int64_t)n * p.K + k) * 4 * D3;
       float gu0 = 0.f, gu1 = 0.f, gu2 = 0.f;
 #pragma unroll
       for (int c = 0; c < 8; ++c) {
         const float wc = corner_weight(tt, c);
-        if (!(p.flags & FLAG_SKIP_TMPL_GRAD)) atomic_add4(gt + corner_index(tt, c), f4scale(g4, wc));
+        if (!(p.flags & FLAG_SKIP_TMPL_GRAD)) {
+          const int idx = corner_index(tt, c);
+          atomicAdd(gt + idx, g4.x * wc);
+          atomicAdd(gt + D3 + idx, g4.y * wc);
+          atomicAdd(gt + 2 * D3 + idx, g4.z * wc);
+          atomicAdd(gt + 3 * D3 + idx, g4.w * wc);
+        }
         float dw[3];
         corner_dweight(tt, c, dw);
         const float vg = tv[c].x * g4.x + tv[c].y * g4.y + tv[c].z * g4.z + tv[c].w * g4.w;
@@ -336,13 +330,17 @@ __global__ void __launch_bounds__(TILE_X* TILE_Y) march_kernel(const RaymarchPar
         if (!(fabsf(wr0) <= 1.f)) gy0 = 0.f;
         if (!(fabsf(wr1) <= 1.f)) gy1 = 0.f;
         if (!(fabsf(wr2) <= 1.f)) gy2 = 0.f;
-        float4* gw = p.grad_warp + ((int64_t)n * p.K + k) * D3;
+        float* gw = p.grad_warp + ((int64_t)n * p.K + k) * 3 * D3;
         float gv0 = 0.f, gv1 = 0.f, gv2 = 0.f;
 #pragma unroll
         for (int c = 0; c < 8; ++c) {
           const float wc = corner_weight(tw, c);
-          if (!(p.flags & FLAG_SKIP_TMPL_GRAD))
-            atomic_add4(gw + corner_index(tw, c), make_float4(gy0 * wc, gy1 * wc, gy2 * wc, 0.f));
+          if (!(p.flags & FLAG_SKIP_TMPL_GRAD)) {
+            const int idx = corner_index(tw, c);
+            atomicAdd(gw + idx, gy0 * wc);
+            atomicAdd(gw + D3 + idx, gy1 * wc);
+            atomicAdd(gw + 2 * D3 + idx, gy2 * wc);
+          }
           float dw[3];
           corner_dweight(tw, c, dw);
           const float vg = wv[c].x * gy0 + wv[c].y * gy1 + wv[c].z * gy2;
