@@ -31,6 +31,7 @@ from ava256.formats.frame_list import FrameList, write_frame_list
 from ava256.formats.images import decode_rgb, encode_avif
 from ava256.formats.zips import write_stored_zip
 from ava256.store import layout as L
+from ava256.store.shards import shard_encoder
 
 REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "021924.png"
 H, W = 1024, 667
@@ -90,13 +91,20 @@ def codec_table(blobs: list[bytes], tmp: Path, n_read: int) -> list[dict]:
     order = [random.Random(1).randrange(n) for _ in range(n_read)]
     raw_mb = imgs[0].nbytes / 2**20
     for codec in L.CODECS:
-        path = tmp / f"codec-{codec}.zarr"
+        kw = dict(
+            shape=imgs.shape, dtype="uint8", chunks=(1, 1, H, W, 3), shards=(n, 1, H, W, 3), fill_value=0
+        )
+        kw["compressors"] = L.picture_compressors(codec)
+        ref = tmp / f"zarr-{codec}.zarr"
+        a = zarr.create_array(str(ref), config={"write_empty_chunks": True}, **kw)
         t0 = time.perf_counter()
-        a = zarr.create_array(
-            str(path), shape=imgs.shape, dtype="uint8", chunks=(1, 1, H, W, 3), shards=(n, 1, H, W, 3),
-            compressors=L.picture_compressors(codec), fill_value=0,
-        )  # fmt: skip
-        a[...] = imgs
+        a[...] = imgs  # zarr's generic write path
+        t_zarr = time.perf_counter() - t0
+        shutil.rmtree(ref)
+        path = tmp / f"codec-{codec}.zarr"
+        enc = shard_encoder(zarr.create_array(str(path), **kw))
+        t0 = time.perf_counter()
+        enc.write((0, 0, 0, 0, 0), [enc.encode(x) for x in imgs[:, 0]])  # what repack does
         t_write = time.perf_counter() - t0
         r = zarr.open_array(str(path), mode="r")
         t0 = time.perf_counter()
@@ -105,7 +113,14 @@ def codec_table(blobs: list[bytes], tmp: Path, n_read: int) -> list[dict]:
         t_read = time.perf_counter() - t0
         assert np.array_equal(x, imgs[order[-1], 0])
         rows.append(
-            dict(codec=codec, mb=du(path) / n / 2**20, write=n / t_write, read=n_read / t_read, raw_mb=raw_mb)
+            dict(
+                codec=codec,
+                mb=du(path) / n / 2**20,
+                write=n / t_write,
+                zarr_write=n / t_zarr,
+                read=n_read / t_read,
+                raw_mb=raw_mb,
+            )  # fmt: skip
         )
         shutil.rmtree(path)
     # keep the AVIF bytes: a variable-length bytes array, decoded on every read
@@ -122,12 +137,14 @@ def codec_table(blobs: list[bytes], tmp: Path, n_read: int) -> list[dict]:
         x = decode_rgb(bytes(r[i : i + 1][0]))
     t_read = time.perf_counter() - t0
     assert np.array_equal(x, imgs[order[-1], 0])
-    rows.append(dict(codec="avif-bytes (lossy source kept)", mb=du(path) / n / 2**20, write=n / t_write,
-                     read=n_read / t_read, raw_mb=raw_mb))  # fmt: skip
+    rows.append(dict(codec="avif-bytes (source kept)", mb=du(path) / n / 2**20, write=n / t_write,
+                     zarr_write=n / t_write, read=n_read / t_read, raw_mb=raw_mb))  # fmt: skip
     return rows
 
 
-def throughput(raw: Path, tmp: Path, workers: int, codecs: list[str]) -> tuple[list[dict], float, float]:
+def throughput(
+    raw: Path, tmp: Path, workers: int, codecs: list[str]
+) -> tuple[list[dict], float, float, int, float]:
     """Pure decode vs. full repack of the same image zips on one LocalCluster of worker processes."""
     from distributed import Client, LocalCluster
 
@@ -140,6 +157,13 @@ def throughput(raw: Path, tmp: Path, workers: int, codecs: list[str]) -> tuple[l
         LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as lc,
         Client(lc) as client,
     ):
+
+        def idle_rss_mb() -> float:
+            """Largest current RSS of a worker between passes; resets each worker's peak RSS."""
+            rss = client.run(rt.current_rss_mb)
+            client.run(rt.reset_peak_rss)
+            return max(rss.values())
+
         plan = client.submit(rt.probe_capture, src, 1).result()
         specs = L.array_specs(plan.geometry)
         # same AVIF threads per decode as the repack driver gives a local cluster (cores / workers)
@@ -150,26 +174,39 @@ def throughput(raw: Path, tmp: Path, workers: int, codecs: list[str]) -> tuple[l
         ]
         n_img = sum(t.frame_stop - t.frame_start for t in tasks)
         client.gather(client.map(rt.run_task, tasks[: workers * 2], write=False, pure=False))  # warm-up
+        idle: list[float] = []
 
-        def decode_pass() -> tuple[float, float]:
+        def decode_pass() -> tuple[float, float, float]:
+            idle.append(idle_rss_mb())
             t0 = time.perf_counter()
             res = client.gather(client.map(rt.run_task, tasks, write=False, pure=False))
             dt = time.perf_counter() - t0
             assert all(r["n_valid"] == r["n_frames"] for r in res)
-            return n_img / dt, max(r["peak_rss_mb"] for r in res)
+            cpu_ms = 1000 * sum(r["cpu_seconds"] for r in res) / n_img
+            return n_img / dt, max(r["peak_rss_mb"] for r in res), cpu_ms
 
-        d1, rss_decode = decode_pass()
+        # decode and repack runs alternate (d0 r1 d1 r2 d2 ...): each repack is compared with the mean of the
+        # decode runs just before and after it, which cancels slow drifts of a shared machine's load
+        dec, rss_dec, cpu = decode_pass()
+        decs, cpus = [dec], [cpu]
         for codec in codecs:
             store = tmp / f"store-{codec}"
+            idle.append(idle_rss_mb())
             t0 = time.perf_counter()
             s = rp.repack(raw, store, codec=codec, client=client, progress=False, decode_threads=dthreads)
             dt = time.perf_counter() - t0
             assert s.tasks_failed == 0 and s.frames_invalid == 0
-            rows.append(dict(codec=codec, ips=n_img / dt, rss=s.peak_rss_mb, mb=du(store) / n_img / 2**20,
-                             tasks=s.tasks_run))  # fmt: skip
+            man = rp.read_repack_results(store)
+            cpu_ms = 1000 * man[man.asset == "image"].cpu_seconds.sum() / n_img
+            after, rss, cpu_after = decode_pass()
+            rss_dec = max(rss_dec, rss)
+            ref, ref_cpu = (decs[-1] + after) / 2, (cpus[-1] + cpu_after) / 2
+            decs.append(after)
+            cpus.append(cpu_after)
+            rows.append(dict(codec=codec, ips=n_img / dt, ref=ref, rss=s.peak_rss_mb, mb=du(store) / n_img / 2**20,
+                             tasks=s.tasks_run, cpu=cpu_ms, ref_cpu=ref_cpu))  # fmt: skip
             shutil.rmtree(store)
-        d2, rss2 = decode_pass()
-    return rows, (d1 + d2) / 2, max(rss_decode, rss2), n_img
+    return rows, float(np.mean(decs)), rss_dec, n_img, max(idle), float(np.mean(cpus))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,27 +231,60 @@ def main(argv: list[str] | None = None) -> int:
         print(f"machine: {os.cpu_count()} CPU(s); zarr {zarr.__version__}; python {sys.version.split()[0]}\n")
 
         rows = codec_table(blobs, tmp, n_read=3 * len(blobs))
-        print("1) image codec (chunk = one 1024x667 image, shard = all; single process; random-order reads)")
         print(
-            f"{'codec':<32}{'MiB/image':>10}{'vs raw':>8}{'vs AVIF':>9}{'write img/s':>13}{'read img/s':>12}"
+            "1) image codec: chunk = one 667x1024 image, shard = all; one thread. write = encode + store the"
         )
+        print(
+            "   shard with repack's one-pass shard encoder ('zarr write': arr[...] = x); read = random single images"
+        )
+        hdr = ["codec", "MiB/image", "vs raw", "vs AVIF", "write img/s", "zarr write", "read img/s"]
+        print(f"{hdr[0]:<28}{hdr[1]:>10}{hdr[2]:>8}{hdr[3]:>9}{hdr[4]:>13}{hdr[5]:>12}{hdr[6]:>12}")
         avif_mb = rows[-1]["mb"]
         for r in rows:
-            print(f"{r['codec']:<32}{r['mb']:>10.3f}{r['mb'] / r['raw_mb']:>8.2f}{r['mb'] / avif_mb:>8.1f}x"
-                  f"{r['write']:>13.1f}{r['read']:>12.1f}")  # fmt: skip
+            print(f"{r['codec']:<28}{r['mb']:>10.3f}{r['mb'] / r['raw_mb']:>8.2f}{r['mb'] / avif_mb:>8.1f}x"
+                  f"{r['write']:>13.1f}{r['zarr_write']:>12.1f}{r['read']:>12.1f}")  # fmt: skip
 
         raw = tmp / "raw"
         make_raw(raw, blobs, args.cameras, args.frames)
-        trows, dec, rss_dec, n_img = throughput(raw, tmp, args.workers, codecs)
+        trows, dec, rss_dec, n_img, idle_rss, dec_cpu = throughput(raw, tmp, args.workers, codecs)
         print(f"\n2) repack vs pure decode: {n_img} images ({args.cameras} cameras x {args.frames} frames), "
               f"LocalCluster of {args.workers} worker processes x 1 thread, one run")  # fmt: skip
-        print(f"{'pipeline':<30}{'images/s':>10}{'ratio':>8}{'peak RSS/worker':>17}{'MiB/image':>11}")
-        print(f"{'pure decode (zip read + AVIF)':<30}{dec:>10.1f}{1.0:>8.2f}{rss_dec:>13.0f} MiB{'-':>11}")
+        hdr = [
+            "pipeline",
+            "images/s",
+            "decode img/s",
+            "ratio",
+            "CPU ms/img",
+            "CPU ratio",
+            "peak RSS/worker",
+            "MiB/img",
+        ]
+        print(
+            f"{hdr[0]:<30}{hdr[1]:>9}{hdr[2]:>13}{hdr[3]:>7}{hdr[4]:>11}{hdr[5]:>10}{hdr[6]:>16}{hdr[7]:>9}"
+        )
+        print(f"{'pure decode (zip read + AVIF)':<30}{dec:>9.1f}{dec:>13.1f}{1.0:>7.2f}{dec_cpu:>11.1f}{1.0:>10.2f}"
+              f"{rss_dec:>12.0f} MiB{'-':>9}")  # fmt: skip
         for r in trows:
             name = f"repack --codec {r['codec']}"
-            print(f"{name:<30}{r['ips']:>10.1f}{r['ips'] / dec:>8.2f}{r['rss']:>13.0f} MiB{r['mb']:>11.3f}")
-        print("\nratio = repack images/s / pure-decode images/s (decode = mean of a run before and after the "
-              "repacks); repack is end to end: probe, create arrays, decode, encode, write shards, masks, manifests.")  # fmt: skip
+            print(f"{name:<30}{r['ips']:>9.1f}{r['ref']:>13.1f}{r['ips'] / r['ref']:>7.2f}{r['cpu']:>11.1f}"
+                  f"{r['ref_cpu'] / r['cpu']:>10.2f}{r['rss']:>12.0f} MiB{r['mb']:>9.3f}")  # fmt: skip
+        print(
+            "\npeak RSS/worker = VmHWM of the worker process during that run (reset before each run; between runs"
+        )
+        print(
+            f"an idle worker holds {idle_rss:.0f} MiB: Python, Dask, zarr, numpy, Pillow, pyarrow, pandas)."
+        )
+        print(
+            "CPU ms/img = worker-process CPU time per image of the tasks (repack: its image tasks, not the driver);"
+        )
+        print(
+            "CPU ratio = decode CPU / repack CPU per image: the throughput ratio on dedicated cores, insensitive to"
+        )
+        print(
+            "other load on a shared machine (SMT/cache contention between decode and encode threads remains)."
+        )
+        print("ratio = repack images/s / pure-decode images/s of the decode runs just before and after it (they "
+              "alternate); repack is end to end: probe, create arrays, decode, encode, write shards, masks, manifests.")  # fmt: skip
     return 0
 
 

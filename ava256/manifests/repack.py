@@ -48,7 +48,10 @@ REPACK_SCHEMA = pa.schema(
         pa.field("n_missing", pa.int32(), nullable=False),
         pa.field("n_corrupt", pa.int32(), nullable=False),
         pa.field("errors", pa.list_(ERROR_TYPE), nullable=False),
-        pa.field("seconds", pa.float64(), nullable=False),
+        pa.field("seconds", pa.float64(), nullable=False),  # wall time of the task
+        pa.field(
+            "cpu_seconds", pa.float64(), nullable=False
+        ),  # CPU time of the worker process during the task
         pa.field("peak_rss_mb", pa.float64(), nullable=False),  # peak RSS of the worker process so far
         pa.field("source_hash", pa.string(), nullable=False),
         pa.field("worker", pa.string(), nullable=False),

@@ -439,6 +439,7 @@ def _base_row(capture: str, task_id: str, source_hash: str) -> dict[str, Any]:
         "n_corrupt": 0,
         "errors": [],
         "seconds": 0.0,
+        "cpu_seconds": 0.0,
         "peak_rss_mb": 0.0,
         "source_hash": source_hash,
         "worker": "driver",

@@ -446,8 +446,39 @@ def _check_shape(x: np.ndarray, shape: tuple[int, ...]) -> None:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (MiB; Linux ru_maxrss is in KiB)."""
+    """Peak resident set size of this process (MiB): ``VmHWM`` from /proc (which
+    :func:`reset_peak_rss` can reset), else ``ru_maxrss`` (peak since the process started)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def current_rss_mb() -> float:
+    """Resident set size of this process now (MiB; 0 where /proc is unavailable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS to its current RSS (Linux: ``echo 5 > /proc/self/clear_refs``), so a
+    benchmark can measure the peak of one phase. Returns False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
@@ -458,7 +489,7 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
     unreadable one is ``n_corrupt``; both are masked invalid and listed in ``errors``. Any other exception
     (e.g. a store write error) gives ``status = "failed"`` and no valid mask. ``write=False`` decodes only
     (the pure-decode benchmark baseline)."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     n = task.frame_stop - task.frame_start
     valid = np.zeros(n, dtype=bool)
     errors: list[dict[str, str]] = []
@@ -555,6 +586,7 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
         "n_corrupt": n_corrupt,
         "errors": errors,
         "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - c0,
         "peak_rss_mb": peak_rss_mb(),
         "source_hash": task.source_hash,
         "worker": f"{socket.gethostname()}:{os.getpid()}",

@@ -178,7 +178,7 @@ def test_repack_manifest_roundtrip(tmp_path):
         "capture": "c", "task_id": "c/image/1/000000-000004", "asset": "image", "camera_id": "1", "camera_index": 0,
         "frame_start": 0, "frame_stop": 4, "status": rm.STATUS_DONE, "n_frames": 4, "n_valid": 3, "n_missing": 1,
         "n_corrupt": 0, "errors": [{"capture": "c", "file": "c/x.zip", "member": "m", "reason": "missing"}],
-        "seconds": 1.5, "peak_rss_mb": 100.0, "source_hash": "h", "worker": "w",
+        "seconds": 1.5, "cpu_seconds": 1.0, "peak_rss_mb": 100.0, "source_hash": "h", "worker": "w",
         "finished_at": datetime.now(timezone.utc),
     }  # fmt: skip
     path = tmp_path / "repack.parquet"
