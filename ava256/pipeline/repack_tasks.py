@@ -436,7 +436,10 @@ def decode_member(task: RepackTask, data: bytes) -> np.ndarray:
     if a == "keypoints_3d":
         return read_keypoints(data)
     if a == "head_pose":
-        return read_head_pose(data)
+        x = read_head_pose(data)
+        if not np.isfinite(x).all():  # the tracker lost the head: mask it (formats/head_pose.py NaN policy)
+            raise ValueError("head pose has non-finite values (tracking lost)")
+        return x
     raise ValueError(f"unknown asset {a!r}")
 
 
