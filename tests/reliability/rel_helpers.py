@@ -63,7 +63,7 @@ class ChaosBucket:
 
 
 def write_raw_captures(
-    root: Path, n: int = 2, cameras: int = 3, frames: int = 12, seed: int = 0
+    root: Path, n: int = 2, cameras: int = 3, frames: int = 12, seed: int = 0, drop_rate: float = 0.03
 ) -> list[str]:
     """Tiny format-exact captures (``ava256.synth.generate``: real AVIF/PNG/PLY/npy in stored zips, a few
     dropped frames) directly under ``root`` (a raw tree); returns their folders."""
@@ -73,7 +73,7 @@ def write_raw_captures(
     out = []
     for i, cap in enumerate(release_capture_ids()[:n]):
         generate_capture(root, cap, cameras=cameras, frames=frames, seed=seed + i, image_size=(40, 64),
-                         texture_size=16, drop_rate=0.03)  # fmt: skip
+                         texture_size=16, drop_rate=drop_rate)  # fmt: skip
         out.append(cap.folder)
     return out
 
