@@ -148,11 +148,15 @@ def child(args: argparse.Namespace) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     n, t_first, n_first = 0, None, 0
     t0 = time.perf_counter()
+    finish_ms: list[float] = []
     for batch in loader:
         if args.child == "zarr-u8":  # the consumer's side: to the device, float + normalise there
-            batch = finish_batch(batch, ds.stats, device)
+            t = time.perf_counter()
+            done = finish_batch(batch, ds.stats, device)
             if device.type == "cuda":
                 torch.cuda.synchronize()
+            finish_ms.append((time.perf_counter() - t) * 1000)
+            del done
         n += int(batch["idindex"].shape[0])
         if t_first is None:
             t_first, n_first = time.perf_counter(), n
@@ -160,7 +164,12 @@ def child(args: argparse.Namespace) -> None:
             break
     t_end = time.perf_counter()
     del loader, batch  # joins the workers, so RUSAGE_CHILDREN covers them
-    steady = (n - n_first) / (t_end - t_first) if t_end > t_first else float("nan")
+    span = t_end - t_first
+    if finish_ms and device.type != "cuda":
+        # Without a GPU, finish_batch would run on the CPU here instead of on the training GPU: report the
+        # loader's own rate (finish time taken out) and the CPU finish cost separately.
+        span -= sum(finish_ms[1:]) / 1000
+    steady = (n - n_first) / span if span > 0 else float("nan")
     worker_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
     # In-process pass (no workers): latency and bytes read per sample, on the same order of samples.
@@ -185,6 +194,8 @@ def child(args: argparse.Namespace) -> None:
         "read_bytes_per_sample": (r1 - r0) / m if r0 is not None else None,
         "store_requests_per_sample": store.requests / m if store is not None else None,
         "store_bytes_per_sample": store.bytes / m if store is not None else None,
+        "finish_ms_per_batch": statistics.median(finish_ms) if finish_ms else None,
+        "finish_device": device.type if finish_ms else None,
         "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_worker_mb": worker_rss,
     }
@@ -298,6 +309,17 @@ def main() -> None:
         print(
             f"| {k} | {m['steady_sps']:.1f} | {ratio['legacy']} | {ratio['legacy-5k']} | {m['first_batch_s']:.2f} | "
             f"{m['inproc_ms']:.1f} | {rb} | {reqs} | {m['rss_main_mb']:.0f} | {m['rss_worker_mb']:.0f} |"
+        )
+    if "zarr-u8" in med and med["zarr-u8"]["finish_ms_per_batch"] is not None:
+        m = med["zarr-u8"]
+        how = (
+            "included in its samples/s"
+            if m["finish_device"] == "cuda"
+            else "NOT included in its samples/s (no GPU here)"
+        )
+        print(
+            f"zarr-u8: finish_batch (uint8 -> float, normalise) on {m['finish_device']}: "
+            f"{m['finish_ms_per_batch']:.1f} ms per batch of {args.batch_size}, {how}"
         )
     if "zarr" in med and med["zarr"]["store_bytes_per_sample"]:
         print(
