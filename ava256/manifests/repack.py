@@ -15,9 +15,8 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ava256.manifests.atomic import write_table_atomic
+from ava256.manifests.atomic import read_table_any, write_table_atomic
 
 REPACK_MANIFEST = "repack.parquet"
 
@@ -76,9 +75,8 @@ def rows_to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
 
 def read_repack_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a repack manifest into a DataFrame (empty frame with the schema's columns if absent)."""
-    if not Path(path).exists():
-        return empty_table().to_pandas()
-    return pq.read_table(path, schema=REPACK_SCHEMA).to_pandas()
+    table = read_table_any(path, schema=REPACK_SCHEMA)  # a local path or an fsspec URL
+    return (empty_table() if table is None else table).to_pandas()
 
 
 def write_repack_manifest(table: pa.Table | pd.DataFrame, path: str | os.PathLike[str]) -> Path:

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ava256.manifests.atomic import write_batches_atomic
+from ava256.manifests.atomic import read_table_any, write_batches_atomic
 
 SAMPLES_MANIFEST = "samples.parquet"
 
@@ -81,6 +80,7 @@ def write_samples(tables: Iterable[pa.Table], path: str | os.PathLike[str]) -> P
 
 def read_samples(path: str | os.PathLike[str], columns: Sequence[str] | None = None) -> pd.DataFrame:
     """Read ``samples.parquet`` (FileNotFoundError naming the path if absent)."""
-    if not Path(path).exists():
+    table = read_table_any(path, columns=list(columns) if columns else None, schema=SAMPLES_SCHEMA)
+    if table is None:
         raise FileNotFoundError(f"no samples manifest at {path} (run `ava256 repack` first)")
-    return pq.read_table(path, columns=list(columns) if columns else None, schema=SAMPLES_SCHEMA).to_pandas()
+    return table.to_pandas()

@@ -157,12 +157,14 @@ class ManifestBook:
     everything is consolidated into ``repack.parquet`` by :meth:`consolidate`."""
 
     def __init__(self, store: str):
-        self.path = Path(L.manifests_path(store, rm.REPACK_MANIFEST))
-        self.parts = self.path.parent / PARTS_DIR
+        import fsspec
+
+        self.path = L.manifests_path(store, rm.REPACK_MANIFEST)  # a local path or an fsspec URL
+        self.parts = L.manifests_path(store, PARTS_DIR)
+        self.fs, self._parts = fsspec.core.url_to_fs(self.parts)
         self.rows: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)  # capture -> task_id -> row
         frames = [rm.read_repack_manifest(self.path)]
-        if self.parts.is_dir():
-            frames += [rm.read_repack_manifest(p) for p in sorted(self.parts.glob("*.parquet"))]
+        frames += [rm.read_repack_manifest(p) for p in self._part_files()]
         for df in frames:
             for row in df.to_dict("records"):
                 self.rows[row["capture"]][row["task_id"]] = row
@@ -179,18 +181,21 @@ class ManifestBook:
     def flush(self) -> None:
         for capture in sorted(self.dirty):
             rows = list(self.rows.get(capture, {}).values())
-            write_table_atomic(rm.rows_to_table(rows), self.parts / f"{capture}.parquet")
+            write_table_atomic(rm.rows_to_table(rows), f"{self.parts}/{capture}.parquet")
         self.dirty.clear()
 
     def consolidate(self) -> None:
         self.flush()
         rows = [r for cap in sorted(self.rows) for _, r in sorted(self.rows[cap].items())]
         rm.write_repack_manifest(rm.rows_to_table(rows), self.path)
-        if self.parts.is_dir():
-            for p in self.parts.glob("*.parquet"):
-                p.unlink()
-            with contextlib.suppress(OSError):
-                self.parts.rmdir()
+        for p in self._part_files():
+            self.fs.rm_file(p)
+        with contextlib.suppress(OSError, ValueError, NotImplementedError):
+            self.fs.rmdir(self._parts)
+
+    def _part_files(self) -> list[str]:
+        found = sorted(self.fs.glob(f"{self._parts}/*.parquet"))
+        return [self.fs.unstrip_protocol(p) for p in found] if "://" in self.parts else found
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -272,7 +277,8 @@ def repack(
         raise ValueError(f"--downsample must be >= 1, got {downsample}")
     downsample = int(downsample)
     store = os.fspath(store)
-    Path(store).mkdir(parents=True, exist_ok=True)
+    if "://" not in store:  # a local folder; an fsspec URL (s3://bucket/prefix) needs no folder
+        Path(store).mkdir(parents=True, exist_ok=True)
     sources = discover_captures(raw, parse_captures_arg(captures))
     if not sources:
         raise ValueError(f"no capture folders (mcd--mct--sid) under {raw}")

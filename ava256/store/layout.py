@@ -434,13 +434,16 @@ def _store_like(path: str | os.PathLike[str]) -> str:
 
 
 def list_capture_stores(store: str | os.PathLike[str]) -> list[str]:
-    """Capture folder names (``mcd--mct--sid``) that have a ``.zarr`` group under a local ``store``."""
-    root = os.fspath(store)
-    if not os.path.isdir(root):
+    """Capture folder names (``mcd--mct--sid``) that have a ``.zarr`` group under ``store`` (a local folder or an
+    fsspec URL)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(os.fspath(store))
+    if not fs.isdir(root):
         return []
     out = []
-    for name in sorted(os.listdir(root)):
-        if name.endswith(STORE_SUFFIX) and os.path.isfile(os.path.join(root, name, "zarr.json")):
+    for name in sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)):
+        if name.endswith(STORE_SUFFIX) and fs.isfile(f"{root}/{name}/zarr.json"):
             try:
                 out.append(CaptureId.parse(name[: -len(STORE_SUFFIX)]).folder)
             except ValueError:
