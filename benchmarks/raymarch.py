@@ -140,9 +140,13 @@ def breakdown(n, h, w, k, d, dt, reps):
     out["fwd_kernel_8x16"] = _time_ms(
         lambda: ext.forward(*rays, prim, tmpl, None, *gargs, stream, 8), reps=reps
     )
+    out["fwd_kernel_occ"] = _time_ms(
+        lambda: ext.forward(*rays, prim, tmpl, None, *gargs, stream, 16), reps=reps
+    )
     rgba, aux = ext.forward(*rays, prim, tmpl, None, *gargs, stream, 0)
     g = torch.randn_like(rgba)
     names = {0: "bwd_kernel_plain", 4: "bwd_kernel_aggregated", 12: "bwd_kernel_aggregated_8x16"}
+    names[20] = "bwd_kernel_aggregated_occ"
     names[3] = "bwd_kernel_no_atomics"
     grads = {}
     for flags, name in names.items():
@@ -182,7 +186,10 @@ def main(argv=None) -> int:
         "--cell-factor", type=float, default=function.CELL_FACTOR, help="grid cell / mean prim box edge"
     )
     p.add_argument(
-        "--launch-flags", type=int, default=function.LAUNCH_FLAGS, help="launch shape (8: 8x16 blocks)"
+        "--launch-flags",
+        type=int,
+        default=function.LAUNCH_FLAGS,
+        help="launch variant (8: 8x16 blocks, 16: register-capped kernels)",
     )
     p.add_argument(
         "--backward-flags",

@@ -25,8 +25,9 @@ MAX_ENTRIES = 1 << 26
 CELL_FACTOR = 0.5
 #: Backward kernel variant flags (csrc/raymarch.h): 4 = sum transform gradients across the warp before atomics.
 BACKWARD_FLAGS = 4
-#: Launch shape flags for both kernels: 0 = 16x8-pixel blocks (warps of 16x2 rays), 8 = 8x16 (warps of 8x4).
-LAUNCH_FLAGS = 0
+#: Launch flags for both kernels: 0 = 16x8-pixel blocks (warps of 16x2 rays), 8 = 8x16 (warps of 8x4),
+#: 16 = kernels compiled with a register cap for more resident blocks.
+LAUNCH_FLAGS = 16
 
 
 @dataclass

@@ -65,7 +65,9 @@ def _run(scene: Scene, dt: float, backend: str, device: str, grad_out: torch.Ten
 
 @pytest.mark.gpu
 @pytest.mark.parametrize(
-    "flags", [(0, 0), (4, 0), (4, 8)], ids=["atomics", "warp_aggregated", "aggregated_8x16_tiles"]
+    "flags",
+    [(0, 0), (4, 0), (4, 8), (4, 16)],
+    ids=["atomics", "warp_aggregated", "aggregated_8x16_tiles", "aggregated_capped_registers"],
 )
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_cuda_matches_reference(case, flags, monkeypatch):

@@ -28,6 +28,7 @@ constexpr int FLAG_SKIP_TMPL_GRAD = 1;  // diagnostics: leave out the template/w
 constexpr int FLAG_SKIP_PRIM_GRAD = 2;  // diagnostics: leave out the transform gradient atomics
 constexpr int FLAG_AGGREGATE = 4;       // sum transform gradients across the warp before the atomics
 constexpr int FLAG_TILE_8X16 = 8;       // launch 8x16-pixel blocks (warps of 8x4 rays) instead of 16x8
+constexpr int FLAG_OCCUPANCY = 16;      // kernels compiled for more resident blocks (register cap)
 
 cudaError_t raymarch_forward_cuda(const RaymarchParams& p, cudaStream_t stream);
 cudaError_t raymarch_backward_cuda(const RaymarchParams& p, cudaStream_t stream);

@@ -134,8 +134,10 @@ __device__ __forceinline__ float4 sample_planes(const float* __restrict__ grid, 
   return out;
 }
 
-template <bool BACKWARD, bool WARP>
-__global__ void __launch_bounds__(TILE_X* TILE_Y) march_kernel(const RaymarchParams p) {
+// OCC: ask the compiler for more resident blocks (fewer registers per thread; more rays in flight to hide the
+// gather latency, at the risk of spills).
+template <bool BACKWARD, bool WARP, bool OCC>
+__global__ void __launch_bounds__(TILE_X* TILE_Y, OCC ? (BACKWARD ? (WARP ? 3 : 4) : 8) : 1) march_kernel(const RaymarchParams p) {
   const int px = blockIdx.x * blockDim.x + threadIdx.x;
   const int py = blockIdx.y * blockDim.y + threadIdx.y;
   const int n = blockIdx.z;
@@ -384,10 +386,13 @@ cudaError_t launch(const RaymarchParams& p, cudaStream_t stream) {
   const bool tall = (p.flags & FLAG_TILE_8X16) != 0;
   dim3 block(tall ? TILE_Y : TILE_X, tall ? TILE_X : TILE_Y);
   dim3 grid((p.W + block.x - 1) / block.x, (p.H + block.y - 1) / block.y, p.N);
+  const bool occ = (p.flags & FLAG_OCCUPANCY) != 0;
   if (p.warp != nullptr) {
-    march_kernel<BACKWARD, true><<<grid, block, 0, stream>>>(p);
+    if (occ) march_kernel<BACKWARD, true, true><<<grid, block, 0, stream>>>(p);
+    else march_kernel<BACKWARD, true, false><<<grid, block, 0, stream>>>(p);
   } else {
-    march_kernel<BACKWARD, false><<<grid, block, 0, stream>>>(p);
+    if (occ) march_kernel<BACKWARD, false, true><<<grid, block, 0, stream>>>(p);
+    else march_kernel<BACKWARD, false, false><<<grid, block, 0, stream>>>(p);
   }
   return cudaGetLastError();
 }
