@@ -1,9 +1,10 @@
-"""CUDA path of the raymarcher: acceleration grid (built with torch ops on the GPU) + autograd Function.
+"""CUDA path of the raymarcher: acceleration grid (built on the GPU) + autograd Function.
 
 The acceleration structure is a uniform grid over each image's primitives: every primitive's oriented box is
 bounded by a (slightly padded) axis-aligned box, and each grid cell lists, in ascending k, the primitives
 whose bounding box overlaps it. The kernel then tests only the primitives of the cell its sample point lies
-in, and jumps over empty cells. Building it is a few sort/scan ops over the (primitive, cell) pairs.
+in, and jumps over empty cells. On the GPU it is built by a few small kernels (csrc/raymarch_kernel.cu) plus a
+stable sort of the (cell, primitive) pairs; on the CPU (for tests) by the same steps in torch ops.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ __all__ = ["AccelGrid", "build_grid", "raymarch_cuda"]
 #: Largest grid resolution along an axis, and the most (primitive, cell) entries allowed.
 MAX_RES = 128
 MAX_ENTRIES = 1 << 26
-#: Grid cell edge relative to the median primitive bounding-box edge (0.5: ~5 primitives tested per sample on
+#: Grid cell edge relative to the mean primitive bounding-box edge (0.5: ~5 primitives tested per sample on
 #: the MVP head layout; see benchmarks/raymarch.py --cell-factor).
 CELL_FACTOR = 0.5
 #: Backward kernel variant flags (csrc/raymarch.h): 4 = sum transform gradients across the warp before atomics.
