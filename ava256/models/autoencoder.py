@@ -132,13 +132,19 @@ class Autoencoder(nn.Module):
         verts = neut_verts.float() + self.uv.sample_vertices(dec["geometry"])
         verts_vol = (verts * self.vertstd + self.vertmean) / cfg.volradius
         pos, rot, cell = self.uv.surface_frames(verts_vol, cfg.prim_res)
+        # the primitives ride on the mesh (positions stay differentiable); their base orientation and size
+        # follow the mesh without gradients, which would otherwise let the image loss shear the mesh apart
+        rot, cell = rot.detach(), cell.detach()
         b, k = pos.shape[:2]
         tr = dec["transform"].permute(0, 2, 3, 1).reshape(b, k, 9)
         half = (0.5 * cfg.prim_size * cell)[..., None]  # (B, K, 1)
-        dpos, drot, dscale = tr[..., 0:3], tr[..., 3:6], tr[..., 6:9]
+        # bounded deltas: offset within one primitive size, rotation small, size x0.5..x2
+        dpos = 2.0 * torch.tanh(tr[..., 0:3])
+        drot = 0.5 * torch.tanh(tr[..., 3:6])
+        dscale = 0.7 * torch.tanh(tr[..., 6:9])
         primpos = pos + torch.einsum("bkji,bkj->bki", rot, dpos * half)
         primrot = axis_angle_to_matrix(drot) @ rot
-        primscale = 1.0 / (half * torch.exp(dscale.clamp(-4, 4))).clamp_min(1e-6)
+        primscale = 1.0 / (half * torch.exp(dscale)).clamp_min(1e-6)
         alpha = dec["alpha"] / (cfg.alpha_steps * cfg.dt)
         template = torch.cat([dec["rgb"], alpha], 2)
         return {

@@ -91,8 +91,10 @@ class ExpressionEncoder(nn.Module):
         self.mu = nn.Conv2d(features, expr_dim, 1)
         self.logstd = nn.Conv2d(features, expr_dim, 1)
         nn.init.zeros_(self.logstd.weight)
-        nn.init.constant_(self.logstd.bias, -2.0)
+        nn.init.zeros_(self.logstd.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Small output scales keep the code near the prior early on; logstd is bounded to [-6, 1]."""
         h = self.body(x)
-        return self.mu(h) * 0.1, self.logstd(h)
+        logstd = (self.logstd(h) * 0.1).clamp(-6.0, 1.0)
+        return self.mu(h) * 0.1, logstd

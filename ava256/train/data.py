@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from ava256.models.uvmap import TopologyArrays, load_topology
@@ -23,7 +22,8 @@ class DataInfo:
 
     topology: face mesh; vertmean (V, 3) float32 mm and vertstd (mm): the loader's vertex normalisation
     (``verts = (v - vertmean) / vertstd``); n_cameras / n_identities: ranges of ``camindex`` / ``idindex``;
-    captures: capture folder of every identity index (for render).
+    captures / camera_ids: the identity and camera tables (``idindex`` / ``camindex`` = position); stats: the
+    loader's ``NormStats.state_dict()`` (render re-opens the store with it).
     """
 
     topology: TopologyArrays
@@ -32,13 +32,19 @@ class DataInfo:
     n_cameras: int
     n_identities: int
     captures: list[str] = field(default_factory=list)
+    camera_ids: list[str] = field(default_factory=list)
+    stats: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """Everything but the topology (the package's), for checkpoints."""
         return {
+            "vertmean": np.asarray(self.vertmean),
             "vertstd": float(self.vertstd),
             "n_cameras": int(self.n_cameras),
             "n_identities": int(self.n_identities),
             "captures": list(self.captures),
+            "camera_ids": list(self.camera_ids),
+            "stats": self.stats,
         }
 
 
@@ -63,40 +69,53 @@ class InMemoryDataset(Dataset):
         return self.samples[i]
 
 
-def _attr(ds: Any, *names: str) -> Any:
-    for n in names:
-        if hasattr(ds, n):
-            return getattr(ds, n)
-    return None
-
-
-def dataset_info(ds: Dataset) -> DataInfo:
-    """DataInfo from a :class:`ava256.data.ZarrSampleDataset`'s attributes."""
-    vm = _attr(ds, "vertmean", "vertex_mean")
-    vs = _attr(ds, "vertstd", "vertex_std")
-    captures = list(_attr(ds, "captures", "capture_names") or [])
-    n_ids = _attr(ds, "n_identities", "num_identities")
-    n_cams = _attr(ds, "n_cameras", "num_cameras")
-    if vm is None or vs is None or n_ids is None or n_cams is None:
-        raise ValueError("dataset does not expose vertmean/vertstd/n_identities/n_cameras")
-    vm = vm.numpy() if torch.is_tensor(vm) else np.asarray(vm)
-    return DataInfo(load_topology(), vm.astype(np.float32), float(vs), int(n_cams), int(n_ids), captures)
+def dataset_info(ds: Any, topology: TopologyArrays | None = None) -> DataInfo:
+    """DataInfo of a :class:`ava256.data.ZarrSampleDataset` (its stats, identity and camera tables)."""
+    st = ds.stats
+    return DataInfo(
+        topology if topology is not None else load_topology(),
+        np.asarray(st.vert_mean, dtype=np.float32),
+        float(st.vert_std),
+        len(ds.camera_ids),
+        len(ds.captures),
+        list(ds.captures),
+        list(ds.camera_ids),
+        st.state_dict(),
+    )
 
 
 def open_datasets(
     store: str | os.PathLike[str],
     split: str,
     data_cfg: dict[str, Any],
-    parts: tuple[str, str] = ("train", "val"),
+    *,
+    info: dict[str, Any] | None = None,
+    parts: tuple[str, ...] = ("train", "val"),
 ) -> tuple[Dataset, Dataset | None, DataInfo]:
-    """Train and val datasets of ``STORE/_splits/<split>`` and their :class:`DataInfo`."""
-    from ava256.data import ZarrSampleDataset
-    from ava256.manifests.splits import read_split_part
+    """Datasets of ``STORE/_splits/<split>`` parts (default train and val) and their :class:`DataInfo`.
 
-    train_df = read_split_part(store, split, parts[0])
-    val_df = read_split_part(store, split, parts[1])
-    if len(train_df) == 0:
-        raise ValueError(f"split {split!r} of {store} has no training samples")
-    train_ds = ZarrSampleDataset(store, train_df, downsample=int(data_cfg["downsample"]))
-    val_ds = ZarrSampleDataset(store, val_df, downsample=int(data_cfg["downsample"])) if len(val_df) else None
-    return train_ds, val_ds, dataset_info(train_ds)
+    The identity and camera tables (``idindex``/``camindex``) cover every part of the split (so a held-out
+    subject still has an index); normalisation statistics are the first part's. ``info``: a checkpoint's
+    ``DataInfo.to_dict()`` whose statistics and tables are reused instead (render, evaluation).
+    """
+    from ava256.data import NormStats, ZarrSampleDataset
+    from ava256.manifests.splits import PARTS, read_split_part
+
+    frames = {p: read_split_part(store, split, p) for p in PARTS}
+    first = frames[parts[0]]
+    if len(first) == 0:
+        raise ValueError(f"split {split!r} of {store} has no {parts[0]} samples")
+    if info is not None:
+        captures, camera_ids = info["captures"], info["camera_ids"]
+        stats = NormStats.from_state_dict(info["stats"])
+    else:
+        allrows = [df for df in frames.values() if len(df)]
+        captures = sorted({str(c) for df in allrows for c in df["capture"].unique()})
+        camera_ids = sorted({str(c) for df in allrows for c in df["camera_id"].unique()})
+        stats = None
+    ds_kw = {"downsample": data_cfg.get("downsample"), "captures": captures, "camera_ids": camera_ids}
+    first_ds = ZarrSampleDataset(store, first, stats=stats, **ds_kw)
+    second = None
+    if len(parts) > 1 and len(frames[parts[1]]):
+        second = ZarrSampleDataset(store, frames[parts[1]], stats=first_ds.stats, **ds_kw)
+    return first_ds, second, dataset_info(first_ds)

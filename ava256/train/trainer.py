@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
+from ava256.data import ResumableSampler, batch_size_of, collate_samples
 from ava256.models import Autoencoder, ModelConfig, losses, psnr, ssim
 from ava256.train.checkpoint import (
     latest_checkpoint,
@@ -27,7 +28,6 @@ from ava256.train.checkpoint import (
     set_rng_state,
 )
 from ava256.train.data import DataInfo, open_datasets
-from ava256.train.sampler import ResumableSampler
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,9 @@ def evaluate(
     ``max_batches`` batches of ``dataset`` in order."""
     was_training = model.training
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate_samples
+    )
     sums = {"psnr": 0.0, "ssim": 0.0, "l1": 0.0}
     count = 0
     for i, batch in enumerate(loader):
@@ -246,6 +248,7 @@ def train(
                     "sampler": sampler.state_dict(),
                     "rng": rngs,
                     "config": cfg,
+                    "split": split,
                     "model_config": model.cfg.to_dict(),
                     "info": info.to_dict(),
                 },
@@ -258,26 +261,27 @@ def train(
     bar = tqdm(
         total=iters, initial=iteration, disable=not (progress and dd.main), unit="it", dynamic_ncols=True
     )
-    loader_gen = torch.Generator()
+    # the loader draws its workers' base seed from its own generator, never from the global RNG (exact resume)
+    loader_gen = torch.Generator().manual_seed(int(tc["seed"]) * 7919 + dd.rank)
+    nw = int(dc["num_workers"])
+    loader = DataLoader(
+        train_ds,
+        batch_size=bs,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=nw,
+        collate_fn=collate_samples,
+        pin_memory=bool(dc["pin_memory"]) and dd.device.type == "cuda",
+        prefetch_factor=int(dc["prefetch_factor"]) if nw > 0 else None,
+        persistent_workers=nw > 0,
+        generator=loader_gen,
+    )
     ran = 0
     t_loop = time.perf_counter()
     samples_seen = 0
     stopped = False
     model.train()
     while iteration < iters and not stopped:
-        loader_gen.manual_seed(int(tc["seed"]) * 7919 + sampler.epoch)
-        nw = int(dc["num_workers"])
-        loader = DataLoader(
-            train_ds,
-            batch_size=bs,
-            sampler=sampler,
-            drop_last=True,
-            num_workers=nw,
-            pin_memory=bool(dc["pin_memory"]) and dd.device.type == "cuda",
-            prefetch_factor=int(dc["prefetch_factor"]) if nw > 0 else None,
-            persistent_workers=False,
-            generator=loader_gen,
-        )
         epoch_done = True
         for batch in loader:
             t0 = time.perf_counter()
@@ -290,7 +294,7 @@ def train(
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), float(tc["grad_clip"]))
             opt.step()
             sched.step()
-            sampler.advance(bs)
+            sampler.advance(batch_size_of(batch))
             iteration += 1
             ran += 1
             samples_seen += bs * dd.world
@@ -300,7 +304,12 @@ def train(
             result.losses.append(total)
             if dd.main:
                 dt_step = time.perf_counter() - t0
-                row = {"iter": iteration, "lr": sched.get_last_lr()[0], "grad_norm": float(gnorm)}
+                row = {
+                    "iter": iteration,
+                    "lr": sched.get_last_lr()[0],
+                    "grad_norm": float(gnorm),
+                    "step_s": dt_step,
+                }
                 row |= {f"loss/{k}": float(v.detach()) for k, v in terms.items()}
                 metrics.write(row)
                 if iteration % int(tc["log_every"]) == 0:

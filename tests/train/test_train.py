@@ -1,33 +1,43 @@
-"""The trainer on in-memory contract-shaped data: runs, logs, checkpoints, resumes exactly after a crash."""
+"""The trainer and render on a tiny store built through the real chain (synth -> repack -> split)."""
 
 from __future__ import annotations
 
 import json
 
+import imageio.v3 as iio
+import numpy as np
 import pytest
+import torch
+from click.testing import CliRunner
 
-from ava256.train.checkpoint import list_checkpoints
+from ava256.cli import cli
+from ava256.data import collate_samples
+from ava256.models import losses
+from ava256.train.checkpoint import list_checkpoints, load_checkpoint
 from ava256.train.config import apply_overrides, load_config
-from ava256.train.trainer import train
+from ava256.train.data import open_datasets
+from ava256.train.trainer import build_model, seed_everything, train
 
 
 class Crash(RuntimeError):
     pass
 
 
-def _cfg(iters: int, **kw):
+def _cfg(iters: int, *extra: str):
     args = [
         f"--train.iters={iters}",
         "--train.ckpt_every=3",
         "--train.val_every=100",
         "--train.image_every=2",
     ]
-    return apply_overrides(load_config("tiny"), args + [f"--{k}={v}" for k, v in kw.items()])
+    return apply_overrides(load_config("tiny"), args + list(extra))
 
 
-def test_crash_and_resume_gives_identical_losses(fake_datasets, tmp_path):
-    iters = 7
-    straight = train(None, None, _cfg(iters), tmp_path / "a", datasets=fake_datasets, progress=False)
+def test_crash_and_resume_gives_identical_losses(tiny_store, tmp_path):
+    iters = 6
+    cfg = _cfg(iters)
+    run = lambda out, **kw: train(tiny_store.store, tiny_store.split, cfg, out, progress=False, **kw)  # noqa: E731
+    straight = run(tmp_path / "a")
     assert straight.iteration == iters and len(straight.losses) == iters
 
     def crash_at_5(it, loss):
@@ -35,17 +45,9 @@ def test_crash_and_resume_gives_identical_losses(fake_datasets, tmp_path):
             raise Crash("simulated kill")
 
     with pytest.raises(Crash):
-        train(
-            None,
-            None,
-            _cfg(iters),
-            tmp_path / "b",
-            datasets=fake_datasets,
-            on_iteration=crash_at_5,
-            progress=False,
-        )
+        run(tmp_path / "b", on_iteration=crash_at_5)
     assert [p.name for p in list_checkpoints(tmp_path / "b" / "checkpoints")] == ["ckpt_00000003.pt"]
-    resumed = train(None, None, _cfg(iters), tmp_path / "b", datasets=fake_datasets, progress=False)
+    resumed = run(tmp_path / "b")
     assert resumed.start_iteration == 3
     assert resumed.losses == straight.losses[3:]  # bit-identical continuation
     rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
@@ -53,8 +55,59 @@ def test_crash_and_resume_gives_identical_losses(fake_datasets, tmp_path):
     assert [r["iter"] for r in train_rows] == list(range(1, iters + 1))  # the crashed run's 4, 5 were dropped
     assert [r["loss/total"] for r in train_rows] == straight.losses
     val = json.loads((tmp_path / "b" / "val.json").read_text())
-    assert val["iter"] == iters and 0 < val["psnr"] < 100 and -1 <= val["ssim"] <= 1
+    assert val["iter"] == iters and 0 < val["psnr"] < 100 and -1 <= val["ssim"] <= 1 and val["samples"] > 0
     assert list((tmp_path / "b" / "tb").glob("events.out.tfevents.*"))
-    # a finished run is not retrained
-    again = train(None, None, _cfg(iters), tmp_path / "b", datasets=fake_datasets, progress=False)
+    again = run(tmp_path / "b")  # a finished run is not retrained
     assert again.start_iteration == iters and again.losses == []
+
+
+def test_cli_train_lowers_loss_and_render_writes_files(tiny_store, tmp_path):
+    out = tmp_path / "run"
+    args = [
+        "train",
+        str(tiny_store.store),
+        "--split",
+        tiny_store.split,
+        "--config",
+        "tiny",
+        "--out",
+        str(out),
+    ]
+    args += ["--train.iters=10", "--train.lr=3e-3", "--train.ckpt_every=100", "--train.val_every=100"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    ckpt = load_checkpoint(list_checkpoints(out / "checkpoints")[-1])
+    assert ckpt["iteration"] == 10 and ckpt["split"] == tiny_store.split
+
+    # the same fixed samples, scored by the initial model (same seed) and by the trained one
+    cfg = ckpt["config"]
+    ds, _, info = open_datasets(
+        tiny_store.store, tiny_store.split, cfg["data"], info=ckpt["info"], parts=("train",)
+    )
+    batch = collate_samples([ds[i] for i in range(0, len(ds), max(1, len(ds) // 6))])
+    seed_everything(cfg["train"]["seed"])
+    before_model = build_model(cfg["model"], info)
+    after_model = build_model(cfg["model"], info)
+    after_model.load_state_dict(ckpt["model"])
+    with torch.no_grad():
+        before = float(losses(before_model(batch, sample=False), batch, cfg["loss"])["image"])
+        after = float(losses(after_model(batch, sample=False), batch, cfg["loss"])["image"])
+    assert after < 0.95 * before, (before, after)
+
+    r = CliRunner().invoke(
+        cli, ["render", str(out), str(tiny_store.store), "--out", str(tmp_path / "r"), "--frames", "2"]
+    )
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "r" / "render.json").read_text())
+    assert summary["frames"] == 2 and len(summary["identities"]) == 2
+    recon = iio.imread(tmp_path / "r" / "recon_000.png")
+    gif = iio.imread(tmp_path / "r" / "transfer.gif", index=None)
+    assert recon.dtype == np.uint8 and recon.shape[1] == 2 * recon.shape[0] * 24 // 32
+    assert gif.shape[0] == 2 and gif.shape[2] == 3 * gif.shape[1] * 24 // 32  # driver, recon, 1 identity
+
+    bad = CliRunner().invoke(cli, ["train", str(tiny_store.store), "--split", "nope", "--config", "tiny"])
+    assert bad.exit_code == 1 and "nope" in bad.output and "Traceback" not in bad.output
+    bad = CliRunner().invoke(
+        cli, ["train", str(tiny_store.store), "--split", "free-face", "--config", "tiny", "--train.lrr=1"]
+    )
+    assert bad.exit_code == 1 and "lrr" in bad.output
