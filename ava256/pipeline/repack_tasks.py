@@ -518,6 +518,8 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
             except (zipfile.BadZipFile, OSError, ValueError) as exc:
                 err("", f"unreadable zip: {exc}")
                 n_corrupt = n
+            if reader is not None and reader.unsafe:  # zip-slip names: never read, but on the record
+                err(", ".join(reader.unsafe[:10]), "unsafe member name(s) ignored (absolute or '..' paths)")
         # Each decoded frame is compressed into its chunk bytes by a helper thread while the next one decodes
         # (the compressors release the GIL); a shard is stored in one write once its frames are encoded. Memory:
         # one shard of *compressed* chunks plus a few decoded frames. Layouts the encoder does not cover fall
