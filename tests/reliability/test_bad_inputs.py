@@ -116,6 +116,8 @@ def test_zip_slip_entries_are_never_read_or_extracted(damaged):
         assert not any("evil" in n for n in z.names())
         with pytest.raises(KeyError):
             z.read("../../../evil.avif")
+    r = reasons(damaged, cat.image_key(cams[1]), "../../../evil.avif, /tmp/evil-abs.avif")
+    assert r and "unsafe member name" in r[0]  # on the record, for every task reading that zip
     root = damaged["raw"].parent
     assert not list(root.rglob("evil*")) and not Path("/tmp/evil-abs.avif").exists()
 
