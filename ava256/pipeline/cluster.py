@@ -48,21 +48,22 @@ def dask_client(
         threads = math.ceil(workers / n)
     else:
         n, threads = 1, workers
-    cluster = LocalCluster(
-        n_workers=n,
-        threads_per_worker=threads,
-        processes=processes,
-        memory_limit=memory_limit,
-        dashboard_address=":0",  # a free port: never clashes with another cluster's 8787
-        silence_logs=logging.ERROR,
-    )
-    client = Client(cluster)
-    log.info(
-        "LocalCluster: %d worker(s) x %d thread(s), processes=%s, dashboard %s",
-        n, threads, processes, cluster.dashboard_link,
-    )  # fmt: skip
-    try:
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # distributed logs every connection at INFO; keep the user's terminal for our own messages
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    with (
+        LocalCluster(
+            n_workers=n,
+            threads_per_worker=threads,
+            processes=processes,
+            memory_limit=memory_limit,
+            dashboard_address=":0",  # a free port: never clashes with another cluster's 8787
+            silence_logs=logging.WARNING,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        log.info(
+            "LocalCluster: %d worker(s) x %d thread(s), processes=%s, dashboard %s",
+            n, threads, processes, cluster.dashboard_link,
+        )  # fmt: skip
         yield client
-    finally:
-        client.close()
-        cluster.close()

@@ -304,3 +304,28 @@ def upload_tree(
         time.perf_counter() - t0,
     )
     return len(files)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m ava256.synth.server [--upload DIR]``: serve a local S3 endpoint until interrupted (Ctrl-C),
+    optionally loaded with a bucket-root directory first; prints the endpoint URL on its first stdout line."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m ava256.synth.server", description=main.__doc__)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0, help="0 = a free port")
+    ap.add_argument("--upload", type=Path, default=None, help="directory to upload (its files become keys)")
+    ap.add_argument("--bucket", default=LOCAL_BUCKET)
+    args = ap.parse_args(argv)
+    with LocalS3Server(args.host, args.port) as server:
+        if args.upload is not None:
+            upload_tree(server.endpoint_url, args.bucket, args.upload)
+        print(server.endpoint_url, flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""``ava256 demo``: the whole chain on synthetic data, offline, one step per function.
+
+Steps so far: synthetic bucket -> local S3 server (moto, loopback) -> ``fetch`` -> ``verify``. Later stages
+append a function ``step_<name>(demo)`` to :data:`STEPS`; each reads what earlier steps put on the
+:class:`Demo` (paths, the server) and reports through ``demo.echo``. Every step is idempotent: re-running the
+demo in the same workdir reuses the bucket and finds the raw tree already fetched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEMO_SIZE = "4TB"
+DEMO_CAPTURES = 2
+DEMO_CAMERAS = 4
+DEMO_FRAMES = 12
+DEMO_IMAGE_SIZE = (167, 256)  # (W, H): the 4TB images downsampled 4x, so the demo takes seconds
+DEMO_TEXTURE_SIZE = 256
+
+
+@dataclass
+class Demo:
+    """State shared by the demo steps. Paths are under ``workdir``; ``server`` lives until the demo ends."""
+
+    workdir: Path
+    echo: Callable[[str], None] = print
+    workers: int = 4
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    bucket_root: Path | None = None  # bucket-shaped synthetic tree (ava-256/4TB/<capture>/...)
+    captures: list = field(default_factory=list)  # CaptureIds
+    server: object = None  # LocalS3Server
+    endpoint_url: str = ""
+    source: str = ""  # s3://bucket/prefix of the demo bucket
+    raw: Path | None = None  # fetched raw tree
+    results: dict = field(default_factory=dict)  # step name -> summary object
+
+    @property
+    def folders(self) -> list[str]:
+        return [c.folder for c in self.captures]
+
+
+def step_generate(demo: Demo) -> None:
+    """Write a synthetic bucket (2 captures, 4 cameras, 12 frames, real AVIF/PNG/PLY/npy files)."""
+    from ava256.capture import release_capture_ids
+    from ava256.synth.generate import generate_bucket
+
+    root = demo.workdir / "bucket"
+    marker = demo.workdir / "bucket.json"  # beside the bucket, so that it is not uploaded
+    params = dict(size=DEMO_SIZE, captures=DEMO_CAPTURES, cameras=DEMO_CAMERAS, frames=DEMO_FRAMES,
+                  image_size=list(DEMO_IMAGE_SIZE), texture_size=DEMO_TEXTURE_SIZE, seed=0)  # fmt: skip
+    demo.bucket_root = root
+    demo.captures = list(release_capture_ids()[:DEMO_CAPTURES])
+    if marker.exists() and json.loads(marker.read_text()) == params:
+        demo.echo(f"[generate] reusing synthetic bucket {root}")
+        return
+    t0 = time.perf_counter()
+    generate_bucket(
+        root, size=DEMO_SIZE, captures=DEMO_CAPTURES, cameras=DEMO_CAMERAS, frames=DEMO_FRAMES, seed=0,
+        image_size=DEMO_IMAGE_SIZE, texture_size=DEMO_TEXTURE_SIZE, workers=min(2, demo.workers),
+    )  # fmt: skip
+    marker.write_text(json.dumps(params))
+    files = [p for p in root.rglob("*") if p.is_file()]
+    demo.echo(
+        f"[generate] {len(demo.captures)} synthetic captures x {DEMO_CAMERAS} cameras x {DEMO_FRAMES} frames: "
+        f"{len(files)} files, {sum(p.stat().st_size for p in files) / 1e6:.1f} MB in {root} "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
+
+
+def step_serve(demo: Demo) -> None:
+    """Start a local S3 server on loopback and upload the bucket to it (as s3://ava256-local/ava-256/...)."""
+    from ava256.synth.server import LOCAL_BUCKET, LocalS3Server, upload_tree
+
+    server = demo.stack.enter_context(LocalS3Server())
+    n = upload_tree(server.endpoint_url, LOCAL_BUCKET, demo.bucket_root, workers=demo.workers)
+    demo.server, demo.endpoint_url = server, server.endpoint_url
+    demo.source = f"s3://{LOCAL_BUCKET}/ava-256"
+    demo.echo(f"[serve] local S3 server {server.endpoint_url}: {n} objects in {demo.source}/{DEMO_SIZE}/")
+
+
+def step_fetch(demo: Demo) -> None:
+    """``ava256 fetch RAW --source s3://ava256-local/ava-256 --endpoint-url …``: download, check, manifest."""
+    from ava256.pipeline.fetch import fetch
+
+    demo.raw = demo.workdir / "raw"
+    summary = fetch(demo.raw, DEMO_SIZE, captures=demo.folders, source=demo.source,
+                    endpoint_url=demo.endpoint_url, workers=demo.workers, progress=False)  # fmt: skip
+    demo.results["fetch"] = summary
+    for line in summary.lines():
+        demo.echo(f"[fetch] {line.strip()}")
+    if not summary.ok:
+        raise RuntimeError(f"demo fetch failed for {len(summary.failed)} object(s)")
+
+
+def step_verify(demo: Demo) -> None:
+    """``ava256 verify RAW``: re-hash every fetched file against the manifest."""
+    from ava256.pipeline.verify import verify
+
+    report = verify(demo.raw, demo.workers, progress=False)
+    demo.results["verify"] = report
+    for line in report.lines():
+        demo.echo(f"[verify] {line.strip()}")
+    if not report.clean:
+        raise RuntimeError("demo verify found problems")
+
+
+#: The demo, in order. Later stages append their step functions here.
+STEPS: list[Callable[[Demo], None]] = [step_generate, step_serve, step_fetch, step_verify]
+
+
+def run_demo(
+    workdir: str | Path = "ava256-demo", *, workers: int = 4, echo: Callable[[str], None] = print
+) -> Demo:
+    """Run every step of :data:`STEPS` in ``workdir``; returns the :class:`Demo` (its server already stopped)."""
+    demo = Demo(Path(workdir).expanduser().resolve(), echo=echo, workers=workers)
+    demo.workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with demo.stack:
+        for step in STEPS:
+            step(demo)
+    demo.echo(f"[demo] done in {time.perf_counter() - t0:.1f} s; everything is under {demo.workdir}")
+    return demo
