@@ -377,3 +377,8 @@ def test_synthetic_release_capture_with_drops(tmp_path, client):
     ci, fi = 1, int(np.flatnonzero(expect[:, 1])[0])
     data = members(raw / cap.folder / cat.image_key(cams[ci]))[cat.image_member(cams[ci], fids[fi])]
     np.testing.assert_array_equal(g[L.IMAGE][fi, ci], decode_rgb(data))
+
+
+def test_cli_codec_choices_match_the_layout():
+    opt = next(p for p in cli.commands["repack"].params if p.name == "codec")
+    assert tuple(opt.type.choices) == L.CODECS and opt.default == L.DEFAULT_CODEC
