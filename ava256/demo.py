@@ -1,6 +1,6 @@
 """``ava256 demo``: the whole chain on synthetic data, offline, one step per function.
 
-Steps so far: synthetic bucket -> local S3 server (moto, loopback) -> ``fetch`` -> ``verify``. Later stages
+Steps so far: synthetic bucket -> local S3 server (moto, loopback) -> ``fetch`` -> ``verify`` -> ``repack``. Later stages
 append a function ``step_<name>(demo)`` to :data:`STEPS`; each reads what earlier steps put on the
 :class:`Demo` (paths, the server) and reports through ``demo.echo``. Every step is idempotent: re-running the
 demo in the same workdir reuses the bucket and finds the raw tree already fetched.
@@ -40,6 +40,7 @@ class Demo:
     endpoint_url: str = ""
     source: str = ""  # s3://bucket/prefix of the demo bucket
     raw: Path | None = None  # fetched raw tree
+    store: Path | None = None  # repacked Zarr stores + manifests
     results: dict = field(default_factory=dict)  # step name -> summary object
 
     @property
@@ -112,8 +113,24 @@ def step_verify(demo: Demo) -> None:
         raise RuntimeError("demo verify found problems")
 
 
+def step_repack(demo: Demo) -> None:
+    """``ava256 repack RAW STORE``: decode the raw tree into per-capture sharded Zarr stores + manifests
+    (re-running finds every task done and skips it)."""
+    from ava256.pipeline.repack import repack
+    from ava256.store.info import format_store_info, store_info
+
+    demo.store = demo.workdir / "store"
+    summary = repack(demo.raw, demo.store, workers=demo.workers, progress=False)
+    demo.results["repack"] = summary
+    demo.echo(f"[repack] {summary.line()}")
+    for line in format_store_info(store_info(demo.store)).splitlines()[:2]:
+        demo.echo(f"[repack] {line}")
+    if summary.failed_captures or summary.tasks_failed:
+        raise RuntimeError(f"demo repack failed: {summary.line()}")
+
+
 #: The demo, in order. Later stages append their step functions here.
-STEPS: list[Callable[[Demo], None]] = [step_generate, step_serve, step_fetch, step_verify]
+STEPS: list[Callable[[Demo], None]] = [step_generate, step_serve, step_fetch, step_verify, step_repack]
 
 
 def run_demo(
