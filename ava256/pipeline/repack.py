@@ -259,6 +259,7 @@ def repack(
     task_target_frames: int = rt.TASK_TARGET_FRAMES,
     flush_seconds: float = 10.0,
     decode_threads: int | None = None,
+    encode_thread: bool | None = None,
     progress: bool = True,
 ) -> RepackSummary:
     """Repack the captures under ``raw`` into ``store`` (see the module docstring). Idempotent and
@@ -266,7 +267,9 @@ def repack(
 
     ``max_frames_per_shard`` caps the frames per shard (tests use small values to get several shards).
     ``decode_threads``: threads per AVIF decode in a worker; default: CPU count // worker threads for a local
-    cluster, 1 for a given client or scheduler."""
+    cluster, 1 for a given client or scheduler. ``encode_thread``: compress in a helper thread per worker,
+    overlapping decoding; default: only for a local cluster with at least two cores per worker thread (with
+    one core per worker it costs more CPU than it hides)."""
     from distributed import as_completed
     from tqdm import tqdm
 
@@ -342,7 +345,11 @@ def repack(
         # local cluster: share this machine's cores among the worker threads; elsewhere 1 per decode
         dthreads = max(1, (os.cpu_count() or 1) // threads) if (scheduler is None and client is None) else 1
         dthreads = decode_threads or dthreads
-        todo = [dataclasses.replace(t, decode_threads=dthreads) for t in todo]
+        local = scheduler is None and client is None
+        ethread = (
+            encode_thread if encode_thread is not None else (local and (os.cpu_count() or 1) >= 2 * threads)
+        )
+        todo = [dataclasses.replace(t, decode_threads=dthreads, encode_thread=bool(ethread)) for t in todo]
         window = 4 * n_workers
         pending: list[dict[str, Any]] = []
         by_id = {t.task_id: t for t in todo}

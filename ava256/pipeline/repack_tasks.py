@@ -369,6 +369,7 @@ class RepackTask:
     out_hw: tuple[int, int] | None  # stored (H, W) for images and labels
     source_hash: str
     decode_threads: int = 0  # threads per AVIF decode in the worker (0: Pillow's default, all cores)
+    encode_thread: bool = False  # compress in a helper thread, overlapping the next decode (spare cores only)
 
     @property
     def task_id(self) -> str:
@@ -520,13 +521,18 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
                 n_corrupt = n
             if reader is not None and reader.unsafe:  # zip-slip names: never read, but on the record
                 err(", ".join(reader.unsafe[:10]), "unsafe member name(s) ignored (absolute or '..' paths)")
-        # Each decoded frame is compressed into its chunk bytes by a helper thread while the next one decodes
-        # (the compressors release the GIL); a shard is stored in one write once its frames are encoded. Memory:
-        # one shard of *compressed* chunks plus a few decoded frames. Layouts the encoder does not cover fall
-        # back to a shard buffer written through zarr.
+        # Each decoded frame is compressed into its chunk bytes at once -- or, with ``encode_thread`` (spare
+        # cores), by a helper thread while the next frame decodes (the compressors release the GIL); a shard is
+        # stored in one write once its frames are encoded. Memory: one shard of *compressed* chunks plus a few
+        # decoded frames. Layouts the encoder does not cover fall back to a shard buffer written through zarr.
         enc = shard_encoder(arr) if write else None
         last: Future | None = None
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="repack-encode") as pool:
+        pool_cm = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="repack-encode")
+            if task.encode_thread
+            else _InlineExecutor()
+        )
+        with pool_cm as pool:
             try:
                 for s0 in task.shard_starts():
                     s1 = min(s0 + task.frames_per_shard, task.frame_stop)
@@ -604,6 +610,24 @@ def _new_buffer(arr: zarr.Array, task: RepackTask, n: int) -> np.ndarray:
     """An uninitialised (n, *one frame of one camera) buffer (every slot is written before use)."""
     shape = tuple(arr.shape[2:]) if task.camera_index >= 0 else tuple(arr.shape[1:])
     return np.empty((n, *shape), dtype=arr.dtype)
+
+
+class _InlineExecutor:
+    """``submit`` runs the call at once (the no-helper-thread variant of the encode pipeline)."""
+
+    def __enter__(self) -> _InlineExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn, *args, **kwargs) -> Future:
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - re-raised by result(), like a thread pool
+            fut.set_exception(exc)
+        return fut
 
 
 def _store_shard(enc, coords: tuple[int, ...], parts: list[Future]) -> None:

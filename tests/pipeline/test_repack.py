@@ -382,3 +382,15 @@ def test_synthetic_release_capture_with_drops(tmp_path, client):
 def test_cli_codec_choices_match_the_layout():
     opt = next(p for p in cli.commands["repack"].params if p.name == "codec")
     assert tuple(opt.type.choices) == L.CODECS and opt.default == L.DEFAULT_CODEC
+
+
+def test_encode_thread_variant_writes_the_same_store(repacked, tmp_path, client):
+    """Compressing in a helper thread (used with spare cores) gives the same arrays as inline encoding."""
+    raw, store, _ = repacked
+    other = tmp_path / "store"
+    s = run(raw, other, client, captures=CAPS[0].folder, encode_thread=True)
+    assert s.tasks_failed == 0
+    a = zarr.open_group(L.capture_store_path(store, CAPS[0]), mode="r")
+    b = zarr.open_group(L.capture_store_path(other, CAPS[0]), mode="r")
+    for name in (L.IMAGE, L.SEGMENTATION, L.UV_TEXTURE, L.VERTICES, L.ENCODER_IMAGE):
+        np.testing.assert_array_equal(a[name][...], b[name][...])
