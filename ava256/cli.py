@@ -130,6 +130,7 @@ def synth_cmd(
 )
 @click.option("--retries", default=6, type=click.IntRange(min=1), help="Attempts per object before it fails.")
 @click.option("--reserve", default=0.0, type=click.FloatRange(min=0), help="GB of disk to leave free on OUT.")
+@click.option("--fsync/--no-fsync", default=True, help="Flush each file to disk before its rename.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def fetch_cmd(
     out: str,
@@ -145,6 +146,7 @@ def fetch_cmd(
     source: str | None,
     retries: int,
     reserve: float,
+    fsync: bool,
     progress: bool,
 ) -> None:
     """Download captures into OUT/<mcd--mct--sid>/... (keys as in the bucket) with size + ETag checks, sha256,
@@ -156,7 +158,7 @@ def fetch_cmd(
         summary = fetch(
             out, size, n=n, captures=captures, assets=assets, cameras=cameras, workers=workers,
             endpoint_url=endpoint_url, source=source, scheduler=scheduler, processes=processes,
-            progress=progress, retries=retries, reserve_bytes=int(reserve * 1e9),
+            progress=progress, retries=retries, reserve_bytes=int(reserve * 1e9), fsync=fsync,
         )  # fmt: skip
     except (ValueError, LookupError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -417,7 +419,7 @@ def render_cmd(
 
 
 @cli.command("demo")
-@click.option("--workdir", default="ava256-demo", type=click.Path(file_okay=False), help="Where everything goes.")
+@click.option("--workdir", default="ava256-demo", type=click.Path(file_okay=False), help="Working directory.")
 @click.option("--workers", "-j", default=4, type=click.IntRange(min=1), help="Dask workers of each stage.")
 def demo_cmd(workdir: str, workers: int) -> None:
     """Run the whole chain offline on synthetic captures: generate a bucket, serve it from a local S3 server,
@@ -428,7 +430,6 @@ def demo_cmd(workdir: str, workers: int) -> None:
         run_demo(workdir, workers=workers, echo=click.echo)
     except (ValueError, LookupError, OSError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
-
 
 
 def main() -> None:

@@ -3,20 +3,25 @@
 Three ways to download the same objects with the same number of workers, side by side in one run:
 
 - ``ava256 fetch``: our Dask graph end to end (cluster start-up, listing, calibration, sha256 + MD5 while
-  streaming, fsync, ETag check, atomic rename, manifest);
-- plain parallel GET: a ThreadPool of boto3 ``get_object`` -> file (no hashing, no checks): the floor;
+  streaming, fsync, ETag check, atomic rename, manifest), and the same with ``--no-fsync``;
+- plain parallel GET: a ThreadPool of boto3 ``get_object`` -> file (no hashing, no checks): the floor; and the
+  same computing the hashes ours computes (sha256, MD5 where the ETag is single-part), to separate the cost of
+  hashing from the cost of everything else we do;
 - release script: a re-implementation of the release's approach: a process pool of ``urllib`` downloads of
   known URLs, skip-if-exists, no verification.
 
 Objects are random bytes under the real key layout (content does not matter to a transfer); sizes are scaled
 from the 4TB release (image zips dominate). Each round runs every method once into a fresh directory, the order
-rotating between rounds; the table gives the median. Run: ``python benchmarks/fetch.py [--quick]``.
+rotating between rounds; the table gives the median, and the client CPU seconds (this process and its reaped
+children; the server runs in its own process). Run: ``python benchmarks/fetch.py [--quick]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -98,22 +103,36 @@ def keys_of(endpoint: str) -> list[tuple[str, int]]:
 # --- the three methods ---------------------------------------------------------------------------------------
 
 
-def run_ours(endpoint: str, out: Path, folders: list[str], workers: int) -> int:
+def run_ours(endpoint: str, out: Path, folders: list[str], workers: int, fsync: bool = True) -> int:
     s = fetch(out, "4TB", captures=folders, source=f"s3://{LOCAL_BUCKET}", endpoint_url=endpoint,
-              workers=workers, progress=False)  # fmt: skip
+              workers=workers, progress=False, fsync=fsync)  # fmt: skip
     assert s.ok, s.lines()
     return s.bytes_transferred
 
 
-def run_plain(endpoint: str, out: Path, keys: list[tuple[str, int]], workers: int) -> int:
+def run_plain(
+    endpoint: str, out: Path, keys: list[tuple[str, int]], workers: int, hashes: bool = False
+) -> int:
+    """ThreadPool of get_object -> file; with ``hashes``, also sha256 (+ MD5 where the ETag is single-part),
+    like ours, but no checks, no resume, no manifest."""
     client = s3_client(endpoint, max_pool_connections=workers)
 
     def get(key: str) -> int:
         dest = out / key
         dest.parent.mkdir(parents=True, exist_ok=True)
-        body = client.get_object(Bucket=LOCAL_BUCKET, Key=key)["Body"]
+        r = client.get_object(Bucket=LOCAL_BUCKET, Key=key)
+        body = r["Body"]
+        if not hashes:
+            with open(dest, "wb") as f:
+                shutil.copyfileobj(body, f, 1 << 20)
+            return dest.stat().st_size
+        sha, md5 = hashlib.sha256(), (hashlib.md5() if "-" not in r["ETag"] else None)
         with open(dest, "wb") as f:
-            shutil.copyfileobj(body, f, 1 << 20)
+            while data := body.read(1 << 20):
+                f.write(data)
+                sha.update(data)
+                if md5 is not None:
+                    md5.update(data)
         return dest.stat().st_size
 
     with ThreadPoolExecutor(workers) as pool:
@@ -135,6 +154,23 @@ def run_release(endpoint: str, out: Path, keys: list[tuple[str, int]], workers: 
         return sum(pool.map(_release_download, jobs, chunksize=1))
 
 
+def client_cpu() -> float:
+    """CPU seconds (user + system) of this process and its reaped children (the release script's pool)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def hash_rate() -> tuple[float, float]:
+    data = os.urandom(1 << 20)
+    rates = []
+    for name in ("sha256", "md5"):
+        h, t0 = hashlib.new(name), time.perf_counter()
+        for _ in range(128):
+            h.update(data)
+        rates.append(128 * len(data) / MB / (time.perf_counter() - t0))
+    return rates[0], rates[1]
+
+
 # --- driver --------------------------------------------------------------------------------------------------
 
 
@@ -149,7 +185,9 @@ def main() -> None:
     args = ap.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
     cameras = args.cameras or (4 if args.quick else 8)
-    scale = args.scale or (0.1 if args.quick else 0.5)
+    scale = args.scale or (0.1 if args.quick else 1.5)
+
+    import distributed  # noqa: F401  - imported once up front: import time is not throughput
 
     work = Path(tempfile.mkdtemp(prefix="ava256-bench-fetch-"))
     server = None
@@ -164,27 +202,36 @@ def main() -> None:
         keys = keys_of(endpoint)
         print(f"{len(keys)} objects, {total / MB:.0f} MB, {args.captures} captures x {cameras} cameras, "
               f"workers={args.workers}, rounds={rounds}, cpus={os.cpu_count()}, server={endpoint}")  # fmt: skip
+        w = args.workers
         methods = {
-            "ava256 fetch (Dask, sha256+md5, fsync)": lambda out: run_ours(endpoint, out, folders, args.workers),
-            "plain parallel GET (ThreadPool boto3)": lambda out: run_plain(endpoint, out, keys, args.workers),
-            "release script (urllib + processes)": lambda out: run_release(endpoint, out, keys, args.workers),
+            "ava256 fetch": lambda out: run_ours(endpoint, out, folders, w),
+            "ava256 fetch --no-fsync": lambda out: run_ours(endpoint, out, folders, w, fsync=False),
+            "plain parallel GET (boto3 threads)": lambda out: run_plain(endpoint, out, keys, w),
+            "plain parallel GET + same hashes": lambda out: run_plain(endpoint, out, keys, w, hashes=True),
+            "release script (urllib + processes)": lambda out: run_release(endpoint, out, keys, w),
         }
         times: dict[str, list[float]] = {m: [] for m in methods}
+        cpu: dict[str, list[float]] = {m: [] for m in methods}
         names = list(methods)
         for r in range(rounds):
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 out = work / f"out-{r}-{names.index(name)}"
-                t0 = time.perf_counter()
+                c0, t0 = client_cpu(), time.perf_counter()
                 moved = methods[name](out)
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(client_cpu() - c0)
                 assert moved == total, f"{name}: moved {moved} bytes, expected {total}"
                 shutil.rmtree(out)
-        base = statistics.median(times[names[1]])
-        print(f"\n{'method':<42}{'seconds':>9}{'MB/s':>9}{'vs plain GET':>14}")
+        base = statistics.median(times["plain parallel GET (boto3 threads)"])
+        print(f"\n{'method':<38}{'seconds':>9}{'MB/s':>9}{'vs plain GET':>14}{'client CPU s':>14}")
         for name in names:
             t = statistics.median(times[name])
-            print(f"{name:<42}{t:>9.2f}{total / MB / t:>9.1f}{base / t:>13.2f}x")
-        print(f"(median of {rounds} round(s); each round: every method once into a fresh directory)")
+            c = statistics.median(cpu[name])
+            print(f"{name:<38}{t:>9.2f}{total / MB / t:>9.1f}{base / t:>13.2f}x{c:>14.2f}")
+        print(f"(median of {rounds} round(s); each round runs every method once, into a fresh directory)")
+        sha, md5 = hash_rate()
+        print(f"hashing on this machine, 1 thread, in memory: sha256 {sha:.0f} MB/s, md5 {md5:.0f} MB/s; "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")  # fmt: skip
     finally:
         if server is not None:
             server.terminate()

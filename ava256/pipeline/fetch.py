@@ -438,7 +438,9 @@ class _Download:
     transferred: int = 0
 
 
-def _download(spec: ObjectSpec, src: Source, part: Path, tag: Path, policy: RetryPolicy) -> _Download:
+def _download(
+    spec: ObjectSpec, src: Source, part: Path, tag: Path, policy: RetryPolicy, fsync: bool = True
+) -> _Download:
     """Bring ``part`` to the whole object, resuming an existing ``.part`` with the same ETag; retries transient
     errors. Raises _Permanent (or the last transient error) when it gives up."""
     want_md5 = bool(single_part_md5(spec.etag))
@@ -477,7 +479,8 @@ def _download(spec: ObjectSpec, src: Source, part: Path, tag: Path, policy: Retr
                     offset += len(data)
                     result.transferred += len(data)
                 f.flush()
-                os.fsync(f.fileno())
+                if fsync:
+                    os.fsync(f.fileno())
             result.etag = etag or spec.etag
             if offset != total:
                 raise ConnectionError(f"body ended at byte {offset} of {total}")
@@ -563,7 +566,9 @@ def _multipart_mismatch(spec: ObjectSpec, src: Source, part: Path, policy: Retry
     return "" if got == spec.etag.lower() else f"multipart ETag mismatch: content {got}, ETag {spec.etag}"
 
 
-def fetch_object(spec: ObjectSpec, out: str, src: Source, policy: RetryPolicy = RetryPolicy()) -> dict:
+def fetch_object(
+    spec: ObjectSpec, out: str, src: Source, policy: RetryPolicy = RetryPolicy(), fsync: bool = True
+) -> dict:
     """Fetch one object into ``OUT/{capture}/{key}``; returns its manifest row (never raises for a per-object
     problem: the row says ``failed`` with the reason). A row with ``_fatal`` set (disk full) should stop the run."""
     t0 = time.perf_counter()
@@ -586,7 +591,7 @@ def fetch_object(spec: ObjectSpec, out: str, src: Source, policy: RetryPolicy = 
 
         problems = []
         for _pass in range(2):
-            d = _download(spec, src, part, tag, policy)
+            d = _download(spec, src, part, tag, policy, fsync)
             problem = _mismatch(spec, d) or _multipart_mismatch(spec, src, part, policy)
             if not problem:
                 os.replace(part, dest)
@@ -893,6 +898,7 @@ def fetch(
     retry_base_delay: float = 0.5,
     reserve_bytes: int = 0,
     unsigned: bool | None = None,
+    fsync: bool = True,
 ) -> FetchSummary:
     """Fetch captures of release ``size`` into ``out`` (see the module doc). Returns a :class:`FetchSummary`;
     per-object failures are in ``summary.failed`` (and the manifest), never raised.
@@ -900,7 +906,8 @@ def fetch(
     n: the first ``n`` captures (of ``captures`` or of the release list); captures: see :func:`parse_captures`;
     assets: comma list of ``ava256.capture.ASSETS`` (meta is always included); cameras: dome camera ids (default
     all in each capture's calibration); workers: concurrent downloads (Dask threads); client: an existing
-    ``distributed.Client`` to use instead of making one; reserve_bytes: free space to leave on OUT's disk.
+    ``distributed.Client`` to use instead of making one; reserve_bytes: free space to leave on OUT's disk;
+    fsync: flush each file to disk before its rename (durable ``ok`` rows after a power loss).
 
     Raises ValueError (bad size/asset/camera/capture ids), CaptureNotFoundError, UnsafePathError,
     PermissionError (unwritable OUT), DiskFullError (not enough space) before downloading object data.
@@ -938,14 +945,14 @@ def fetch(
 
     if client is not None:
         return _run(client, out, src, ids, to_plan, chosen_assets, wanted_cameras, rows, policy, summary,
-                    skipped_rows, progress, reserve_bytes, t0)  # fmt: skip
+                    skipped_rows, progress, reserve_bytes, t0, fsync)  # fmt: skip
     if not to_plan:
         return _finish(out, rows, summary, {(r["capture"], r["key"]) for r in skipped_rows}, t0)
     from ava256.pipeline.cluster import dask_client
 
     with dask_client(workers, processes=processes, scheduler=scheduler) as c:
         return _run(c, out, src, ids, to_plan, chosen_assets, wanted_cameras, rows, policy, summary,
-                    skipped_rows, progress, reserve_bytes, t0)  # fmt: skip
+                    skipped_rows, progress, reserve_bytes, t0, fsync)  # fmt: skip
 
 
 def _finish(
@@ -962,7 +969,9 @@ def _finish(
 
 
 def _run(client, out, src, ids, to_plan, assets, cameras, rows, policy, summary, skipped_rows, progress,
-         reserve_bytes, t0) -> FetchSummary:  # fmt: skip
+         reserve_bytes, t0, fsync) -> FetchSummary:  # fmt: skip
+    from concurrent.futures import CancelledError
+
     from distributed import as_completed
 
     keys: set[tuple[str, str]] = set()
@@ -1046,12 +1055,17 @@ def _run(client, out, src, ids, to_plan, assets, cameras, rows, policy, summary,
     )  # fmt: skip
     last_flush = time.monotonic()
     failed = 0
-    futs = client.map(fetch_object, specs, out=str(out), src=src, policy=policy, pure=False)
+    futs = client.map(fetch_object, specs, out=str(out), src=src, policy=policy, fsync=fsync, pure=False)
     try:
-        for fut in as_completed(futs):
-            if fut.cancelled():
+        spec_of = {fut.key: spec for fut, spec in zip(futs, specs)}
+        # with_results: results come back in batches, not one event-loop round trip per object
+        for fut, row in as_completed(futs, with_results=True, raise_errors=False):
+            if fut.cancelled() or isinstance(row, CancelledError):
                 continue
-            row = fut.result()
+            if isinstance(row, BaseException):  # a crashed worker, not a download problem
+                row = _row(
+                    spec_of[fut.key], src, STATUS_FAILED, error=f"task failed: {type(row).__name__}: {row}"
+                )
             tally(row)
             if row["status"] != STATUS_OK:
                 failed += 1

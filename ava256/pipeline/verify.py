@@ -123,9 +123,9 @@ def _run(client, out: Path, todo: list[dict], rows: dict, summary: VerifySummary
     }
     with tqdm(total=sum(r["bytes"] or 0 for r in todo), unit="B", unit_scale=True, unit_divisor=1000,
               desc=f"verify {len(todo)} files", disable=not progress) as bar:  # fmt: skip
-        for fut in as_completed(futs):
+        for fut, result in as_completed(futs, with_results=True):  # results arrive in batches
             row = dict(futs[fut])
-            status, error, mtime_ns, n = fut.result()
+            status, error, mtime_ns, n = result
             summary.checked += 1
             summary.bytes_read += n
             bar.update(row["bytes"] or 0)
