@@ -129,6 +129,27 @@ def evaluate(
     return {k: v / max(count, 1) for k, v in sums.items()} | {"samples": float(count)}
 
 
+class _NullWriter:
+    """Stands in for TensorBoard's SummaryWriter where tensorboard is not installed."""
+
+    def add_scalar(self, *a: Any, **k: Any) -> None:
+        pass
+
+    add_image = add_scalar
+
+    def close(self) -> None:
+        pass
+
+
+def _summary_writer(folder: Path, iteration: int) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("tensorboard is not installed: no TensorBoard logs (metrics.jsonl is still written)")
+        return _NullWriter()
+    return SummaryWriter(str(folder), purge_step=iteration + 1 if iteration else None)
+
+
 class _Metrics:
     """Append-only ``metrics.jsonl`` (one JSON object per line) on the main rank."""
 
@@ -183,17 +204,16 @@ def train(
     out = Path(out)
     tc, dc = cfg["train"], cfg["data"]
     ckpt_dir = out / "checkpoints"
-    if dd.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    seed_everything(int(tc["seed"]) + dd.rank)
-
     if datasets is None:
         if store is None or split is None:
             raise ValueError("train needs a store and a split name (or datasets)")
         train_ds, val_ds, info = open_datasets(store, split, dc)
     else:
         train_ds, val_ds, info = datasets
+    if dd.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    seed_everything(int(tc["seed"]) + dd.rank)
 
     model = build_model(cfg["model"], info).to(dd.device)
     opt = torch.optim.Adam(model.parameters(), lr=float(tc["lr"]))
@@ -226,9 +246,7 @@ def train(
     writer = None
     metrics = None
     if dd.main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tb"), purge_step=iteration + 1 if iteration else None)
+        writer = _summary_writer(out / "tb", iteration)
         metrics = _Metrics(out / "metrics.jsonl", iteration)
 
     def save(it: int) -> None:

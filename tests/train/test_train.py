@@ -105,8 +105,11 @@ def test_cli_train_lowers_loss_and_render_writes_files(tiny_store, tmp_path):
     assert recon.dtype == np.uint8 and recon.shape[1] == 2 * recon.shape[0] * 24 // 32
     assert gif.shape[0] == 2 and gif.shape[2] == 3 * gif.shape[1] * 24 // 32  # driver, recon, 1 identity
 
-    bad = CliRunner().invoke(cli, ["train", str(tiny_store.store), "--split", "nope", "--config", "tiny"])
+    bad = CliRunner().invoke(
+        cli, ["train", str(tiny_store.store), "--split", "nope", "--config", "tiny", "--out", str(tmp_path / "x")]
+    )
     assert bad.exit_code == 1 and "nope" in bad.output and "Traceback" not in bad.output
+    assert not (tmp_path / "x").exists()
     bad = CliRunner().invoke(
         cli, ["train", str(tiny_store.store), "--split", "free-face", "--config", "tiny", "--train.lrr=1"]
     )
