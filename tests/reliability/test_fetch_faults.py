@@ -17,7 +17,6 @@ SMALL = image_key(CAMERAS[1])  # a single-part object (ETag = MD5)
 # (kind, extra fault arguments): every fault the suite injects into GETs of one object
 FAULTS = {
     "slowdown-503": dict(kind="error", status=503, code="SlowDown"),
-    "internal-500": dict(kind="error", status=500, code="InternalError"),
     "reset-mid-body": dict(kind="reset", after_bytes=1_500),
     "truncated-body": dict(kind="truncate", after_bytes=1_500),
     "content-length-short": dict(kind="length", delta=-700),
@@ -44,8 +43,12 @@ def assert_no_silent_damage(out, bucket) -> dict:
     return rows
 
 
-@pytest.mark.parametrize("target", ["single-part", "multipart"])
-@pytest.mark.parametrize("name", list(FAULTS))
+# header-only faults behave the same for both kinds of ETag: one target is enough for them
+CASES = [(n, t) for n in FAULTS for t in ("single-part", "multipart")
+         if t == "single-part" or n not in ("content-length-long", "etag-header-changed")]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,target", CASES)
 def test_fault_is_healed_or_reported_and_rerun_heals(
     name, target, chaos_bucket, chaos, threads_client, tmp_path
 ):
