@@ -436,15 +436,58 @@ class _Download:
     attempts: int = 0
     resumed_from: int = 0
     transferred: int = 0
+    multipart_etag: str = ""
+
+
+_MULTIPART_ETAG = re.compile(r"[0-9a-fA-F]{32}-\d+")
+
+
+class _Hasher:
+    """One pass over the bytes: sha256, plus what the S3 ETag stands for: the object's MD5 (single-part ETag)
+    or, with the part size known, each part's MD5 (multipart ETag = md5 of the parts' md5s + "-N")."""
+
+    def __init__(self, etag: str, part_size: int | None = None) -> None:
+        self.sha = hashlib.sha256()
+        self.md5 = hashlib.md5() if single_part_md5(etag) else None
+        self.part_size = part_size if part_size and _MULTIPART_ETAG.fullmatch(etag or "") else None
+        self.digests: list[bytes] = []
+        self.cur, self.cur_len = hashlib.md5(), 0
+
+    def update(self, data: bytes) -> None:
+        self.sha.update(data)
+        if self.md5 is not None:
+            self.md5.update(data)
+        if self.part_size:
+            view = memoryview(data)
+            while len(view):
+                take = min(len(view), self.part_size - self.cur_len)
+                self.cur.update(view[:take])
+                self.cur_len += take
+                view = view[take:]
+                if self.cur_len == self.part_size:
+                    self.digests.append(self.cur.digest())
+                    self.cur, self.cur_len = hashlib.md5(), 0
+
+    def multipart_etag(self) -> str:
+        if not self.part_size:
+            return ""
+        digests = self.digests + ([self.cur.digest()] if self.cur_len else [])
+        return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
 
 
 def _download(
-    spec: ObjectSpec, src: Source, part: Path, tag: Path, policy: RetryPolicy, fsync: bool = True
+    spec: ObjectSpec,
+    src: Source,
+    part: Path,
+    tag: Path,
+    policy: RetryPolicy,
+    fsync: bool = True,
+    part_size: int | None = None,
 ) -> _Download:
     """Bring ``part`` to the whole object, resuming an existing ``.part`` with the same ETag; retries transient
-    errors. Raises _Permanent (or the last transient error) when it gives up."""
-    want_md5 = bool(single_part_md5(spec.etag))
-    sha, md5 = hashlib.sha256(), hashlib.md5() if want_md5 else None
+    errors. Raises _Permanent (or the last transient error) when it gives up. ``part_size``: of a multipart
+    upload, to check its ETag while streaming."""
+    hasher = _Hasher(spec.etag, part_size)
     result = _Download(etag=spec.etag)
     offset = 0
     if part.exists() and _read_tag(tag) == spec.etag and part.stat().st_size <= spec.size:
@@ -452,9 +495,7 @@ def _download(
         offset = part.stat().st_size
         with open(part, "rb") as f:
             while data := f.read(CHUNK_SIZE):
-                sha.update(data)
-                if md5 is not None:
-                    md5.update(data)
+                hasher.update(data)
         result.resumed_from = offset
         log.info("%s: resuming at byte %d of %d", spec.path, offset, spec.size)
     else:
@@ -467,15 +508,13 @@ def _download(
                 break  # a complete .part from an earlier run: nothing left to ask for
             chunks, total, etag, start = _open(src, spec.source_key, offset, spec.etag)
             if start != offset:  # the server sent the object from byte 0: start over
-                offset, sha, md5 = 0, hashlib.sha256(), hashlib.md5() if want_md5 else None
+                offset, hasher = 0, _Hasher(spec.etag, part_size)
             with open(part, "r+b" if offset else "wb") as f:
                 f.seek(offset)
                 f.truncate()
                 for data in chunks:
                     f.write(data)
-                    sha.update(data)
-                    if md5 is not None:
-                        md5.update(data)
+                    hasher.update(data)
                     offset += len(data)
                     result.transferred += len(data)
                 f.flush()
@@ -498,7 +537,7 @@ def _download(
             if _error_code(exc) in ("PreconditionFailed", "412", "InvalidRange", "416") and offset:
                 # The object changed since the .part was written, or the .part is longer than it: restart.
                 log.warning("%s: cannot resume (%s); downloading from the start", spec.path, _error_code(exc))
-                offset, sha, md5 = 0, hashlib.sha256(), hashlib.md5() if want_md5 else None
+                offset, hasher = 0, _Hasher(spec.etag, part_size)
                 result.resumed_from = 0
                 _unlink(part)
                 continue
@@ -509,8 +548,9 @@ def _download(
             _retry_log(spec, result.attempts, exc)
             time.sleep(policy.delay(result.attempts))
     result.bytes = offset
-    result.sha256 = sha.hexdigest()
-    result.md5 = md5.hexdigest() if md5 is not None else ""
+    result.sha256 = hasher.sha.hexdigest()
+    result.md5 = hasher.md5.hexdigest() if hasher.md5 is not None else ""
+    result.multipart_etag = hasher.multipart_etag()
     return result
 
 
@@ -526,6 +566,8 @@ def _mismatch(spec: ObjectSpec, d: _Download) -> str:
     want = single_part_md5(spec.etag)
     if want and d.md5 != want:
         return f"MD5 mismatch: content {d.md5}, ETag {want}"
+    if d.multipart_etag and d.multipart_etag != spec.etag.lower():
+        return f"multipart ETag mismatch: content {d.multipart_etag}, ETag {spec.etag}"
     return ""
 
 
@@ -555,15 +597,13 @@ def multipart_etag(path: str | os.PathLike, part_size: int) -> str:
     return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
 
 
-def _multipart_mismatch(spec: ObjectSpec, src: Source, part: Path, policy: RetryPolicy) -> str:
-    """Check a multipart ETag (``…-N``) against the downloaded bytes, with the part size from a HEAD of part 1
-    (parts are assumed uniform but for the last, as every S3 uploader makes them); "" if it matches."""
-    if src.kind != "s3" or not re.fullmatch(r"[0-9a-fA-F]{32}-\d+", spec.etag or ""):
-        return ""
+def _multipart_part_size(spec: ObjectSpec, src: Source, policy: RetryPolicy) -> int | None:
+    """Part size of a multipart upload (``…-N`` ETag) from a HEAD of part 1 (parts are uniform but for the
+    last, as every S3 uploader makes them); None for single-part objects and local sources."""
+    if src.kind != "s3" or not _MULTIPART_ETAG.fullmatch(spec.etag or ""):
+        return None
     kw = {"Bucket": src.location, "Key": src.prefix + spec.source_key, "PartNumber": 1}
-    part_size = int(_retrying(policy, _s3(src).head_object, **kw)["ContentLength"])
-    got = multipart_etag(part, part_size)
-    return "" if got == spec.etag.lower() else f"multipart ETag mismatch: content {got}, ETag {spec.etag}"
+    return int(_retrying(policy, _s3(src).head_object, **kw)["ContentLength"])
 
 
 def fetch_object(
@@ -590,9 +630,10 @@ def fetch_object(
                     )  # fmt: skip
 
         problems = []
+        part_size = _multipart_part_size(spec, src, policy)
         for _pass in range(2):
-            d = _download(spec, src, part, tag, policy, fsync)
-            problem = _mismatch(spec, d) or _multipart_mismatch(spec, src, part, policy)
+            d = _download(spec, src, part, tag, policy, fsync, part_size)
+            problem = _mismatch(spec, d)
             if not problem:
                 os.replace(part, dest)
                 _unlink(tag)
