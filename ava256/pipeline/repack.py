@@ -300,8 +300,8 @@ def repack(
                 summary.failed_captures[s.folder] = str(exc)
                 book.add(_capture_failure_row(s, str(exc)))
 
-        # 2. (re)create stores, plan tasks, drop finished ones
-        todo: list[rt.RepackTask] = []
+        # 2. (re)create stores; tasks are planned lazily per capture below (the driver never holds all of a
+        # whole-release run's tasks), skipping finished ones
         specs_by_capture: dict[str, dict[str, L.ArraySpec]] = {}
         for folder, plan in plans.items():
             path = L.capture_store_path(store, folder)
@@ -323,19 +323,6 @@ def repack(
                 book.drop_capture(folder)
                 summary.recreated.append(folder)
             book.add(_probe_row(plan))
-            done = book.rows.get(folder, {})
-            for task in rt.plan_tasks(plan, path, specs, task_target_frames):
-                summary.tasks_total += 1
-                row = done.get(task.task_id)
-                if (
-                    row is not None
-                    and row["status"] == rm.STATUS_DONE
-                    and row["source_hash"] == plan.source_hash
-                    and _shards_present(path, rt.task_shard_keys(task, specs))
-                ):
-                    summary.tasks_skipped += 1
-                    continue
-                todo.append(task)
         book.flush()
 
         # 3. run the tasks, a bounded number in flight; masks then manifest rows as results arrive
@@ -349,15 +336,36 @@ def repack(
         ethread = (
             encode_thread if encode_thread is not None else (local and (os.cpu_count() or 1) >= 2 * threads)
         )
-        todo = [dataclasses.replace(t, decode_threads=dthreads, encode_thread=bool(ethread)) for t in todo]
+
+        def todo() -> Iterator[rt.RepackTask]:
+            for folder, plan in plans.items():
+                path, specs = L.capture_store_path(store, folder), specs_by_capture[folder]
+                done = book.rows.get(folder, {})
+                tasks = rt.plan_tasks(plan, path, specs, task_target_frames)
+                for task in tasks:
+                    summary.tasks_total += 1
+                    row = done.get(task.task_id)
+                    if (
+                        row is not None
+                        and row["status"] == rm.STATUS_DONE
+                        and row["source_hash"] == plan.source_hash
+                        and _shards_present(path, rt.task_shard_keys(task, specs))
+                    ):
+                        summary.tasks_skipped += 1
+                        continue
+                    bar.total = (bar.total or 0) + 1
+                    bar.refresh()
+                    yield dataclasses.replace(task, decode_threads=dthreads, encode_thread=bool(ethread))
+
         window = 4 * n_workers
         pending: list[dict[str, Any]] = []
-        by_id = {t.task_id: t for t in todo}
+        by_id: dict[str, rt.RepackTask] = {}  # tasks in flight or with results not yet applied
         last_flush = time.monotonic()
-        bar = tqdm(total=len(todo), desc="repack", unit="task", disable=not progress)
-        it = iter(todo)
+        bar = tqdm(total=0, desc="repack", unit="task", disable=not progress)
+        it = todo()
         ac = as_completed()
         for task in _take(it, window):
+            by_id[task.task_id] = task
             ac.add(c.submit(rt.run_task, task, key=f"repack-{task.task_id}", pure=False))
         for fut in ac:
             try:
@@ -369,6 +377,7 @@ def repack(
             pending.append(res)
             bar.update(1)
             for task in _take(it, 1):
+                by_id[task.task_id] = task
                 ac.add(c.submit(rt.run_task, task, key=f"repack-{task.task_id}", pure=False))
             if time.monotonic() - last_flush > flush_seconds:
                 _apply_results(pending, by_id, specs_by_capture, store, book, summary)
@@ -431,6 +440,7 @@ def _apply_results(
         summary.peak_rss_mb = max(summary.peak_rss_mb, float(res["peak_rss_mb"]))
     for res in results:
         book.add(res)
+        by_id.pop(res["task_id"], None)
     book.flush()
 
 

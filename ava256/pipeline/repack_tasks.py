@@ -363,13 +363,18 @@ class RepackTask:
     frame_start: int
     frame_stop: int
     frames_per_shard: int
-    frame_ids: tuple[int, ...]  # ids of frames [frame_start, frame_stop)
+    frame_ids_le: bytes  # ids of frames [frame_start, frame_stop) as little-endian int64 (compact to pickle)
     source_key: str  # zip key relative to the capture folder
     source_hw: tuple[int, ...] | None  # expected decoded (H, W) (images, labels, IR) / (T, T) / (V,)
     out_hw: tuple[int, int] | None  # stored (H, W) for images and labels
     source_hash: str
     decode_threads: int = 0  # threads per AVIF decode in the worker (0: Pillow's default, all cores)
     encode_thread: bool = False  # compress in a helper thread, overlapping the next decode (spare cores only)
+
+    @property
+    def frame_ids(self) -> np.ndarray:
+        """(frame_stop - frame_start,) int64 frame ids of the range."""
+        return np.frombuffer(self.frame_ids_le, dtype="<i8")
 
     @property
     def task_id(self) -> str:
@@ -526,6 +531,7 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
         # stored in one write once its frames are encoded. Memory: one shard of *compressed* chunks plus a few
         # decoded frames. Layouts the encoder does not cover fall back to a shard buffer written through zarr.
         enc = shard_encoder(arr) if write else None
+        frame_ids = task.frame_ids
         last: Future | None = None
         pool_cm = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="repack-encode")
@@ -542,7 +548,7 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
                         i = f - task.frame_start
                         x = None
                         if reader is not None:
-                            member = _member_name(task.asset, task.camera_id, task.frame_ids[i])
+                            member = _member_name(task.asset, task.camera_id, int(frame_ids[i]))
                             if not reader.has(member):
                                 n_missing += 1
                                 err(member, "missing member (dropped frame)")
@@ -691,7 +697,7 @@ def plan_tasks(
                         frame_start=f0,
                         frame_stop=f1,
                         frames_per_shard=s,
-                        frame_ids=tuple(int(x) for x in ids[f0:f1]),
+                        frame_ids_le=np.asarray(ids[f0:f1], dtype="<i8").tobytes(),
                         source_key=_source_key(asset, cam),
                         source_hw=tuple(src_hw) if src_hw else None,
                         out_hw=tuple(out_hw) if out_hw else None,
