@@ -394,3 +394,15 @@ def test_encode_thread_variant_writes_the_same_store(repacked, tmp_path, client)
     b = zarr.open_group(L.capture_store_path(other, CAPS[0]), mode="r")
     for name in (L.IMAGE, L.SEGMENTATION, L.UV_TEXTURE, L.VERTICES, L.ENCODER_IMAGE):
         np.testing.assert_array_equal(a[name][...], b[name][...])
+
+
+def test_scheduler_address_runs_on_that_cluster(raw_pristine, tmp_path):
+    """``--scheduler ADDR``: the same graph on an already running cluster (here a threaded LocalCluster)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as lc:
+        s = repack(raw_pristine, tmp_path / "store", captures=CAPS[0].folder, scheduler=lc.scheduler_address,
+                   progress=False, max_frames_per_shard=SHARD, task_target_frames=TASK)  # fmt: skip
+    assert s.tasks_failed == 0 and s.tasks_run == s.tasks_total > 0
+    g = zarr.open_group(L.capture_store_path(tmp_path / "store", CAPS[0]), mode="r")
+    assert g[L.valid_name("image")][...].all() and g.attrs[L.ATTR_COMPLETE] is True
