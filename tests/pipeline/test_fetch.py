@@ -319,3 +319,14 @@ def test_demo_steps_fetch_a_generated_bucket(monkeypatch, tmp_path):
         assert (d.raw / cap.folder / key).read_bytes() == (src / key).read_bytes()
     cal = read_calibration((d.raw / cap.folder / CALIBRATION_KEY).read_bytes())
     assert {image_key(c) for c in cal.camera_ids} <= set(files) and len(cal.camera_ids) == 2
+
+
+def test_captures_from_a_csv_of_ids(tiny_bucket, dask_threads, tmp_path):
+    ids = tmp_path / "ids.csv"
+    cap = tiny_bucket.captures[1]
+    ids.write_text(f"mcd,sid,mct\n{cap.mcd},{cap.sid},{int(cap.mct)}\n")  # mct without its leading zero
+    summary = fetch(
+        tmp_path / "raw", **tiny_bucket.kwargs(client=dask_threads, captures=str(ids), assets="meta")
+    )
+    assert summary.ok and summary.captures == 1
+    assert {c for c, _ in read_fetch_manifest(tmp_path / "raw")} == {cap.folder}
