@@ -162,7 +162,7 @@ class ZarrSampleDataset(Dataset):
             training set's ``dataset.stats`` to its val/test datasets.
         captures: the identity table (``idindex`` = position); default: sorted captures of ``split_df``.
         camera_ids: the camera table (``camindex`` = position); default: sorted camera ids of ``split_df``.
-        neutral_cache: how many captures' normalised neutral textures a worker keeps (LRU).
+        neutral_cache: how many captures' neutral textures (uint8, 3 MB at T = 1024) a worker keeps (LRU).
         normalize: False returns uint8 pictures and raw vertices for :func:`ava256.data.finish_batch`.
     """
 
@@ -175,7 +175,7 @@ class ZarrSampleDataset(Dataset):
         stats: NormStats | None = None,
         captures: Sequence[str] | None = None,
         camera_ids: Sequence[str] | None = None,
-        neutral_cache: int = 8,
+        neutral_cache: int = 32,
         normalize: bool = True,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
@@ -330,14 +330,11 @@ class ZarrSampleDataset(Dataset):
             self._arrays[cap] = arrs
         return arrs
 
-    def _neutral_texture(self, cap: str, arrs: _CaptureArrays) -> torch.Tensor:
+    def _neutral_texture_u8(self, cap: str, arrs: _CaptureArrays) -> torch.Tensor:
+        """The capture's neutral uv texture, (T, T, 3) uint8 (LRU of ``neutral_cache`` captures)."""
         tex = self._neutral_tex.get(cap)
         if tex is None:
-            raw = arrs.uv_texture[self._meta[cap].neutral_frame]
-            if self.normalize:
-                tex = self.stats.normalized_tex_from_uint8(torch.from_numpy(np.ascontiguousarray(raw)))
-            else:
-                tex = torch.from_numpy(np.ascontiguousarray(raw)).permute(2, 0, 1)
+            tex = torch.from_numpy(np.ascontiguousarray(arrs.uv_texture[self._meta[cap].neutral_frame]))
             self._neutral_tex[cap] = tex
             while len(self._neutral_tex) > self.neutral_cache_size:
                 self._neutral_tex.popitem(last=False)
@@ -357,59 +354,94 @@ class ZarrSampleDataset(Dataset):
         return (self.sample_key(i) for i in range(len(self)))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"sample {index} out of range ({len(self)} samples)")
-        index = int(index) % len(self)
-        cap, f, c = self.sample_key(index)
-        meta = self._meta[cap]
-        arrs = self._capture_arrays(cap)
-        # One chunk of each array, read concurrently on zarr's event loop (overlaps I/O and decompression).
-        image, head_pose, verts, tex = sync(_read_chunks(arrs, f, c))
-        camrot, campos = camera_in_head_frame(meta.extrinsics[c], head_pose)
-        focal, princpt = focal_principal(meta.intrinsics[c])
-        verts_t = torch.from_numpy(np.array(verts, dtype=np.float32))
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """Samples ``indices`` (the DataLoader calls this with a batch's indices). All 4 * B chunks are read
+        concurrently; the float pictures of the batch are written straight into (B, ...) batch tensors
+        (in shared memory inside a worker), each sample holding views of them, which
+        :func:`ava256.data.collate_samples` hands over without another copy."""
+        n = len(self)
+        keys = []
+        for index in indices:
+            if not -n <= index < n:
+                raise IndexError(f"sample {index} out of range ({n} samples)")
+            keys.append((int(index) % n, *self.sample_key(int(index) % n)))
+        arrays = [self._capture_arrays(cap) for _, cap, _, _ in keys]
+        # One chunk of each of 4 arrays per sample, all read concurrently on zarr's event loop.
+        reads = sync(_read_chunks([(a, f, c) for a, (_, _, f, c) in zip(arrays, keys)]))
+        B = len(keys)
         if self.normalize:
-            image_t = _chw_float(image)
-            tex_t = self.stats.normalized_tex_from_uint8(torch.from_numpy(np.ascontiguousarray(tex)))
-            verts_t = self.stats.normalize_verts(verts_t)
-        else:  # uint8 pictures, raw vertices: ``finish_batch`` converts on the training device
-            image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-            tex_t = torch.from_numpy(np.ascontiguousarray(tex)).permute(2, 0, 1)
-        return {
-            "image": image_t,
-            "camrot": torch.from_numpy(camrot),
-            "campos": torch.from_numpy(campos),
-            "focal": torch.from_numpy(focal),
-            "princpt": torch.from_numpy(princpt),
-            "verts": verts_t,
-            "tex": tex_t,
-            "neut_verts": arrs.neut_verts,
-            "neut_tex": self._neutral_texture(cap, arrs),
-            "idindex": torch.tensor(int(self._idindex[index]), dtype=torch.int64),
-            "camindex": torch.tensor(int(self._camindex[index]), dtype=torch.int64),
-            "pixelcoords": self._pixelcoords,
-            "valid": torch.tensor(True),
-            "capture": cap,
-            "frame_index": f,
-        }
+            H, W = self.image_size
+            T = self.texture_size
+            image_b = _batch_tensor((B, 3, H, W))
+            tex_b = _batch_tensor((B, 3, T, T))
+            neut_b = _batch_tensor((B, 3, T, T))
+        out = []
+        for b, ((index, cap, f, c), arrs) in enumerate(zip(keys, arrays)):
+            image, head_pose, verts, tex = reads[4 * b : 4 * b + 4]
+            meta = self._meta[cap]
+            camrot, campos = camera_in_head_frame(meta.extrinsics[c], head_pose)
+            focal, princpt = focal_principal(meta.intrinsics[c])
+            verts_t = torch.from_numpy(np.array(verts, dtype=np.float32))
+            image_u8 = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+            tex_u8 = torch.from_numpy(np.ascontiguousarray(tex))
+            neut_u8 = self._neutral_texture_u8(cap, arrs)
+            if self.normalize:
+                image_t = image_b[b]
+                image_t.copy_(image_u8)
+                tex_t = self.stats.normalized_tex_from_uint8(tex_u8, out=tex_b[b])
+                neut_t = self.stats.normalized_tex_from_uint8(neut_u8, out=neut_b[b])
+                verts_t = self.stats.normalize_verts(verts_t)
+            else:  # uint8 pictures, raw vertices: ``finish_batch`` converts on the training device
+                image_t, tex_t, neut_t = image_u8, tex_u8.permute(2, 0, 1), neut_u8.permute(2, 0, 1)
+            out.append(
+                {
+                    "image": image_t,
+                    "camrot": torch.from_numpy(camrot),
+                    "campos": torch.from_numpy(campos),
+                    "focal": torch.from_numpy(focal),
+                    "princpt": torch.from_numpy(princpt),
+                    "verts": verts_t,
+                    "tex": tex_t,
+                    "neut_verts": arrs.neut_verts,
+                    "neut_tex": neut_t,
+                    "idindex": torch.tensor(int(self._idindex[index]), dtype=torch.int64),
+                    "camindex": torch.tensor(int(self._camindex[index]), dtype=torch.int64),
+                    "pixelcoords": self._pixelcoords,
+                    "valid": torch.tensor(True),
+                    "capture": cap,
+                    "frame_index": f,
+                }
+            )
+        return out
 
 
-async def _read_chunks(arrs: _CaptureArrays, f: int, c: int) -> list[Any]:
-    """``image[f, c]`` (H, W, 3), ``head_pose[f]`` (3, 4), ``vertices[f]`` (V, 3), ``uv_texture[f]`` (T, T, 3)."""
+def _batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised float32 tensor; in shared memory inside a DataLoader worker (as default_collate
+    allocates its output there), so handing the batch to the main process copies nothing."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.float32)
+    proto = torch.empty(0, dtype=torch.float32)
+    storage = proto._typed_storage()._new_shared(int(np.prod(shape)), device=proto.device)
+    return proto.new(storage).resize_(*shape)
+
+
+async def _read_chunks(items: Sequence[tuple[_CaptureArrays, int, int]]) -> list[Any]:
+    """Per (arrays, f, c): ``image[f, c]`` (H, W, 3), ``head_pose[f]`` (3, 4), ``vertices[f]`` (V, 3),
+    ``uv_texture[f]`` (T, T, 3), flattened in that order."""
     return await asyncio.gather(
-        arrs.image.async_array.getitem((f, c)),
-        arrs.head_pose.async_array.getitem((f,)),
-        arrs.vertices.async_array.getitem((f,)),
-        arrs.uv_texture.async_array.getitem((f,)),
+        *(
+            coro
+            for arrs, f, c in items
+            for coro in (
+                arrs.image.async_array.getitem((f, c)),
+                arrs.head_pose.async_array.getitem((f,)),
+                arrs.vertices.async_array.getitem((f,)),
+                arrs.uv_texture.async_array.getitem((f,)),
+            )
+        )
     )
-
-
-def _chw_float(hwc: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> contiguous (3, H, W) float32 (values 0..255)."""
-    t = torch.from_numpy(np.ascontiguousarray(hwc))
-    out = torch.empty((t.shape[2], t.shape[0], t.shape[1]), dtype=torch.float32)
-    out.copy_(t.permute(2, 0, 1))
-    return out
 
 
 def split_dataset(

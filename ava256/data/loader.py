@@ -18,23 +18,42 @@ def collate_samples(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any] 
     of str and ``frame_index`` an int64 tensor. ``None`` entries are dropped (a dataset never returns None;
     this keeps a custom one from breaking a batch); an all-None batch gives None.
 
-    A tensor that is the *same object* in every sample (a per-worker cached constant such as
-    ``pixelcoords``, or ``neut_tex`` when all samples come from one capture) is not copied B times: the
-    batch holds a read-only broadcast view ``t.expand(B, ...)`` of it (same values; call ``.contiguous()``
-    before modifying it in place)."""
+    Two copies are avoided: when the samples' tensors are the consecutive slots ``base[0], ..., base[B-1]`` of
+    one batch tensor (``ZarrSampleDataset.__getitems__`` writes its float pictures that way), the batch is
+    ``base`` itself; a tensor that is the *same object* in every sample (a per-worker constant such as
+    ``pixelcoords``) becomes a read-only broadcast view ``t.expand(B, ...)`` (same values; call
+    ``.contiguous()`` before modifying it in place)."""
     items = [s for s in samples if s is not None]
     if not items:
         return None
     first = items[0]
-    shared = {
-        k: v.unsqueeze(0).expand(len(items), *v.shape)
-        for k, v in first.items()
-        if isinstance(v, torch.Tensor) and v.dim() > 0 and all(s[k] is v for s in items[1:])
-    }
-    if not shared:
+    ready: dict[str, torch.Tensor] = {}
+    for k, v in first.items():
+        if not isinstance(v, torch.Tensor) or v.dim() == 0:
+            continue
+        base = _batch_base([s[k] for s in items])
+        if base is not None:
+            ready[k] = base
+        elif all(s[k] is v for s in items[1:]):
+            ready[k] = v.unsqueeze(0).expand(len(items), *v.shape)
+    if not ready:
         return default_collate(items)
-    batch = default_collate([{k: v for k, v in s.items() if k not in shared} for s in items])
-    return {k: shared[k] if k in shared else batch[k] for k in first}
+    batch = default_collate([{k: v for k, v in s.items() if k not in ready} for s in items])
+    return {k: ready[k] if k in ready else batch[k] for k in first}
+
+
+def _batch_base(ts: list[torch.Tensor]) -> torch.Tensor | None:
+    """The tensor ``base`` with ``ts[b] == base[b]`` as views (same memory), or None."""
+    base = ts[0]._base
+    if base is None or base.dim() != ts[0].dim() + 1 or base.shape[0] != len(ts) or not base.is_contiguous():
+        return None
+    step = base.stride(0) * base.element_size()
+    for b, t in enumerate(ts):
+        if t._base is not base or t.shape != base.shape[1:] or t.stride() != base.stride()[1:]:
+            return None
+        if t.data_ptr() != base.data_ptr() + b * step:
+            return None
+    return base
 
 
 def pin_batch(batch: Any) -> Any:

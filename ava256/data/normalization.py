@@ -52,14 +52,17 @@ class NormStats:
         """(3, T, T) float32 texture in 0..255 -> normalised, in place."""
         return tex_chw.sub_(self.tex_mean).div_(self.tex_std)
 
-    def normalized_tex_from_uint8(self, tex_hwc: torch.Tensor) -> torch.Tensor:
-        """(T, T, 3) uint8 texture -> new normalised (3, T, T) float32, in two passes over the output:
-        ``t / std - mean / std`` (equal to ``(t - mean) / std`` up to float rounding)."""
+    def normalized_tex_from_uint8(
+        self, tex_hwc: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(T, T, 3) uint8 texture -> normalised (3, T, T) float32 in one fused pass,
+        ``out = t / std - mean / std`` (equal to ``(t - mean) / std`` up to float rounding); written into
+        ``out`` (e.g. a slot of a batch tensor) when given."""
         if self._mean_over_std is None:
-            self._mean_over_std = self.tex_mean / self.tex_std
-        out = torch.empty((tex_hwc.shape[2], tex_hwc.shape[0], tex_hwc.shape[1]), dtype=torch.float32)
-        torch.mul(tex_hwc.permute(2, 0, 1), 1.0 / self.tex_std, out=out)
-        return out.sub_(self._mean_over_std)
+            self._mean_over_std = -(self.tex_mean / self.tex_std)  # negated: one torch.add
+        if out is None:
+            out = torch.empty((tex_hwc.shape[2], tex_hwc.shape[0], tex_hwc.shape[1]), dtype=torch.float32)
+        return torch.add(self._mean_over_std, tex_hwc.permute(2, 0, 1), alpha=1.0 / self.tex_std, out=out)
 
     def normalize_verts(self, verts: torch.Tensor) -> torch.Tensor:
         """(V, 3) float32 vertices (mm) -> normalised, in place."""

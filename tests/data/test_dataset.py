@@ -246,3 +246,26 @@ def test_uint8_batches_finished_on_device_equal_the_contract_batch(tiny_data):
             assert got[k] == v
     with pytest.raises(ValueError, match="normalize=False"):
         finish_batch(want, full.stats)
+
+
+def test_batched_reads_equal_single_samples_and_skip_the_stack_copy(tiny_data):
+    ds = split_dataset(tiny_data.store, "free-face", "train")
+    idx = [5, 0, len(ds) - 1, 17]
+    items = ds.__getitems__(idx)
+    batch = collate_samples(items)
+    assert batch["tex"] is items[0]["tex"]._base and batch["image"] is items[0]["image"]._base  # no copy
+    from torch.utils.data._utils.collate import default_collate
+
+    want = default_collate([ds[i] for i in idx])  # one sample at a time, plain stacking
+    for k, v in want.items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(batch[k], v), k
+        else:
+            assert batch[k] == v, k
+    # Through worker processes (batch tensors in shared memory) the values are the same.
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=4, sampler=idx, num_workers=1, collate_fn=collate_samples
+    )
+    (got,) = list(loader)
+    for k in ("image", "tex", "neut_tex", "verts", "camrot", "pixelcoords"):
+        assert torch.equal(got[k], want[k]), k
