@@ -90,7 +90,7 @@ def run_cli(*args: str, timeout: float = 120, env: dict | None = None) -> subpro
 
 def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
     """The CLI in its own process group (so a kill takes its Dask workers too)."""
-    return subprocess.Popen(cli_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    return subprocess.Popen(cli_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, env={**os.environ, **(env or {})})  # fmt: skip
 
 
