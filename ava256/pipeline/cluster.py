@@ -31,6 +31,7 @@ def dask_client(
     memory_limit: per worker process (Dask syntax, e.g. ``"2GiB"``; ``"auto"`` splits the machine's RAM).
     scheduler: address of a running scheduler; when given, ``workers``/``processes`` are ignored.
     """
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -52,6 +53,9 @@ def dask_client(
         # distributed logs every connection at INFO; keep the user's terminal for our own messages
         logging.getLogger("distributed").setLevel(logging.WARNING)
     with (
+        # The workers' statistical profiler samples every thread's stack every 10 ms: measurable CPU with many
+        # busy I/O threads on few cores, and nothing we use.
+        dask.config.set({"distributed.worker.profile.enabled": False}),
         LocalCluster(
             n_workers=n,
             threads_per_worker=threads,
