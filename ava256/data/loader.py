@@ -18,11 +18,10 @@ def collate_samples(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any] 
     of str and ``frame_index`` an int64 tensor. ``None`` entries are dropped (a dataset never returns None;
     this keeps a custom one from breaking a batch); an all-None batch gives None.
 
-    Two copies are avoided: when the samples' tensors are the consecutive slots ``base[0], ..., base[B-1]`` of
-    one batch tensor (``ZarrSampleDataset.__getitems__`` writes its float pictures that way), the batch is
-    ``base`` itself; a tensor that is the *same object* in every sample (a per-worker constant such as
-    ``pixelcoords``) becomes a read-only broadcast view ``t.expand(B, ...)`` (same values; call
-    ``.contiguous()`` before modifying it in place)."""
+    When the samples' tensors are the consecutive slots ``base[0], ..., base[B-1]`` of one batch tensor
+    (``ZarrSampleDataset.__getitems__`` writes its float pictures that way), the batch is ``base`` itself:
+    no second copy. (Broadcast views of per-worker constants are deliberately not used: ``pin_memory`` cannot
+    copy into a tensor with overlapping elements.)"""
     items = [s for s in samples if s is not None]
     if not items:
         return None
@@ -34,8 +33,6 @@ def collate_samples(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any] 
         base = _batch_base([s[k] for s in items])
         if base is not None:
             ready[k] = base
-        elif all(s[k] is v for s in items[1:]):
-            ready[k] = v.unsqueeze(0).expand(len(items), *v.shape)
     if not ready:
         return default_collate(items)
     batch = default_collate([{k: v for k, v in s.items() if k not in ready} for s in items])
