@@ -211,9 +211,10 @@ def verify_cmd(out: str, workers: int, processes: bool, scheduler: str | None, p
 )
 @click.option(
     "--codec",
-    type=click.Choice(["blosc-lz4", "zstd", "blosc-zstd", "none"]),
-    default="blosc-lz4",
-    help="Compressor of the uint8 picture arrays: blosc-lz4 is the fastest to write, blosc-zstd the smallest "
+    type=click.Choice(["lz4", "blosclz", "blosc-lz4", "zstd", "blosc-zstd", "none"]),
+    default="lz4",
+    help="Compressor of the uint8 picture arrays: lz4 is the cheapest to write and to read (numcodecs LZ4, "
+    "not a Zarr v3 spec codec), blosclz the cheapest spec-standard one, blosc-zstd the smallest "
     "(measured by benchmarks/repack.py; see README).",
 )
 @click.option(

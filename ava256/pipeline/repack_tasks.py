@@ -527,63 +527,72 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
             if reader is not None and reader.unsafe:  # zip-slip names: never read, but on the record
                 err(", ".join(reader.unsafe[:10]), "unsafe member name(s) ignored (absolute or '..' paths)")
         # Each decoded frame is compressed into its chunk bytes at once -- or, with ``encode_thread`` (spare
-        # cores), by a helper thread while the next frame decodes (the compressors release the GIL); a shard is
-        # stored in one write once its frames are encoded. Memory: one shard of *compressed* chunks plus a few
-        # decoded frames. Layouts the encoder does not cover fall back to a shard buffer written through zarr.
+        # cores), by a helper thread while the next frame decodes (the compressors release the GIL) -- and
+        # appended to its shard's sink (on a local store: streamed into the shard's temporary file, renamed
+        # into place once the shard is complete). Memory: a few decoded frames (plus, on a remote store, one
+        # shard of *compressed* chunks). Layouts the encoder does not cover fall back to a shard buffer
+        # written through zarr.
         enc = shard_encoder(arr) if write else None
         frame_ids = task.frame_ids
         last: Future | None = None
+        sinks: list[Any] = []
         pool_cm = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="repack-encode")
             if task.encode_thread
             else _InlineExecutor()
         )
-        with pool_cm as pool:
-            try:
-                for s0 in task.shard_starts():
-                    s1 = min(s0 + task.frames_per_shard, task.frame_stop)
-                    parts: list[Future] = []
-                    buf = _new_buffer(arr, task, s1 - s0) if (write and enc is None) else None
-                    for f in range(s0, s1):
-                        i = f - task.frame_start
-                        x = None
-                        if reader is not None:
-                            member = _member_name(task.asset, task.camera_id, int(frame_ids[i]))
-                            if not reader.has(member):
-                                n_missing += 1
-                                err(member, "missing member (dropped frame)")
-                            else:
-                                try:
-                                    x = decode_member(task, reader.read(member))
-                                    valid[i] = True
-                                except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
-                                    n_corrupt += 1
-                                    err(member, str(exc))
+        try:
+            with pool_cm as pool:
+                try:
+                    for s0 in task.shard_starts():
+                        s1 = min(s0 + task.frames_per_shard, task.frame_stop)
+                        parts: list[Future] = []
+                        buf = _new_buffer(arr, task, s1 - s0) if (write and enc is None) else None
+                        sink = None
                         if enc is not None:
-                            if len(parts) >= 2:
-                                parts[-2].result()  # at most ~2 decoded frames wait for the encoder
-                            parts.append(pool.submit(enc.encode, x))
+                            coords = [s0 // task.frames_per_shard] + (
+                                [task.camera_index] if task.camera_index >= 0 else []
+                            )
+                            sink = enc.open_shard(tuple(coords + [0] * (arr.ndim - len(coords))))
+                            sinks.append(sink)
+                        for f in range(s0, s1):
+                            i = f - task.frame_start
+                            x = None
+                            if reader is not None:
+                                member = _member_name(task.asset, task.camera_id, int(frame_ids[i]))
+                                if not reader.has(member):
+                                    n_missing += 1
+                                    err(member, "missing member (dropped frame)")
+                                else:
+                                    try:
+                                        x = decode_member(task, reader.read(member))
+                                        valid[i] = True
+                                    except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
+                                        n_corrupt += 1
+                                        err(member, str(exc))
+                            if sink is not None:
+                                if len(parts) >= 2:
+                                    parts[-2].result()  # at most ~2 decoded frames wait for the encoder
+                                parts.append(pool.submit(_encode_into, enc, sink, x))
+                            elif buf is not None:
+                                buf[f - s0] = x if x is not None else arr.fill_value
+                        if sink is not None:
+                            # queued behind this shard's encodes on the same single thread: runs once they are done
+                            last = pool.submit(_close_shard, sink, parts)
                         elif buf is not None:
-                            buf[f - s0] = x if x is not None else arr.fill_value
-                    if enc is not None:
-                        coords = [s0 // task.frames_per_shard] + (
-                            [task.camera_index] if task.camera_index >= 0 else []
-                        )
-                        # queued behind this shard's encodes on the same single thread: runs once they are done
-                        last = pool.submit(
-                            _store_shard, enc, tuple(coords + [0] * (arr.ndim - len(coords))), parts
-                        )
-                    elif buf is not None:
-                        if task.camera_index >= 0:
-                            arr[s0:s1, task.camera_index] = buf
-                        else:
-                            arr[s0:s1] = buf
-                    del parts, buf
-                if last is not None:
-                    last.result()
-            finally:
-                if reader is not None:
-                    reader.close()
+                            if task.camera_index >= 0:
+                                arr[s0:s1, task.camera_index] = buf
+                            else:
+                                arr[s0:s1] = buf
+                        del parts, buf, sink
+                    if last is not None:
+                        last.result()
+                finally:
+                    if reader is not None:
+                        reader.close()
+        finally:
+            for sink in sinks:  # after the encode thread has stopped; no-op for stored shards
+                sink.abort()
     except Exception as exc:  # noqa: BLE001 - recorded in the manifest, retried on the next run
         log.exception("repack task %s failed", task.task_id)
         status = STATUS_FAILED
@@ -636,8 +645,16 @@ class _InlineExecutor:
         return fut
 
 
-def _store_shard(enc, coords: tuple[int, ...], parts: list[Future]) -> None:
-    enc.write(coords, [p.result() for p in parts])
+def _encode_into(enc, sink, x: np.ndarray | None) -> None:
+    sink.append(enc.encode(x))
+
+
+def _close_shard(sink, parts: list[Future]) -> None:
+    """Store the shard once all its frames were encoded into it (re-raises an encode error; the finally of
+    :func:`run_task` then drops the partial shard)."""
+    for p in parts:
+        p.result()
+    sink.close()
 
 
 def _set_decode_threads(n: int) -> None:

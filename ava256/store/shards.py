@@ -11,11 +11,20 @@ exactly as the Zarr v3 sharding codec specifies (index: ``(chunks_per_shard..., 
 metadata (the same numcodecs compressors zarr uses, so the bytes are identical to zarr's) and stores it through
 the array's store; it returns None for any layout it does not cover, and callers then use ``arr[...] = x``.
 Tests check byte-equality with zarr's own shards and read everything back through zarr.
+
+:meth:`ShardEncoder.open_shard` streams a shard instead: on a local store each encoded frame is appended to
+the shard's temporary file as soon as it is encoded and the file is renamed into place once the index is
+written (zarr's own atomic-write convention), so no shard of compressed frames is held, joined and copied in
+memory (that cost ~1 ms of page faults and copies per 2 MB image); other stores collect the frames and
+store them in one ``set`` as :meth:`ShardEncoder.write` does.
 """
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import google_crc32c
 import numcodecs
@@ -25,12 +34,14 @@ from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, Zstd
 from zarr.codecs.sharding import ShardingCodecIndexLocation
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+from zarr.storage import LocalStore
 
 _EMPTY = np.uint64(2**64 - 1)
 
 
 def _compressor(codecs: tuple) -> Callable[[np.ndarray], bytes] | None:
-    """The inner codec chain (bytes [+ one of blosc / zstd]) as a function of a C-contiguous chunk."""
+    """The inner codec chain (bytes [+ one of blosc / zstd / a numcodecs codec such as ``numcodecs.lz4``]) as
+    a function of a C-contiguous chunk."""
     if not codecs or not isinstance(codecs[0], BytesCodec):
         return None
     rest = codecs[1:]
@@ -55,6 +66,10 @@ def _compressor(codecs: tuple) -> Callable[[np.ndarray], bytes] | None:
     if isinstance(c, ZstdCodec):
         zstd = numcodecs.Zstd.from_config({"level": c.level, "checksum": c.checksum})
         return lambda a: bytes(zstd.encode(a))
+    name = getattr(c, "codec_name", "")
+    if name.startswith("numcodecs.") and hasattr(c, "codec_config"):
+        nc = numcodecs.get_codec({"id": name.removeprefix("numcodecs."), **dict(c.codec_config)})
+        return lambda a: bytes(nc.encode(a))
     return None
 
 
@@ -88,27 +103,97 @@ class ShardEncoder:
             raise ValueError(f"frame of shape {a.shape} does not fit chunk {self.frame_shape}")
         return self._compress(np.ascontiguousarray(a, dtype=self.dtype).reshape(self.frame_shape))
 
+    def _index_bytes(self, sizes: list[int]) -> bytes:
+        """Shard index + its CRC32C for inner chunks of ``sizes`` bytes stored back to back from offset 0."""
+        S = self.frames_per_shard
+        if not 1 <= len(sizes) <= S:
+            raise ValueError(f"{len(sizes)} chunks for a shard of {S}")
+        index = np.full((S, 2), _EMPTY, dtype="<u8")
+        n = np.asarray(sizes, dtype="<u8")
+        index[: len(sizes), 0] = np.cumsum(n) - n
+        index[: len(sizes), 1] = n
+        index_bytes = index.tobytes()  # C order of (S, 1, ..., 1, 2) is the same bytes
+        return index_bytes + np.array([google_crc32c.value(index_bytes)], dtype="<u4").tobytes()
+
+    def _full_key(self, shard_coords: tuple[int, ...]) -> str:
+        key = self.arr.metadata.encode_chunk_key(tuple(shard_coords))
+        return f"{self._prefix}/{key}" if self._prefix else key
+
     def write(self, shard_coords: tuple[int, ...], parts: list[bytes]) -> None:
         """Store shard ``shard_coords`` made of the encoded frames ``parts`` (all frames of the shard that lie
         inside the array: ``frames_per_shard`` of them, fewer only in the array's last shard)."""
-        S = self.frames_per_shard
-        if not 1 <= len(parts) <= S:
-            raise ValueError(f"{len(parts)} chunks for a shard of {S}")
-        index = np.full((S, 2), _EMPTY, dtype="<u8")
-        offset = 0
-        for i, p in enumerate(parts):
-            index[i] = (offset, len(p))
-            offset += len(p)
-        index_bytes = index.tobytes()  # C order of (S, 1, ..., 1, 2) is the same bytes
-        crc = np.array([google_crc32c.value(index_bytes)], dtype="<u4").tobytes()
-        key = self.arr.metadata.encode_chunk_key(tuple(shard_coords))
-        full_key = f"{self._prefix}/{key}" if self._prefix else key
-        sync(self._store.set(full_key, self._proto.buffer.from_bytes(b"".join([*parts, index_bytes, crc]))))
+        tail = self._index_bytes([len(p) for p in parts])
+        full_key = self._full_key(shard_coords)
+        sync(self._store.set(full_key, self._proto.buffer.from_bytes(b"".join([*parts, tail]))))
+
+    def open_shard(self, shard_coords: tuple[int, ...]) -> ShardSink:
+        """A :class:`ShardSink` for shard ``shard_coords``: ``append`` its encoded frames in order, then
+        ``close`` (stores it) or ``abort`` (stores nothing)."""
+        if isinstance(self._store, LocalStore):
+            return _LocalShardFile(self, Path(self._store.root) / self._full_key(shard_coords))
+        return ShardSink(self, shard_coords)
+
+
+class ShardSink:
+    """The encoded frames of one shard, appended in frame order; :meth:`close` stores the shard in one write
+    (any store). Not thread-safe: feed it from one thread."""
+
+    def __init__(self, enc: ShardEncoder, shard_coords: tuple[int, ...]):
+        self._enc, self._coords = enc, tuple(shard_coords)
+        self._parts: list[bytes] = []
+        self.closed = False
+
+    def append(self, part: bytes) -> None:
+        """Add the inner-chunk bytes of the shard's next frame (from :meth:`ShardEncoder.encode`)."""
+        self._parts.append(part)
+
+    def close(self) -> None:
+        """Store the shard (all its frames appended)."""
+        self._enc.write(self._coords, self._parts)
+        self._parts, self.closed = [], True
+
+    def abort(self) -> None:
+        """Drop the shard (no-op once closed)."""
+        self._parts, self.closed = [], True
+
+
+class _LocalShardFile(ShardSink):
+    """Streams a shard to ``<shard>.<uuid>.partial`` beside its final path; :meth:`close` appends the index
+    and renames it into place (readers never see a partial shard)."""
+
+    def __init__(self, enc: ShardEncoder, path: Path):
+        self._enc, self._path = enc, path
+        self._tmp = path.with_suffix(f".{uuid.uuid4().hex}.partial")
+        self._sizes: list[int] = []
+        self.closed = False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self._tmp, "wb")  # noqa: SIM115 - closed by close() / abort()
+
+    def append(self, part: bytes) -> None:
+        self._f.write(part)
+        self._sizes.append(len(part))
+
+    def close(self) -> None:
+        try:
+            self._f.write(self._enc._index_bytes(self._sizes))
+            self._f.close()
+            os.replace(self._tmp, self._path)
+        except BaseException:
+            self.abort()
+            raise
+        self.closed = True
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._f.close()
+        self._tmp.unlink(missing_ok=True)
 
 
 def shard_encoder(arr: zarr.Array) -> ShardEncoder | None:
     """A :class:`ShardEncoder` for ``arr``, or None if ``arr`` is not laid out as our stores are (sharded,
-    one chunk = one index along axis 0, bytes [+ blosc | zstd] inner codecs, crc32c index at the end,
+    one chunk = one index along axis 0, bytes [+ blosc | zstd | numcodecs.*] inner codecs, crc32c index at the end,
     little-endian)."""
     codecs = arr.metadata.codecs if arr.metadata.zarr_format == 3 else ()
     if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):

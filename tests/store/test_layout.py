@@ -244,3 +244,40 @@ def test_shard_encoder_declines_other_layouts(tmp_path):
         compressors=[zarr.codecs.GzipCodec()],
     )  # fmt: skip
     assert shard_encoder(gz) is None
+
+
+@pytest.mark.parametrize("codec", ["lz4", "none"])
+def test_streamed_shard_equals_one_pass_shard_and_abort_leaves_nothing(tmp_path, codec):
+    """``open_shard`` (frames appended to the shard's temporary file) writes the same bytes as ``write``; an
+    aborted shard leaves no file (not even the temporary one), a closed one no temporary file."""
+    from ava256.store.shards import ShardSink, shard_encoder
+
+    data = np.random.default_rng(2).integers(0, 255, (6, 2, 16, 24, 3)).astype("uint8")
+    kw = dict(shape=data.shape, dtype="uint8", chunks=(1, 1, 16, 24, 3), shards=(4, 1, 16, 24, 3),
+              compressors=L.picture_compressors(codec), fill_value=0)  # fmt: skip
+    one = shard_encoder(zarr.create_array(str(tmp_path / "one.zarr"), **kw))
+    streamed = shard_encoder(zarr.create_array(str(tmp_path / "streamed.zarr"), **kw))
+    for s0 in (0, 4):
+        frames = [data[f, 1] if f != 2 else None for f in range(s0, min(s0 + 4, 6))]
+        one.write((s0 // 4, 1, 0, 0, 0), [one.encode(x) for x in frames])
+        sink = streamed.open_shard((s0 // 4, 1, 0, 0, 0))
+        assert isinstance(sink, ShardSink)
+        for x in frames:
+            sink.append(streamed.encode(x))
+        sink.close()
+        sink.abort()  # no-op once closed
+    aborted = streamed.open_shard((0, 0, 0, 0, 0))
+    aborted.append(streamed.encode(data[0, 0]))
+    aborted.abort()
+    rel = sorted(
+        p.relative_to(tmp_path / "streamed.zarr")
+        for p in (tmp_path / "streamed.zarr").rglob("*")
+        if p.is_file()
+    )
+    assert [str(r) for r in rel] == ["c/0/1/0/0/0", "c/1/1/0/0/0", "zarr.json"]
+    for r in rel[:2]:
+        assert (tmp_path / "streamed.zarr" / r).read_bytes() == (tmp_path / "one.zarr" / r).read_bytes()
+    back = zarr.open_array(str(tmp_path / "streamed.zarr"), mode="r")[:, 1]
+    want = data[:, 1].copy()
+    want[2] = 0
+    np.testing.assert_array_equal(back, want)
