@@ -8,10 +8,13 @@ textures, so every sample moves what a real one does.
 Modes, each a fresh ``ava256.train.trainer.train`` run of ``--warmup + --iters`` iterations:
 
 - ``memory``: the first ``--memory-samples`` samples of the training set decoded once and held as tensors
-  (``InMemoryDataset``, no DataLoader workers): no I/O, no decoding; the model-bound ceiling;
+  on the GPU (``InMemoryDataset``, no DataLoader workers): no I/O, no decoding, no host->device copies; the
+  model-bound ceiling;
 - ``zarr``: :class:`ava256.data.ZarrSampleDataset` on the store with ``--workers`` DataLoader workers and
   pinned memory: what ``ava256 train`` does.
 - ``ddp``: (``--ddp N``) the zarr mode under ``torchrun --nproc_per_node N`` (batch per GPU unchanged).
+
+Each mode runs in its own fresh process.
 
 Figures: it/s and samples/s over the iterations after the warm-up (wall clock, the loss is read back every
 iteration, so the GPU is synchronised), peak GPU memory (``torch.cuda.max_memory_allocated``), and the
@@ -95,8 +98,10 @@ def run_mode(mode: str, store: Path, split: str, args: argparse.Namespace) -> di
     ] + list(args.override)
     cfg = apply_overrides(load_config(args.config), over)
     train_ds, _, info = open_datasets(store, split, cfg["data"])
-    if mode == "memory":
-        train_ds = InMemoryDataset.from_dataset(train_ds, args.memory_samples)
+    if mode == "memory":  # samples already on the GPU: no I/O, no decoding, no host->device copies
+        dev = "cuda" if torch.cuda.is_available() else None
+        train_ds = InMemoryDataset.from_dataset(train_ds, args.memory_samples, device=dev)
+        cfg["data"]["pin_memory"] = False
     stamps: list[float] = []
 
     def tick(it: int, loss: float) -> None:
@@ -161,24 +166,37 @@ def main() -> None:
         return
 
     store, split = prepare(args)
-    rows = []
-    for mode in args.modes.split(","):
-        row = run_mode(mode, store, split, args)
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-    if args.ddp > 1:
-        out = Path(args.workdir) / "ddp.json"
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.ddp}", __file__]
-        cmd += ["--child", "zarr", "--store", str(store), "--split", split, "--json", str(out)]
+
+    def spawn(mode: str, nproc: int) -> dict:
+        """One mode in a fresh process (torchrun for nproc > 1), so no run inherits another's threads,
+        worker processes or allocator state."""
+        out = Path(args.workdir) / f"row-{mode}-{nproc}.json"
+        out.unlink(missing_ok=True)
+        cmd = [sys.executable]
+        if nproc > 1:
+            cmd += ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+        cmd += [__file__, "--child", mode, "--store", str(store), "--split", split, "--json", str(out)]
         cmd += ["--config", args.config, "--batch-size", str(args.batch_size), "--workers", str(args.workers)]
-        cmd += ["--warmup", str(args.warmup), "--iters", str(args.iters)]
+        cmd += [
+            "--warmup",
+            str(args.warmup),
+            "--iters",
+            str(args.iters),
+            "--memory-samples",
+            str(args.memory_samples),
+        ]
         if args.override:
             cmd += ["--", *args.override]
         subprocess.run(cmd, check=True)
         row = json.loads(out.read_text())
-        row["mode"] = f"zarr-ddp{args.ddp}"
+        if nproc > 1:
+            row["mode"] = f"{mode}-ddp{nproc}"
         print(json.dumps(row), flush=True)
-        rows.append(row)
+        return row
+
+    rows = [spawn(mode, 1) for mode in args.modes.split(",")]
+    if args.ddp > 1:
+        rows.append(spawn("zarr", args.ddp))
 
     def best(mode: str) -> dict | None:
         c = [r for r in rows if r["mode"] == mode]

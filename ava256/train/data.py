@@ -57,10 +57,14 @@ class InMemoryDataset(Dataset):
         self.samples = samples
 
     @classmethod
-    def from_dataset(cls, ds: Dataset, n: int) -> InMemoryDataset:
-        """The first ``n`` samples of ``ds`` (cycled to fill ``n`` if ``ds`` is shorter)."""
+    def from_dataset(cls, ds: Dataset, n: int, device: str | None = None) -> InMemoryDataset:
+        """The first ``n`` samples of ``ds`` (cycled to fill ``n`` if ``ds`` is shorter), their tensors moved
+        to ``device`` if given (then use ``pin_memory=False``)."""
         m = len(ds)
-        return cls([ds[i % m] for i in range(n)])
+        samples = [ds[i % m] for i in range(n)]
+        if device is not None:
+            samples = [{k: v.to(device) if hasattr(v, "to") else v for k, v in s.items()} for s in samples]
+        return cls(samples)
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -90,10 +90,9 @@ def render(
     ``transfer_NNN.png`` ([driver | driver reconstruction | identity 1 | ...]), ``transfer.gif``; an MP4
     beside each GIF when an ffmpeg backend is installed; ``render.json`` (files and figures).
     """
-    from ava256.data import collate_samples
     from ava256.models import psnr
     from ava256.train.data import open_datasets
-    from ava256.train.trainer import build_model, to_device
+    from ava256.train.trainer import _norm_stats, build_model, collate_shared, prepare_batch
 
     ckpt_path = Path(checkpoint)
     if ckpt_path.is_dir():
@@ -108,6 +107,7 @@ def render(
         raise ValueError(f"{ckpt_path} does not name its split; pass --split")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ds, _, info = open_datasets(store, split, cfg["data"], info=info_d, parts=(part,))
+    norm = _norm_stats(info)
     model = build_model(cfg["model"], info)
     model.load_state_dict(state["model"])
     model.to(dev).eval()
@@ -137,10 +137,10 @@ def render(
 
     recon_frames, transfer_frames, scores = [], [], []
     with torch.no_grad():
-        targets = [to_device(collate_samples([ds[i]]), dev) for _, i in others]
+        targets = [prepare_batch(collate_shared([ds[i]]), dev, norm) for _, i in others]
         target_bias = [model.encode_identity(t["neut_verts"], t["neut_tex"]) for t in targets]
         for n, i in enumerate(driver_idx):
-            b = to_device(collate_samples([ds[i]]), dev)
+            b = prepare_batch(collate_shared([ds[i]]), dev, norm)
             o = model(b, sample=False)
             scores.append(float(psnr(o["image"], b["image"])[0]))
             gt, rec = _to_u8(b["image"][0]), _to_u8(o["image"][0])

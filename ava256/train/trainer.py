@@ -73,15 +73,60 @@ def _setup_distributed() -> _Dist:
     return _Dist(device=torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
 
 
+_SHARED = "_shared"
+
+
+def collate_shared(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """``ava256.data.collate_samples``, but a tensor shared by every sample (its broadcast views) travels
+    once: as its (1, ...) slice, named in ``batch["_shared"]``, and is expanded again on the device by
+    :func:`prepare_batch`. (A DataLoader cannot pin a broadcast view, and one copy moves B times fewer
+    bytes.)"""
+    batch = collate_samples(samples)
+    shared = [
+        k
+        for k, v in batch.items()
+        if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] > 1 and v.stride(0) == 0
+    ]
+    for k in shared:
+        batch[k] = batch[k][:1].contiguous()
+    batch[_SHARED] = shared
+    return batch
+
+
+def prepare_batch(batch: dict[str, Any], device: torch.device, stats: Any = None) -> dict[str, Any]:
+    """A loader batch as the model takes it, on ``device``: tensors moved (non-blocking from pinned memory),
+    shared tensors expanded, and a uint8 batch (``ZarrSampleDataset(normalize=False)``) converted and
+    normalised on the device by ``ava256.data.finish_batch`` with ``stats``."""
+    shared = batch.get(_SHARED, [])
+    n = int(batch["idindex"].shape[0])
+    out = {
+        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+        for k, v in batch.items()
+        if k != _SHARED
+    }
+    for k in shared:
+        out[k] = out[k].expand(n, *out[k].shape[1:])
+    if out["image"].dtype == torch.uint8:
+        from ava256.data import finish_batch
+
+        if stats is None:
+            raise ValueError("a uint8 batch needs the dataset's normalisation statistics")
+        out = finish_batch(out, stats, device)
+    return out
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Tensors to ``device`` (non-blocking from pinned memory); other values untouched."""
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+def _norm_stats(info: DataInfo) -> Any:
+    if not info.stats:
+        return None
+    from ava256.data import NormStats
+
+    return NormStats.from_state_dict(info.stats)
 
 
 def build_model(model_cfg: dict[str, Any], info: DataInfo) -> Autoencoder:
@@ -99,21 +144,27 @@ def image_grid(gt: torch.Tensor, pred: torch.Tensor, n: int = 4) -> torch.Tensor
 
 @torch.no_grad()
 def evaluate(
-    model: Autoencoder, dataset: Dataset, batch_size: int, max_batches: int, device: torch.device, amp: bool
+    model: Autoencoder,
+    dataset: Dataset,
+    batch_size: int,
+    max_batches: int,
+    device: torch.device,
+    amp: bool,
+    stats: Any = None,
 ) -> dict[str, float]:
     """PSNR (dB), SSIM and L1 (0..255) of reconstructions (mean expression code) on the first
     ``max_batches`` batches of ``dataset`` in order."""
     was_training = model.training
     model.eval()
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate_samples
+        dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate_shared
     )
     sums = {"psnr": 0.0, "ssim": 0.0, "l1": 0.0}
     count = 0
     for i, batch in enumerate(loader):
         if i >= max_batches:
             break
-        batch = to_device(batch, device)
+        batch = prepare_batch(batch, device, stats)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(batch, sample=False)
         pred, gt = out["image"].float(), batch["image"].float()
@@ -215,6 +266,7 @@ def train(
         (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     seed_everything(int(tc["seed"]) + dd.rank)
 
+    norm = _norm_stats(info)
     model = build_model(cfg["model"], info).to(dd.device)
     opt = torch.optim.Adam(model.parameters(), lr=float(tc["lr"]))
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=int(tc["lr_step"]), gamma=float(tc["lr_gamma"]))
@@ -288,7 +340,7 @@ def train(
         sampler=sampler,
         drop_last=True,
         num_workers=nw,
-        collate_fn=collate_samples,
+        collate_fn=collate_shared,
         pin_memory=bool(dc["pin_memory"]) and dd.device.type == "cuda",
         prefetch_factor=int(dc["prefetch_factor"]) if nw > 0 else None,
         persistent_workers=nw > 0,
@@ -303,7 +355,7 @@ def train(
         epoch_done = True
         for batch in loader:
             t0 = time.perf_counter()
-            batch = to_device(batch, dd.device)
+            batch = prepare_batch(batch, dd.device, norm)
             with torch.autocast(device_type=dd.device.type, dtype=torch.bfloat16, enabled=amp):
                 outs = net(batch)
             terms = losses(outs, batch, weights)
@@ -347,7 +399,7 @@ def train(
             if iteration % int(tc["ckpt_every"]) == 0 and iteration < iters:
                 save(iteration)
             if val_ds is not None and iteration % int(tc["val_every"]) == 0 and iteration < iters:
-                result.val = _validate(model, val_ds, dc, dd, amp, writer, metrics, iteration, out)
+                result.val = _validate(model, val_ds, dc, dd, amp, writer, metrics, iteration, out, info)
             if iteration >= iters or (stop_after is not None and ran >= stop_after):
                 stopped = stop_after is not None and ran >= stop_after and iteration < iters
                 epoch_done = False
@@ -359,7 +411,7 @@ def train(
     if not stopped:
         save(iteration)
         if val_ds is not None:
-            result.val = _validate(model, val_ds, dc, dd, amp, writer, metrics, iteration, out)
+            result.val = _validate(model, val_ds, dc, dd, amp, writer, metrics, iteration, out, info)
     if writer is not None:
         writer.close()
         metrics.close()
@@ -370,12 +422,14 @@ def train(
 
 
 def _validate(
-    model, val_ds, dc, dd: _Dist, amp, writer, metrics, iteration: int, out: Path
+    model, val_ds, dc, dd: _Dist, amp, writer, metrics, iteration: int, out: Path, info: DataInfo
 ) -> dict[str, float]:
     """Validation on the main rank; the others wait."""
     res: dict[str, float] = {}
     if dd.main and len(val_ds) > 0:
-        res = evaluate(model, val_ds, int(dc["batch_size"]), int(dc["val_batches"]), dd.device, amp)
+        res = evaluate(
+            model, val_ds, int(dc["batch_size"]), int(dc["val_batches"]), dd.device, amp, _norm_stats(info)
+        )
         for k, v in res.items():
             writer.add_scalar(f"val/{k}", v, iteration)
         metrics.write({"iter": iteration} | {f"val/{k}": v for k, v in res.items()})

@@ -11,12 +11,18 @@ import torch
 from click.testing import CliRunner
 
 from ava256.cli import cli
-from ava256.data import collate_samples
 from ava256.models import losses
 from ava256.train.checkpoint import list_checkpoints, load_checkpoint
 from ava256.train.config import apply_overrides, load_config
 from ava256.train.data import open_datasets
-from ava256.train.trainer import build_model, seed_everything, train
+from ava256.train.trainer import (
+    _norm_stats,
+    build_model,
+    collate_shared,
+    prepare_batch,
+    seed_everything,
+    train,
+)
 
 
 class Crash(RuntimeError):
@@ -84,7 +90,8 @@ def test_cli_train_lowers_loss_and_render_writes_files(tiny_store, tmp_path):
     ds, _, info = open_datasets(
         tiny_store.store, tiny_store.split, cfg["data"], info=ckpt["info"], parts=("train",)
     )
-    batch = collate_samples([ds[i] for i in range(0, len(ds), max(1, len(ds) // 6))])
+    batch = collate_shared([ds[i] for i in range(0, len(ds), max(1, len(ds) // 6))])
+    batch = prepare_batch(batch, torch.device("cpu"), _norm_stats(info))
     seed_everything(cfg["train"]["seed"])
     before_model = build_model(cfg["model"], info)
     after_model = build_model(cfg["model"], info)
@@ -106,7 +113,8 @@ def test_cli_train_lowers_loss_and_render_writes_files(tiny_store, tmp_path):
     assert gif.shape[0] == 2 and gif.shape[2] == 3 * gif.shape[1] * 24 // 32  # driver, recon, 1 identity
 
     bad = CliRunner().invoke(
-        cli, ["train", str(tiny_store.store), "--split", "nope", "--config", "tiny", "--out", str(tmp_path / "x")]
+        cli,
+        ["train", str(tiny_store.store), "--split", "nope", "--config", "tiny", "--out", str(tmp_path / "x")],
     )
     assert bad.exit_code == 1 and "nope" in bad.output and "Traceback" not in bad.output
     assert not (tmp_path / "x").exists()
