@@ -18,6 +18,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ava256.manifests.samples import SAMPLES_SCHEMA
+
 #: Names of the three parts of every split, in order.
 PARTS: tuple[str, ...] = ("train", "val", "test")
 
@@ -26,21 +28,10 @@ SPLITS_DIR = "_splits"
 PARAMS_FILE = "split.json"
 SPLIT_FORMAT_VERSION = 1
 
-#: Columns of ``samples.parquet`` (CONTRACTS.md) and therefore of every split part.
-SAMPLE_FIELDS: tuple[pa.Field, ...] = (
-    pa.field("capture", pa.string(), nullable=False),
-    pa.field("subject", pa.string(), nullable=False),
-    pa.field("frame_index", pa.int32(), nullable=False),
-    pa.field("frame_id", pa.int32(), nullable=False),
-    pa.field("segment", pa.string(), nullable=False),
-    pa.field("camera_index", pa.int16(), nullable=False),
-    pa.field("camera_id", pa.string(), nullable=False),
-    pa.field("valid", pa.bool_(), nullable=False),
-    pa.field("valid_image", pa.bool_(), nullable=False),
-    pa.field("valid_segmentation", pa.bool_(), nullable=False),
-)
-SPLIT_SCHEMA = pa.schema(list(SAMPLE_FIELDS))
-SAMPLE_COLUMNS: tuple[str, ...] = tuple(f.name for f in SAMPLE_FIELDS)
+#: Columns of ``samples.parquet`` (CONTRACTS.md; defined once in ``ava256.manifests.samples``) and therefore
+#: of every split part.
+SPLIT_SCHEMA = SAMPLES_SCHEMA
+SAMPLE_COLUMNS: tuple[str, ...] = tuple(SAMPLES_SCHEMA.names)
 SORT_KEYS: tuple[str, ...] = ("capture", "frame_index", "camera_index")
 
 

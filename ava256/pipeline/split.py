@@ -44,12 +44,14 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from ava256.manifests.samples import SAMPLES_MANIFEST as SAMPLES_FILE
 from ava256.manifests.splits import PARTS, SAMPLE_COLUMNS, SORT_KEYS, write_split
+from ava256.store.layout import MANIFESTS_DIR
 
 log = logging.getLogger(__name__)
 
 FREE_FACE_SEGMENT = "EXP_free_face"
-SAMPLES_MANIFEST = Path("_manifests") / "samples.parquet"
+SAMPLES_MANIFEST = Path(MANIFESTS_DIR) / SAMPLES_FILE
 
 #: protocol name -> number of held-out subjects (None for protocols that hold out no subject).
 PROTOCOLS: dict[str, int | None] = {"free-face": None, "holdout-20": 20, "holdout-12": 12, "cameras": None}
