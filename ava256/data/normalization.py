@@ -55,14 +55,16 @@ class NormStats:
     def normalized_tex_from_uint8(
         self, tex_hwc: torch.Tensor, out: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """(T, T, 3) uint8 texture -> normalised (3, T, T) float32 in one fused pass,
+        """(T, T, 3) uint8 texture -> normalised (3, T, T) float32,
         ``out = t / std - mean / std`` (equal to ``(t - mean) / std`` up to float rounding); written into
         ``out`` (e.g. a slot of a batch tensor) when given."""
         if self._mean_over_std is None:
-            self._mean_over_std = -(self.tex_mean / self.tex_std)  # negated: one torch.add
+            self._mean_over_std = -(self.tex_mean / self.tex_std)  # negated: added in place
         if out is None:
             out = torch.empty((tex_hwc.shape[2], tex_hwc.shape[0], tex_hwc.shape[1]), dtype=torch.float32)
-        return torch.add(self._mean_over_std, tex_hwc.permute(2, 0, 1), alpha=1.0 / self.tex_std, out=out)
+        # Cast-copy then two in-place passes: ~2x faster than one mixed-dtype torch.add on a strided input.
+        out.copy_(tex_hwc.permute(2, 0, 1))
+        return out.mul_(1.0 / self.tex_std).add_(self._mean_over_std)
 
     def normalize_verts(self, verts: torch.Tensor) -> torch.Tensor:
         """(V, 3) float32 vertices (mm) -> normalised, in place."""
