@@ -10,7 +10,7 @@ from ava256.models.decoder import tiles_to_voxels
 from ava256.models.uvmap import UVLayout, load_topology
 from ava256.train.config import apply_overrides, load_config, parse_overrides
 
-TINY = load_config("tiny")["model"]
+TINY = load_config("tiny")["model"] | {"voxels": 2}  # 2^3 voxels: cheaper CPU raymarching
 
 
 def _batch(samples, idx):
@@ -75,24 +75,6 @@ def test_invalid_samples_do_not_contribute(fake_datasets):
         "total"
     ]
     assert torch.allclose(one, only_first) and not torch.allclose(one, full)
-
-
-def test_overfits_one_batch(fake_datasets):
-    train_ds, _, info = fake_datasets
-    torch.manual_seed(0)
-    cfg = ModelConfig.from_dict({**TINY, "n_cameras": info.n_cameras, "n_identities": info.n_identities})
-    model = Autoencoder(cfg, info.topology, torch.as_tensor(info.vertmean), info.vertstd)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    batch = _batch(train_ds, [0, 7])
-    w = {"image": 1.0, "verts": 0.1, "kl": 1e-3, "primvol": 0.01}
-    hist = []
-    for _ in range(15):
-        terms = losses(model(batch, sample=False), batch, w)
-        opt.zero_grad()
-        terms["total"].backward()
-        opt.step()
-        hist.append(float(terms["image"]))
-    assert min(hist[-3:]) < 0.97 * hist[0], hist
 
 
 def test_config_overrides():

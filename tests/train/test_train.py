@@ -35,6 +35,8 @@ def _cfg(iters: int, *extra: str):
         "--train.ckpt_every=3",
         "--train.val_every=100",
         "--train.image_every=2",
+        "--data.val_batches=1",
+        "--model.voxels=2",  # 2^3 voxels: the CPU reference raymarcher's backward is much cheaper
     ]
     return apply_overrides(load_config("tiny"), args + list(extra))
 
@@ -79,7 +81,14 @@ def test_cli_train_lowers_loss_and_render_writes_files(tiny_store, tmp_path):
         "--out",
         str(out),
     ]
-    args += ["--train.iters=10", "--train.lr=3e-3", "--train.ckpt_every=100", "--train.val_every=100"]
+    args += [
+        "--train.iters=10",
+        "--train.lr=3e-3",
+        "--train.ckpt_every=100",
+        "--train.val_every=100",
+        "--data.val_batches=1",
+        "--model.voxels=2",
+    ]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
     ckpt = load_checkpoint(list_checkpoints(out / "checkpoints")[-1])
