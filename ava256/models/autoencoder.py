@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -297,5 +296,4 @@ __all__ = [
     "ssim",
     "axis_angle_to_matrix",
     "n_parameters",
-    "math",
 ]
