@@ -115,6 +115,12 @@ def prepare_batch(batch: dict[str, Any], device: torch.device, stats: Any = None
     return out
 
 
+def _due(iteration: int, every: object) -> bool:
+    """True when a periodic action (log, image, checkpoint, validation) is due; ``every <= 0`` disables it."""
+    n = int(every)  # type: ignore[call-overload]
+    return n > 0 and iteration % n == 0
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -382,12 +388,12 @@ def train(
                 }
                 row |= {f"loss/{k}": float(v.detach()) for k, v in terms.items()}
                 metrics.write(row)
-                if iteration % int(tc["log_every"]) == 0:
+                if _due(iteration, tc["log_every"]):
                     for k, v in row.items():
                         if k != "iter":
                             writer.add_scalar(k, v, iteration)
                     writer.add_scalar("perf/step_s", dt_step, iteration)
-                if iteration % int(tc["image_every"]) == 0:
+                if _due(iteration, tc["image_every"]):
                     writer.add_image(
                         "train/gt_vs_recon", image_grid(batch["image"], outs["image"]), iteration
                     )
@@ -396,9 +402,9 @@ def train(
                 bar.set_postfix(loss=f"{total:.3f}", samples_s=f"{samples_seen / max(el, 1e-9):.1f}")
             if on_iteration is not None:
                 on_iteration(iteration, total)
-            if iteration % int(tc["ckpt_every"]) == 0 and iteration < iters:
+            if _due(iteration, tc["ckpt_every"]) and iteration < iters:
                 save(iteration)
-            if val_ds is not None and iteration % int(tc["val_every"]) == 0 and iteration < iters:
+            if val_ds is not None and _due(iteration, tc["val_every"]) and iteration < iters:
                 result.val = _validate(model, val_ds, dc, dd, amp, writer, metrics, iteration, out, info)
             if iteration >= iters or (stop_after is not None and ran >= stop_after):
                 stopped = stop_after is not None and ran >= stop_after and iteration < iters
