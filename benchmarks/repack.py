@@ -156,9 +156,11 @@ def codec_table(blobs: list[bytes], tmp: Path, n_read: int) -> list[dict]:
 
 
 def throughput(
-    raw: Path, tmp: Path, workers: int, codecs: list[str]
+    raw: Path, tmp: Path, workers: int, codecs: list[str], warm_raw: Path | None = None, repeats: int = 1
 ) -> tuple[list[dict], float, float, int, float]:
-    """Pure decode vs. full repack of the same image zips on one LocalCluster of worker processes."""
+    """Pure decode vs. full repack of the same image zips on one LocalCluster of worker processes.
+    ``warm_raw``: a tiny capture repacked once per codec before timing, so that no timed run pays the
+    one-time imports and first calls (zarr codecs, pyarrow writers) of the driver and workers."""
     from distributed import Client, LocalCluster
 
     from ava256.pipeline import repack as rp
@@ -187,6 +189,11 @@ def throughput(
         ]
         n_img = sum(t.frame_stop - t.frame_start for t in tasks)
         client.gather(client.map(rt.run_task, tasks[: workers * 2], write=False, pure=False))  # warm-up
+        for codec in codecs if warm_raw is not None else []:  # warm-up of the whole repack path, per codec
+            rp.repack(
+                warm_raw, tmp / "warm", codec=codec, client=client, progress=False, decode_threads=dthreads
+            )
+            shutil.rmtree(tmp / "warm")
         idle: list[float] = []
 
         def decode_pass() -> tuple[float, float, float]:
@@ -200,9 +207,12 @@ def throughput(
 
         # decode and repack runs alternate (d0 r1 d1 r2 d2 ...): each repack is compared with the mean of the
         # decode runs just before and after it, which cancels slow drifts of a shared machine's load
+        # with repeats > 1 the codecs are cycled (r(c1) d r(c2) d ... r(c1) d ...) and each codec's row holds
+        # the medians of its runs (ratio: the median of its per-run ratios)
         dec, rss_dec, cpu = decode_pass()
         decs, cpus = [dec], [cpu]
-        for codec in codecs:
+        runs: list[dict] = []
+        for codec in [c for _ in range(repeats) for c in codecs]:
             store = tmp / f"store-{codec}"
             idle.append(idle_rss_mb())
             t0 = time.perf_counter()
@@ -216,9 +226,15 @@ def throughput(
             ref, ref_cpu = (decs[-1] + after) / 2, (cpus[-1] + cpu_after) / 2
             decs.append(after)
             cpus.append(cpu_after)
-            rows.append(dict(codec=codec, ips=n_img / dt, ref=ref, rss=s.peak_rss_mb, mb=du(store) / n_img / 2**20,
-                             tasks=s.tasks_run, cpu=cpu_ms, ref_cpu=ref_cpu))  # fmt: skip
+            runs.append(dict(codec=codec, ips=n_img / dt, ref=ref, rss=s.peak_rss_mb, mb=du(store) / n_img / 2**20,
+                             tasks=s.tasks_run, cpu=cpu_ms, ref_cpu=ref_cpu, ratio=n_img / dt / ref,
+                             cpu_ratio=ref_cpu / cpu_ms))  # fmt: skip
             shutil.rmtree(store)
+        for codec in codecs:
+            mine = [r for r in runs if r["codec"] == codec]
+            row = {k: float(np.median([r[k] for r in mine])) for k in mine[0] if k != "codec"}
+            row["rss"] = max(r["rss"] for r in mine)
+            rows.append(dict(row, codec=codec, ratios=[r["ratio"] for r in mine]))
     return rows, float(np.mean(decs)), rss_dec, n_img, max(idle), float(np.mean(cpus))
 
 
@@ -230,9 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=64)
     ap.add_argument("--distinct", type=int, default=24, help="distinct AVIF images (reused cyclically)")
     ap.add_argument("--codecs", default=",".join(L.CODECS), help="codecs to run the full repack with")
+    ap.add_argument("--repeats", type=int, default=3, help="repack runs per codec (medians; quick: 1)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.cameras, args.frames, args.distinct = 2, 24, 8
+        args.cameras, args.frames, args.distinct, args.repeats = 2, 24, 8, 1
     codecs = [c for c in args.codecs.split(",") if c]
 
     with tempfile.TemporaryDirectory(prefix="ava256-bench-repack-") as d:
@@ -259,9 +276,13 @@ def main(argv: list[str] | None = None) -> int:
 
         raw = tmp / "raw"
         make_raw(raw, blobs, args.cameras, args.frames)
-        trows, dec, rss_dec, n_img, idle_rss, dec_cpu = throughput(raw, tmp, args.workers, codecs)
+        make_raw(tmp / "warm-raw", blobs[:2], 1, 2)
+        trows, dec, rss_dec, n_img, idle_rss, dec_cpu = throughput(
+            raw, tmp, args.workers, codecs, tmp / "warm-raw", args.repeats
+        )
         print(f"\n2) repack vs pure decode: {n_img} images ({args.cameras} cameras x {args.frames} frames), "
-              f"LocalCluster of {args.workers} worker processes x 1 thread, one run")  # fmt: skip
+              f"LocalCluster of {args.workers} worker processes x 1 thread, one run; per codec the median of "
+              f"{args.repeats} repacks (each ratio vs the decode runs just before and after it)")  # fmt: skip
         hdr = [
             "pipeline",
             "images/s",
@@ -271,16 +292,18 @@ def main(argv: list[str] | None = None) -> int:
             "CPU ratio",
             "peak RSS/worker",
             "MiB/img",
+            "   ratio of each run",
         ]
         print(
-            f"{hdr[0]:<30}{hdr[1]:>9}{hdr[2]:>13}{hdr[3]:>7}{hdr[4]:>11}{hdr[5]:>10}{hdr[6]:>16}{hdr[7]:>9}"
+            f"{hdr[0]:<30}{hdr[1]:>9}{hdr[2]:>13}{hdr[3]:>7}{hdr[4]:>11}{hdr[5]:>10}{hdr[6]:>16}{hdr[7]:>9}{hdr[8]}"
         )
         print(f"{'pure decode (zip read + AVIF)':<30}{dec:>9.1f}{dec:>13.1f}{1.0:>7.2f}{dec_cpu:>11.1f}{1.0:>10.2f}"
               f"{rss_dec:>12.0f} MiB{'-':>9}")  # fmt: skip
         for r in trows:
             name = f"repack --codec {r['codec']}"
-            print(f"{name:<30}{r['ips']:>9.1f}{r['ref']:>13.1f}{r['ips'] / r['ref']:>7.2f}{r['cpu']:>11.1f}"
-                  f"{r['ref_cpu'] / r['cpu']:>10.2f}{r['rss']:>12.0f} MiB{r['mb']:>9.3f}")  # fmt: skip
+            print(f"{name:<30}{r['ips']:>9.1f}{r['ref']:>13.1f}{r['ratio']:>7.2f}{r['cpu']:>11.1f}"
+                  f"{r['cpu_ratio']:>10.2f}{r['rss']:>12.0f} MiB{r['mb']:>9.3f}   "
+                  + " ".join(f"{x:.2f}" for x in r["ratios"]))  # fmt: skip
         print(
             "\npeak RSS/worker = VmHWM of the worker process during that run (reset before each run; between runs"
         )
