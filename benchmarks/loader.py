@@ -244,7 +244,7 @@ def main() -> None:
         "--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers (both loaders)"
     )
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--samples", type=int, default=None, help="samples per run [default 400, quick 48]")
+    ap.add_argument("--samples", type=int, default=None, help="samples per run [default 200, quick 48]")
     ap.add_argument(
         "--rounds",
         type=int,
@@ -266,7 +266,7 @@ def main() -> None:
     args.captures = args.captures or 2
     args.cameras = args.cameras or (2 if q else 4)
     args.frames = args.frames or (6 if q else 24)
-    args.samples = args.samples or (48 if q else 400)
+    args.samples = args.samples or (48 if q else 200)
     args.rounds = args.rounds or (1 if q else 3)
     args.inproc = min(args.inproc, 12) if q else args.inproc
     work = Path(args.workdir)
