@@ -424,7 +424,8 @@ def render_cmd(
 @click.option("--workers", "-j", default=4, type=click.IntRange(min=1), help="Dask workers of each stage.")
 def demo_cmd(workdir: str, workers: int) -> None:
     """Run the whole chain offline on synthetic captures: generate a bucket, serve it from a local S3 server,
-    fetch it, verify it (later stages follow). Re-running in the same WORKDIR reuses what is there."""
+    fetch, verify, repack (4x downsampled), split (free-face), train a tiny model (loss going down) and
+    render reconstructions + expression transfer. Re-running in the same WORKDIR redoes nothing."""
     from ava256.demo import run_demo
 
     try:

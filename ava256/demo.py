@@ -1,7 +1,7 @@
 """``ava256 demo``: the whole chain on synthetic data, offline, one step per function.
 
-Steps so far: synthetic bucket -> local S3 server (moto, loopback) -> ``fetch`` -> ``verify`` -> ``repack``. Later stages
-append a function ``step_<name>(demo)`` to :data:`STEPS`; each reads what earlier steps put on the
+Steps: synthetic bucket -> local S3 server (moto, loopback) -> ``fetch`` -> ``verify`` -> ``repack`` -> ``split`` ->
+``train`` (tiny model) -> ``render``. Each step is a function ``step_<name>(demo)`` in :data:`STEPS`; each reads what earlier steps put on the
 :class:`Demo` (paths, the server) and reports through ``demo.echo``. Every step is idempotent: re-running the
 demo in the same workdir reuses the bucket and finds the raw tree already fetched.
 """
@@ -24,6 +24,9 @@ DEMO_CAMERAS = 4
 DEMO_FRAMES = 12
 DEMO_IMAGE_SIZE = (167, 256)  # (W, H): the 4TB images downsampled 4x, so the demo takes seconds
 DEMO_TEXTURE_SIZE = 256
+DEMO_DOWNSAMPLE = 4  # repack to 42 x 64 images: the tiny model trains on a CPU in seconds per iteration
+DEMO_PROTOCOL = "free-face"
+DEMO_TRAIN_ITERS = 40
 
 
 @dataclass
@@ -41,6 +44,8 @@ class Demo:
     source: str = ""  # s3://bucket/prefix of the demo bucket
     raw: Path | None = None  # fetched raw tree
     store: Path | None = None  # repacked Zarr stores + manifests
+    split: str = ""  # split name under STORE/_splits/
+    run: Path | None = None  # training run folder (checkpoints, metrics, TensorBoard)
     results: dict = field(default_factory=dict)  # step name -> summary object
 
     @property
@@ -120,7 +125,7 @@ def step_repack(demo: Demo) -> None:
     from ava256.store.info import format_store_info, store_info
 
     demo.store = demo.workdir / "store"
-    summary = repack(demo.raw, demo.store, workers=demo.workers, progress=False)
+    summary = repack(demo.raw, demo.store, workers=demo.workers, downsample=DEMO_DOWNSAMPLE, progress=False)
     demo.results["repack"] = summary
     demo.echo(f"[repack] {summary.line()}")
     for line in format_store_info(store_info(demo.store)).splitlines()[:2]:
@@ -129,8 +134,65 @@ def step_repack(demo: Demo) -> None:
         raise RuntimeError(f"demo repack failed: {summary.line()}")
 
 
-#: The demo, in order. Later stages append their step functions here.
-STEPS: list[Callable[[Demo], None]] = [step_generate, step_serve, step_fetch, step_verify, step_repack]
+def step_split(demo: Demo) -> None:
+    """``ava256 split STORE --protocol free-face``: hold out each capture's EXP_free_face frames."""
+    from ava256.pipeline.split import run_split
+
+    info = run_split(demo.store, DEMO_PROTOCOL, seed=0)
+    demo.split = info["name"]
+    demo.results["split"] = info
+    counts = ", ".join(f"{part} {info['counts'][part]}" for part in ("train", "val", "test"))
+    demo.echo(f"[split] {DEMO_PROTOCOL}: {counts} samples -> {info['path']}")
+
+
+def step_train(demo: Demo) -> None:
+    """``ava256 train STORE --split free-face --config tiny``: a tiny universal decoder on the CPU (or GPU),
+    reading only Zarr; shows the loss going down. Re-running resumes from the run's newest checkpoint."""
+    from ava256.train.config import apply_overrides, load_config
+    from ava256.train.trainer import train
+
+    demo.run = demo.workdir / "run"
+    cfg = apply_overrides(load_config("tiny"), [f"--train.iters={DEMO_TRAIN_ITERS}", "--train.val_every=0"])
+    res = train(demo.store, demo.split, cfg, demo.run, progress=False)
+    demo.results["train"] = res
+    if res.losses:
+        k = max(1, len(res.losses) // 5)
+        first, last = sum(res.losses[:k]) / k, sum(res.losses[-k:]) / k
+        demo.echo(
+            f"[train] iterations {res.start_iteration}..{res.iteration} in {res.seconds:.1f} s: "
+            f"mean loss of the first {k} {first:.3f} -> last {k} {last:.3f} ({100 * (last / first - 1):+.1f}%)"
+        )
+    else:
+        demo.echo(f"[train] {demo.run} is already at iteration {res.iteration}")
+    if res.val:
+        demo.echo("[train] validation " + ", ".join(f"{k} {v:.3f}" for k, v in res.val.items()))
+
+
+def step_render(demo: Demo) -> None:
+    """``ava256 render RUN STORE --out render``: reconstructions and cross-identity expression transfer."""
+    from ava256.train.render import render
+
+    out = demo.workdir / "render"
+    res = render(demo.run, demo.store, out, frames=6, identities=1, fps=4.0)
+    demo.results["render"] = res
+    kinds = sorted({p.suffix for p in res.files})
+    demo.echo(
+        f"[render] {len(res.files)} files ({', '.join(kinds)}) in {out}: {res.frames} frames, "
+        f"transfer onto {', '.join(res.identities) or 'no other identity'}; recon PSNR {res.psnr:.2f} dB"
+    )
+
+
+#: The demo, in order.
+STEPS: list[Callable[[Demo], None]] = [
+    step_generate,
+    step_serve,
+    step_fetch,
+    step_verify,
+    step_repack,
+    step_split,
+    step_train,
+    step_render,
+]
 
 
 def run_demo(

@@ -306,6 +306,8 @@ def test_demo_steps_fetch_a_generated_bucket(monkeypatch, tmp_path):
     monkeypatch.setattr(demo_mod, "DEMO_FRAMES", 3)
     monkeypatch.setattr(demo_mod, "DEMO_IMAGE_SIZE", (84, 128))
     monkeypatch.setattr(demo_mod, "DEMO_TEXTURE_SIZE", 64)
+    fetch_steps = [demo_mod.step_generate, demo_mod.step_serve, demo_mod.step_fetch, demo_mod.step_verify]
+    monkeypatch.setattr(demo_mod, "STEPS", fetch_steps)  # the whole chain: tests/test_demo.py
     lines: list[str] = []
     d = demo_mod.run_demo(tmp_path / "demo", workers=2, echo=lines.append)
     assert d.results["fetch"].ok and d.results["verify"].clean
