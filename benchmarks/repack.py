@@ -117,7 +117,7 @@ def codec_table(blobs: list[bytes], tmp: Path, n_read: int) -> list[dict]:
         enc = shard_encoder(zarr.create_array(str(path), **kw))
 
         def our_write(enc=enc):
-            enc.write((0, 0, 0, 0, 0), [enc.encode(x) for x in imgs[:, 0]])  # what repack does
+            enc.write((0, 0, 0, 0, 0), [enc.encode(x) for x in imgs[:, 0]])  # the bytes repack streams
 
         t_write = best_of(our_write)
         r = zarr.open_array(str(path), mode="r")
