@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import zipfile
 from collections.abc import Iterable
-from pathlib import Path
 from typing import BinaryIO
 
+from ava256.atomic import atomic_write
 from ava256.capture import UnsafePathError, safe_relpath
 
 
@@ -75,20 +75,12 @@ class ZipReader:
 def write_stored_zip(path: str | os.PathLike, members: Iterable[tuple[str, bytes]]) -> int:
     """Write ``(name, bytes)`` members to an uncompressed (STORED) zip atomically (temp file + os.replace).
     Returns the number of members. Names are validated with ``safe_relpath``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     n = 0
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-            for name, data in members:
-                zi = zipfile.ZipInfo(safe_relpath(name), date_time=(2023, 1, 1, 0, 0, 0))
-                zi.compress_type = zipfile.ZIP_STORED
-                zi.external_attr = 0o644 << 16
-                zf.writestr(zi, data)
-                n += 1
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path, fsync=False) as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, data in members:
+            zi = zipfile.ZipInfo(safe_relpath(name), date_time=(2023, 1, 1, 0, 0, 0))
+            zi.compress_type = zipfile.ZIP_STORED
+            zi.external_attr = 0o644 << 16
+            zf.writestr(zi, data)
+            n += 1
     return n

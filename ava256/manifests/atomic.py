@@ -12,6 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ava256.atomic import atomic_write
+
 
 def write_table_atomic(table: pa.Table, path: str | os.PathLike[str]) -> Path:
     """Write ``table`` to ``path`` atomically (parents created). Returns the path."""
@@ -24,17 +26,9 @@ def write_batches_atomic(tables: Iterable[pa.Table], schema: pa.Schema, path: st
     if _is_url(path):
         return _write_url(tables, schema, os.fspath(path))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for t in tables:
-                writer.write_table(t.select(schema.names).cast(schema))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as f, pq.ParquetWriter(f, schema) as writer:
+        for t in tables:
+            writer.write_table(t.select(schema.names).cast(schema))
     return path
 
 

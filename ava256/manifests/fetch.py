@@ -7,12 +7,13 @@ Writes are atomic (temp file in the same directory + ``os.replace``), so a crash
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from ava256.atomic import atomic_write
 
 MANIFEST_DIR = "_manifests"
 FETCH_MANIFEST = "fetch.parquet"
@@ -55,21 +56,8 @@ def manifest_path(out: str | os.PathLike) -> Path:
 
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> None:
     """Write ``table`` to ``path`` atomically (temp file beside it, fsync, ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pq.write_table(table, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path) as f:
+        pq.write_table(table, f)
 
 
 def rows_to_table(rows: Iterable[dict]) -> pa.Table:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ava256.atomic import atomic_write_bytes
 from ava256.manifests.samples import SAMPLES_SCHEMA
 
 #: Names of the three parts of every split, in order.
@@ -60,26 +60,12 @@ def conform(df: pd.DataFrame) -> pd.DataFrame:
     return table.to_pandas()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_part(path: Path, df: pd.DataFrame) -> None:
     """Write one split part atomically (temp file + ``os.replace``) with :data:`SPLIT_SCHEMA`."""
     table = pa.Table.from_pandas(conform(df), schema=SPLIT_SCHEMA, preserve_index=False)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    _atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
 def write_split(
@@ -96,7 +82,7 @@ def write_split(
     for part in PARTS:
         write_part(folder / f"{part}.parquet", parts[part])
     payload = {"format_version": SPLIT_FORMAT_VERSION, **params}
-    _atomic_write_bytes(folder / PARAMS_FILE, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(folder / PARAMS_FILE, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
     return folder
 
 

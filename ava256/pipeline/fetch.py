@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ava256.atomic import atomic_write_text
 from ava256.capture import (
     CALIBRATION_KEY,
     PUBLIC_BUCKET,
@@ -414,9 +415,7 @@ def _read_tag(path: Path) -> str | None:
 
 
 def _write_tag(path: Path, etag: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(etag)
-    os.replace(tmp, path)
+    atomic_write_text(path, etag, fsync=False)
 
 
 def _unlink(*paths: Path) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from ava256 import capture as cap
+from ava256.atomic import atomic_write_bytes
 from ava256.capture import ASSETS, ENCODER_CAMERAS, NUM_KEYPOINTS, SENSOR_HEIGHT, SENSOR_WIDTH, CaptureId
 from ava256.formats import (
     Calibration,
@@ -611,10 +612,7 @@ def _encoder_frame(rng: np.random.Generator, name: str, size: int, expr: np.ndar
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data, fsync=False)  # synthetic data: re-generated, never fsync'd
 
 
 class _ZipSet:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ava256.atomic import atomic_write
 from ava256.train.checkpoint import latest_checkpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -35,18 +36,16 @@ def _to_u8(img: torch.Tensor) -> np.ndarray:
 def _write_png(path: Path, arr: np.ndarray) -> None:
     import imageio.v3 as iio
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    iio.imwrite(tmp, arr, extension=".png")
-    os.replace(tmp, path)
+    with atomic_write(path, fsync=False) as f:
+        iio.imwrite(f, arr, extension=".png")
 
 
 def _write_animation(path: Path, frames: list[np.ndarray], fps: float) -> list[Path]:
     """A looping GIF (always) and an MP4 beside it when imageio has an ffmpeg backend."""
     import imageio.v3 as iio
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    iio.imwrite(tmp, np.stack(frames), extension=".gif", duration=1000.0 / fps, loop=0)
-    os.replace(tmp, path)
+    with atomic_write(path, fsync=False) as f:
+        iio.imwrite(f, np.stack(frames), extension=".gif", duration=1000.0 / fps, loop=0)
     out = [path]
     mp4 = path.with_suffix(".mp4")
     try:

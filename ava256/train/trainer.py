@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
+from ava256.atomic import atomic_write_text
 from ava256.data import ResumableSampler, batch_size_of, collate_samples
 from ava256.models import Autoencoder, ModelConfig, losses, psnr, ssim
 from ava256.train.checkpoint import (
@@ -218,9 +219,7 @@ class _Metrics:
                 for ln in path.read_text().splitlines()
                 if ln and json.loads(ln)["iter"] <= resume_iteration
             ]
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(k + "\n" for k in keep))
-            os.replace(tmp, path)
+            atomic_write_text(path, "".join(k + "\n" for k in keep))
         self.f = path.open("a")
 
     def write(self, row: dict[str, Any]) -> None:
@@ -439,9 +438,7 @@ def _validate(
         for k, v in res.items():
             writer.add_scalar(f"val/{k}", v, iteration)
         metrics.write({"iter": iteration} | {f"val/{k}": v for k, v in res.items()})
-        tmp = out / "val.json.tmp"
-        tmp.write_text(json.dumps({"iter": iteration, **res}, indent=2))
-        os.replace(tmp, out / "val.json")
+        atomic_write_text(out / "val.json", json.dumps({"iter": iteration, **res}, indent=2))
         log.info("validation at %d: %s", iteration, res)
     if dd.world > 1:
         dist.barrier()

@@ -1,0 +1,45 @@
+"""Atomic file writes, the one implementation every stage uses: write to a temp file beside the target,
+flush + fsync, then ``os.replace`` onto it. Readers see the old file or the whole new one, never a torn one;
+a crash leaves at most a hidden ``.<name>.*.tmp`` beside it (removed on any error we see)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb", *, fsync: bool = True) -> Iterator[IO[Any]]:
+    """Open a temp file beside ``path`` (parents created) for writing in ``mode`` (``"wb"`` or ``"w"``);
+    on a clean exit flush, fsync (unless ``fsync=False``) and rename it onto ``path``; on an error remove it."""
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically. Returns the path."""
+    with atomic_write(path, "wb", fsync=fsync) as f:
+        f.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, fsync: bool = True) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically. Returns the path."""
+    return atomic_write_bytes(path, text.encode(), fsync=fsync)

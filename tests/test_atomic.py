@@ -1,0 +1,31 @@
+import pytest
+
+from ava256.atomic import atomic_write, atomic_write_bytes, atomic_write_text
+
+
+def test_writes_whole_file_and_creates_parents(tmp_path):
+    p = atomic_write_bytes(tmp_path / "a" / "b" / "x.bin", b"hello")
+    assert p.read_bytes() == b"hello"
+    atomic_write_text(p, "replaced")
+    assert p.read_text() == "replaced"
+    assert [q.name for q in p.parent.iterdir()] == ["x.bin"]  # no temp file left behind
+
+
+def test_an_error_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    p = tmp_path / "m.parquet"
+    p.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_write(p) as f:
+            f.write(b"half a new fi")
+            raise RuntimeError("boom")
+    assert p.read_bytes() == b"old"
+    assert [q.name for q in tmp_path.iterdir()] == ["m.parquet"]
+
+
+def test_text_mode_and_bad_mode(tmp_path):
+    with atomic_write(tmp_path / "t.txt", "w", fsync=False) as f:
+        f.write("line\n")
+    assert (tmp_path / "t.txt").read_text() == "line\n"
+    with pytest.raises(ValueError, match="mode"):
+        with atomic_write(tmp_path / "t.txt", "a"):
+            pass
