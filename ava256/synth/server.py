@@ -100,9 +100,12 @@ class FaultInjector:
         """Let stalled responses go on (they then drop their connection)."""
         self._release.set()
 
-    def _take(self, method: str, path: str) -> Fault | None:
+    def _take(self, method: str, path: str, kinds: tuple[str, ...] | None = None) -> Fault | None:
+        """The first armed fault matching ``method`` and ``path`` (and one of ``kinds``, if given); counts a hit."""
         with self._lock:
             for fault in self.faults:
+                if kinds is not None and fault.kind not in kinds:
+                    continue
                 if fault.method not in ("*", method) or fault.match not in path:
                     continue
                 if fault.times is not None and fault.hits >= fault.times:
