@@ -1,10 +1,12 @@
-"""The MVP raymarcher: a CUDA extension and a pure-PyTorch reference behind one function.
+"""The MVP raymarcher: a CUDA extension and two pure-PyTorch paths behind one function.
 
 ``raymarch(...)`` renders N images of H x W rays through K volumetric primitives and is differentiable w.r.t.
 the primitives' RGBA grids, warp fields and transforms. CUDA tensors go to the CUDA extension (built on first
 use with ``torch.utils.cpp_extension``, or ahead of time with ``python -m ava256.kernels.build``); anything else
-goes to the reference in :mod:`ava256.kernels.reference`. ``backend="reference"`` or the environment variable
-``AVA256_RAYMARCH=reference`` forces the reference everywhere.
+goes to the vectorised PyTorch path in :mod:`ava256.kernels.vectorized` (no Python loop over march steps).
+The readable step-by-step reference in :mod:`ava256.kernels.reference` is the oracle: ``backend="reference"``
+or the environment variable ``AVA256_RAYMARCH=reference`` forces it everywhere (``vectorized`` and ``cuda``
+may be named the same ways).
 
 Importing this package needs neither a GPU nor nvcc: the extension is loaded lazily.
 """
@@ -16,8 +18,11 @@ import os
 from torch import Tensor
 
 from .reference import raymarch_reference
+from .vectorized import raymarch_vectorized
 
-__all__ = ["raymarch", "raymarch_reference", "cuda_available"]
+__all__ = ["raymarch", "raymarch_reference", "raymarch_vectorized", "cuda_available"]
+
+_BACKENDS = ("auto", "cuda", "vectorized", "reference")
 
 _ENV_BACKEND = "AVA256_RAYMARCH"
 
@@ -57,14 +62,15 @@ def raymarch(
             coordinate (clamped to ``[-1, 1]``).
         dt: step size (world units); samples at ``t = tmin + i * dt`` while ``t < tmax``.
         termination: a ray stops once its accumulated alpha reaches this.
-        backend: ``"cuda"``, ``"reference"`` or None (auto: CUDA tensors -> extension, else reference;
-            ``AVA256_RAYMARCH=reference`` in the environment forces the reference).
+        backend: ``"cuda"``, ``"vectorized"``, ``"reference"`` or None (auto: CUDA tensors -> extension,
+            anything else -> vectorized; the environment variable ``AVA256_RAYMARCH`` (same names) overrides
+            auto).
 
     Gradients flow to template, warp, primpos, primrot and primscale (not to the rays).
     """
     choice = backend or os.environ.get(_ENV_BACKEND, "auto")
-    if choice not in ("auto", "cuda", "reference"):
-        raise ValueError(f"backend must be 'auto', 'cuda' or 'reference', got {choice!r}")
+    if choice not in _BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, _BACKENDS))}, got {choice!r}")
     use_cuda = choice == "cuda" or (choice == "auto" and raypos.is_cuda)
     if use_cuda:
         from .function import raymarch_cuda
@@ -81,6 +87,7 @@ def raymarch(
             dt=dt,
             termination=termination,
         )
-    return raymarch_reference(
+    impl = raymarch_reference if choice == "reference" else raymarch_vectorized
+    return impl(
         raypos, raydir, tminmax, primpos, primrot, primscale, template, warp, dt=dt, termination=termination
     )
