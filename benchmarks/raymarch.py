@@ -1,6 +1,7 @@
 """Benchmark of the MVP raymarcher: CUDA forward and forward+backward vs. the PyTorch reference.
 
     python benchmarks/raymarch.py [--quick] [--cell-factor 0.5]
+    python benchmarks/raymarch.py --cpu [--quick]     # CPU only: reference vs. vectorised PyTorch paths
 
 Reference configuration (MVP): N=4 images of 512x333 rays, K=16384 primitives of 8^3 RGBA on a head-sized
 surface, volume radius 256 mm (normalised volume [-1, 1]^3), dt = 1/256; also K/2 and 2K (and K with a warp).
@@ -9,6 +10,11 @@ the autograd Function does. "Bytes" is the compulsory traffic (every input read 
 written once; for the backward also the gradients written once), so "achieved" is a lower bound on the
 bandwidth actually used; it is compared with a device-to-device copy measured in the same run. The baseline
 row runs the PyTorch reference and the CUDA path on one small configuration on the same GPU.
+
+CPU table (``--cpu``, or when there is no CUDA device): the step-by-step reference vs. the vectorised path
+(``ava256.kernels.vectorized``, the CPU default) at a tiny-training-like configuration (the ``tiny`` train
+config: N=2 images of 96x144 rays, K=256 primitives of 4^3 on a head-sized surface, volume radius 160 mm,
+dt = 0.05, the head filling most of the frame), wall-clock medians with torch's current CPU threads.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ava256.kernels import function, raymarch  # noqa: E402
-from ava256.kernels.scenes import head_scene  # noqa: E402
+from ava256.kernels.scenes import head_scene, pinhole_rays  # noqa: E402
 
 
 def _time_ms(fn, warmup: int = 2, reps: int = 10) -> float:
@@ -179,6 +185,63 @@ def bench_reference(n, h, w, k, d, dt):
     return ref_ms, cuda_ms, rel
 
 
+def _cpu_scene(seed: int = 0):
+    """Tiny-training-like CPU scene: 2 images of 96x144 rays, 256 primitives of 4^3, head filling the frame."""
+    s = head_scene(2, 144, 96, k=256, d=4, volume_radius_mm=160.0, alpha_max=10.0, seed=seed)
+    s.raypos, s.raydir, s.tminmax = pinhole_rays(s.raypos[:, 0, 0], 144, 96, fov_deg=11.0)
+    return s
+
+
+def _wall_ms(fn, warmup: int, reps: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def cpu_table(quick: bool) -> None:
+    """Reference vs. vectorised raymarcher on the CPU: forward and forward+backward wall-clock ms."""
+    s = _cpu_scene()
+    dt = 0.05
+    args = s.args()
+    reps = 3 if quick else 7
+    results, outs = {}, {}
+    for backend in ("reference", "vectorized"):
+
+        def fwd(backend=backend):
+            with torch.no_grad():
+                return raymarch(*args, dt=dt, backend=backend)
+
+        def fwd_bwd(backend=backend):
+            leaves = [t.clone().requires_grad_(True) for t in args[3:7]]
+            out = raymarch(*args[:3], *leaves, None, dt=dt, backend=backend)
+            out.sum().backward()
+            return out
+
+        outs[backend] = fwd()
+        n_ref = 1 if backend == "reference" else 2
+        results[backend] = (
+            _wall_ms(fwd, n_ref, max(2, reps // (4 if backend == "reference" else 1))),
+            _wall_ms(fwd_bwd, n_ref, max(2, reps // (4 if backend == "reference" else 1))),
+        )
+    alpha = outs["reference"][..., 3]
+    err = float((outs["vectorized"] - outs["reference"]).abs().max())
+    n, h, w = s.raypos.shape[:3]
+    print(
+        f"CPU ({torch.get_num_threads()} torch threads): N={n}, {w}x{h} rays, K={s.primpos.shape[1]} prims of "
+        f"{s.template.shape[-1]}^3, dt={dt}; {100 * float((alpha > 0).float().mean()):.0f}% rays hit, "
+        f"{100 * float((alpha > 0.99).float().mean()):.0f}% opaque; max |vectorized - reference| = {err:.1e}"
+    )
+    print(f"{'backend':>11} {'fwd ms':>9} {'fwd+bwd ms':>11} {'fwd x':>7} {'fwd+bwd x':>10}")
+    rf, rfb = results["reference"]
+    for name, (f_ms, fb_ms) in results.items():
+        print(f"{name:>11} {f_ms:>9.1f} {fb_ms:>11.1f} {rf / f_ms:>6.1f}x {rfb / fb_ms:>9.1f}x")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one image and fewer repeats")
@@ -197,10 +260,13 @@ def main(argv=None) -> int:
         default=function.BACKWARD_FLAGS,
         help="backward variant (4: warp-aggregated)",
     )
+    p.add_argument("--cpu", action="store_true", help="only the CPU table (reference vs. vectorized)")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("no CUDA device: nothing to benchmark (the reference alone is exercised by the tests)")
-        return 1
+    if args.cpu or not torch.cuda.is_available():
+        if not args.cpu:
+            print("no CUDA device: CPU table only")
+        cpu_table(args.quick)
+        return 0
     function.CELL_FACTOR = args.cell_factor
     function.BACKWARD_FLAGS = args.backward_flags
     function.LAUNCH_FLAGS = args.launch_flags

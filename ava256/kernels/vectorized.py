@@ -50,6 +50,12 @@ def _take(src: Tensor, index: Tensor) -> Tensor:
     return src.reshape(src.shape[0], -1).index_select(0, index).reshape(index.shape[0], *src.shape[1:])
 
 
+def _take_prims(pos: Tensor, rot: Tensor, scale: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(pos[index], rot[index], scale[index])`` with a single gather of the packed (K, 15) rows."""
+    rows = _take(torch.cat([pos, rot.reshape(-1, 9), scale], 1), index)
+    return rows[:, :3], rows[:, 3:12].reshape(-1, 3, 3), rows[:, 12:]
+
+
 def trilinear_gather(grid_flat: Tensor, index: Tensor, y: Tensor, size: int) -> Tensor:
     """Trilinear sample (align_corners=True) of per-primitive voxel grids with a single gather.
 
@@ -70,15 +76,14 @@ def trilinear_gather(grid_flat: Tensor, index: Tensor, y: Tensor, size: int) -> 
         device=y.device,
     )
     idx = (index * (d**3) + (i0[:, 2] * d + i0[:, 1]) * d + i0[:, 0])[:, None] + offs  # (S, 8)
-    g = 1.0 - f
-    wz = torch.stack([g[:, 2], f[:, 2]], 1)
-    wy = torch.stack([g[:, 1], f[:, 1]], 1)
-    wx = torch.stack([g[:, 0], f[:, 0]], 1)
-    w = ((wz[:, :, None] * wy[:, None, :]).reshape(-1, 4, 1) * wx[:, None, :]).reshape(-1, 8)
+    fx, fy, fz = f.unbind(1)
+    gx, gy, gz = (1.0 - f).unbind(1)
+    zy = (gz * gy, gz * fy, fz * gy, fz * fy)
+    w = torch.stack([v for c in zy for v in (c * gx, c * fx)], 1)  # (S, 8), corner order (z, y, x)
     vals = grid_flat.index_select(0, idx.reshape(-1)).reshape(idx.shape[0], 8, -1)  # (S, 8, C)
     if vals.shape[-1] == 1:
         return (w * vals[..., 0]).sum(1, keepdim=True)
-    return (w[..., None] * vals).sum(1)
+    return torch.bmm(w[:, None, :], vals)[:, 0]
 
 
 @torch.no_grad()
@@ -208,9 +213,7 @@ def _march_chunk(
         tnear, tfar = ray_box_intervals(
             _take(o, ray_idx),
             _take(dvec, ray_idx),
-            _take(pos, prim_idx),
-            _take(rot, prim_idx),
-            _take(scale, prim_idx),
+            *_take_prims(pos, rot, scale, prim_idx),
         )
         tn = torch.maximum(tnear, _take(tmin, ray_idx))
         tf = torch.minimum(tfar, _take(tmax, ray_idx))
@@ -313,7 +316,7 @@ def _window_samples(
     pair, step, rs, t = (_take(v, keep) for v in (pair, step, rs, t))
     ks = _take(prim_idx, pair)
     x = _take(o, rs) + t[:, None] * _take(dvec, rs)
-    y = local_coords(x, _take(pos, ks), _take(rot, ks), _take(scale, ks))
+    y = local_coords(x, *_take_prims(pos, rot, scale, ks))
     inside = (y.abs() <= 1.0).all(-1).nonzero().squeeze(1)
     if inside.numel() == 0:
         return None
@@ -417,9 +420,7 @@ def _march_group(
             rs, ks, x = _take(rs, order), _take(ks, order), _take(x, order)
         first, seg_start = _segments(rs)
 
-    y = local_coords(
-        x, _take(pos, ks), _take(rot, ks), _take(scale, ks)
-    )  # differentiable w.r.t. pos, rot, scale
+    y = local_coords(x, *_take_prims(pos, rot, scale, ks))  # differentiable w.r.t. pos, rot, scale
     if warp_flat is not None:
         y = trilinear_gather(warp_flat, ks, y, size).clamp(-1.0, 1.0)
     rgba = trilinear_gather(tmpl_flat, ks, y, size)
