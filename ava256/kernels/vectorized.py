@@ -24,6 +24,7 @@ is handed to the reference (logged).
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 from torch import Tensor
@@ -47,7 +48,8 @@ def _take(src: Tensor, index: Tensor) -> Tensor:
     advanced indexing on CPU; its backward is one ``index_add``)."""
     if src.dim() == 1:
         return src.index_select(0, index)
-    return src.reshape(src.shape[0], -1).index_select(0, index).reshape(index.shape[0], *src.shape[1:])
+    rows = src.reshape(src.shape[0], math.prod(src.shape[1:]))
+    return rows.index_select(0, index).reshape(index.shape[0], *src.shape[1:])
 
 
 def _take_prims(pos: Tensor, rot: Tensor, scale: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
