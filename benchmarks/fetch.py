@@ -173,6 +173,57 @@ def hash_rate() -> tuple[float, float]:
 # --- driver --------------------------------------------------------------------------------------------------
 
 
+def start_server(link_mbps: float | None) -> subprocess.Popen:
+    """The local S3 server in its own process (so it does not share a GIL with the clients under test)."""
+    cmd = [sys.executable, "-m", "ava256.synth.server"]
+    if link_mbps:
+        cmd += ["--link-mbps", str(link_mbps)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+
+def run_scenario(
+    server: subprocess.Popen,
+    work: Path,
+    folders: list[str],
+    total: int,
+    w: int,
+    rounds: int,
+    link_mbps: float | None,
+) -> None:
+    """Every method ``rounds`` times (rotated order) against one server; prints the table."""
+    endpoint = server.stdout.readline().strip()
+    upload_tree(endpoint, LOCAL_BUCKET, work / "bucket")
+    keys = keys_of(endpoint)
+    where = f"link capped at {link_mbps:g} MB/s per connection" if link_mbps else "bare loopback"
+    print(f"\n== {where}: {len(keys)} objects, server {endpoint}")
+    methods = {
+        "ava256 fetch": lambda out: run_ours(endpoint, out, folders, w),
+        "ava256 fetch --no-fsync": lambda out: run_ours(endpoint, out, folders, w, fsync=False),
+        "plain parallel GET (boto3 threads)": lambda out: run_plain(endpoint, out, keys, w),
+        "plain parallel GET + same hashes": lambda out: run_plain(endpoint, out, keys, w, hashes=True),
+        "release script (urllib + processes)": lambda out: run_release(endpoint, out, keys, w),
+    }
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    cpu: dict[str, list[float]] = {m: [] for m in methods}
+    names = list(methods)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            out = work / f"out-{r}-{names.index(name)}"
+            c0, t0 = client_cpu(), time.perf_counter()
+            moved = methods[name](out)
+            times[name].append(time.perf_counter() - t0)
+            cpu[name].append(client_cpu() - c0)
+            assert moved == total, f"{name}: moved {moved} bytes, expected {total}"
+            shutil.rmtree(out)
+    base = statistics.median(times["plain parallel GET (boto3 threads)"])
+    print(f"{'method':<38}{'seconds':>9}{'MB/s':>9}{'vs plain GET':>14}{'client CPU s':>14}")
+    for name in names:
+        t = statistics.median(times[name])
+        c = statistics.median(cpu[name])
+        print(f"{name:<38}{t:>9.2f}{total / MB / t:>9.1f}{base / t:>13.2f}x{c:>14.2f}")
+    print(f"(median of {rounds} round(s); each round runs every method once, into a fresh directory)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small data, one round (~1 min)")
@@ -181,6 +232,9 @@ def main() -> None:
     ap.add_argument("--captures", type=int, default=2)
     ap.add_argument("--cameras", type=int, default=None)
     ap.add_argument("--scale", type=float, default=None, help="object size scale vs. the 4TB release")
+    ap.add_argument(
+        "--link-mbps", type=float, default=25.0, help="per-connection cap of the second scenario (MB/s)"
+    )
     args = ap.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
     cameras = args.cameras or (4 if args.quick else 8)
@@ -189,52 +243,23 @@ def main() -> None:
     import distributed  # noqa: F401  - imported once up front: import time is not throughput
 
     work = Path(tempfile.mkdtemp(prefix="ava256-bench-fetch-"))
-    server = None
     try:
         folders, total = write_bucket(work / "bucket", args.captures, cameras, scale)
-        # The server runs in its own process so that it does not share a GIL with the clients under test.
-        server = subprocess.Popen(
-            [sys.executable, "-m", "ava256.synth.server"], stdout=subprocess.PIPE, text=True
-        )
-        endpoint = server.stdout.readline().strip()
-        upload_tree(endpoint, LOCAL_BUCKET, work / "bucket")
-        keys = keys_of(endpoint)
-        print(f"{len(keys)} objects, {total / MB:.0f} MB, {args.captures} captures x {cameras} cameras, "
-              f"workers={args.workers}, rounds={rounds}, cpus={os.cpu_count()}, server={endpoint}")  # fmt: skip
-        w = args.workers
-        methods = {
-            "ava256 fetch": lambda out: run_ours(endpoint, out, folders, w),
-            "ava256 fetch --no-fsync": lambda out: run_ours(endpoint, out, folders, w, fsync=False),
-            "plain parallel GET (boto3 threads)": lambda out: run_plain(endpoint, out, keys, w),
-            "plain parallel GET + same hashes": lambda out: run_plain(endpoint, out, keys, w, hashes=True),
-            "release script (urllib + processes)": lambda out: run_release(endpoint, out, keys, w),
-        }
-        times: dict[str, list[float]] = {m: [] for m in methods}
-        cpu: dict[str, list[float]] = {m: [] for m in methods}
-        names = list(methods)
-        for r in range(rounds):
-            for name in names[r % len(names) :] + names[: r % len(names)]:
-                out = work / f"out-{r}-{names.index(name)}"
-                c0, t0 = client_cpu(), time.perf_counter()
-                moved = methods[name](out)
-                times[name].append(time.perf_counter() - t0)
-                cpu[name].append(client_cpu() - c0)
-                assert moved == total, f"{name}: moved {moved} bytes, expected {total}"
-                shutil.rmtree(out)
-        base = statistics.median(times["plain parallel GET (boto3 threads)"])
-        print(f"\n{'method':<38}{'seconds':>9}{'MB/s':>9}{'vs plain GET':>14}{'client CPU s':>14}")
-        for name in names:
-            t = statistics.median(times[name])
-            c = statistics.median(cpu[name])
-            print(f"{name:<38}{t:>9.2f}{total / MB / t:>9.1f}{base / t:>13.2f}x{c:>14.2f}")
-        print(f"(median of {rounds} round(s); each round runs every method once, into a fresh directory)")
+        print(f"{len(folders)} captures x {cameras} cameras: {total / MB:.0f} MB, workers={args.workers}, "
+              f"rounds={rounds}, cpus={os.cpu_count()}")  # fmt: skip
+        # Two scenarios, one run: the bare loopback (the network costs nothing, so the clients' CPU is the
+        # limit) and a link of --link-mbps per connection (like a remote bucket: the network is the limit).
+        for link in (None, args.link_mbps):
+            server = start_server(link)
+            try:
+                run_scenario(server, work, folders, total, args.workers, rounds, link)
+            finally:
+                server.terminate()
+                server.wait()
         sha, md5 = hash_rate()
-        print(f"hashing on this machine, 1 thread, in memory: sha256 {sha:.0f} MB/s, md5 {md5:.0f} MB/s; "
+        print(f"\nhashing on this machine, 1 thread, in memory: sha256 {sha:.0f} MB/s, md5 {md5:.0f} MB/s; "
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")  # fmt: skip
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -319,8 +319,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=0, help="0 = a free port")
     ap.add_argument("--upload", type=Path, default=None, help="directory to upload (its files become keys)")
     ap.add_argument("--bucket", default=LOCAL_BUCKET)
+    ap.add_argument(
+        "--link-mbps",
+        type=float,
+        default=None,
+        help="cap every GET response at this many MB/s per connection (a slow link, like a remote bucket)",
+    )
     args = ap.parse_args(argv)
-    with LocalS3Server(args.host, args.port) as server:
+    if args.link_mbps is not None:
+        from ava256.synth.faults import ChaosS3Server
+
+        server_cm: LocalS3Server = ChaosS3Server(args.host, args.port)
+    else:
+        server_cm = LocalS3Server(args.host, args.port)
+    with server_cm as server:
+        if args.link_mbps is not None:
+            piece = 256 * 1024
+            server.faults.add(
+                "throttle", method="GET", times=None, after_bytes=piece, delay=piece / (args.link_mbps * 1e6)
+            )
         if args.upload is not None:
             upload_tree(server.endpoint_url, args.bucket, args.upload)
         print(server.endpoint_url, flush=True)
