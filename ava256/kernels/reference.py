@@ -23,6 +23,7 @@ agree bit for bit): ``t = tmin + float(i) * dt``; ``x = o + t * d``; ``y_j = (((
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -213,7 +214,42 @@ def raymarch_reference(
         (N, H, W, 4) accumulated (r, g, b, alpha), differentiable (autograd) w.r.t. template, warp, primpos,
         primrot and primscale.
     """
-    n, h, w_, _ = raypos.shape
+    k, d = check_grid_shapes(raypos, primpos, template, warp)
+
+    def march_image(b: int, tmpl_flat: Tensor, warp_flat: Tensor | None) -> ChunkMarcher:
+        def march(o: Tensor, dv: Tensor, tmin: Tensor, tmax: Tensor) -> Tensor:
+            return _march_chunk(
+                o,
+                dv,
+                tmin,
+                tmax,
+                primpos[b],
+                primrot[b],
+                primscale[b],
+                tmpl_flat,
+                warp_flat,
+                d,
+                dt,
+                termination,
+            )
+
+        return march
+
+    return march_images(
+        raypos, raydir, tminmax, template, warp, max(1, chunk_elems // max(k, 1)), march_image
+    )
+
+
+#: Marches one chunk of rays of one image: (origins (R,3), directions (R,3), tmin (R,), tmax (R,)) -> (R, 4).
+ChunkMarcher = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+def check_grid_shapes(
+    raypos: Tensor, primpos: Tensor, template: Tensor, warp: Tensor | None
+) -> tuple[int, int]:
+    """Check template (N, K, 4, D, D, D) and warp (N, K, 3, D, D, D) against the rays and primitives; returns
+    (K, D). ValueError names the offending shape."""
+    n = raypos.shape[0]
     k = primpos.shape[1]
     d = template.shape[-1]
     if template.shape != (n, k, 4, d, d, d):
@@ -222,7 +258,24 @@ def raymarch_reference(
         )
     if warp is not None and warp.shape != (n, k, 3, d, d, d):
         raise ValueError(f"warp must be (N, K, 3, D, D, D) = {(n, k, 3, d, d, d)}, got {tuple(warp.shape)}")
-    chunk = max(1, chunk_elems // max(k, 1))
+    return k, d
+
+
+def march_images(
+    raypos: Tensor,
+    raydir: Tensor,
+    tminmax: Tensor,
+    template: Tensor,
+    warp: Tensor | None,
+    chunk: int,
+    march_image: Callable[[int, Tensor, Tensor | None], ChunkMarcher],
+) -> Tensor:
+    """The driver shared by the CPU raymarchers: per image ``b``, flatten its rays and its grids (template to
+    (K*D^3, 4), warp to (K*D^3, 3), voxel-major), get that image's chunk marcher from
+    ``march_image(b, tmpl_flat, warp_flat)`` and run it over ``chunk`` rays at a time (bounded memory).
+    Returns (N, H, W, 4)."""
+    n, h, w_, _ = raypos.shape
+    k, d = template.shape[1], template.shape[-1]
     out_images = []
     for b in range(n):
         o = raypos[b].reshape(-1, 3)
@@ -230,25 +283,11 @@ def raymarch_reference(
         tmm = tminmax[b].reshape(-1, 2)
         tmpl_flat = template[b].permute(0, 2, 3, 4, 1).reshape(k * d**3, 4)
         warp_flat = None if warp is None else warp[b].permute(0, 2, 3, 4, 1).reshape(k * d**3, 3)
-        pieces = []
-        for s in range(0, o.shape[0], chunk):
-            e = min(s + chunk, o.shape[0])
-            pieces.append(
-                _march_chunk(
-                    o[s:e],
-                    dv[s:e],
-                    tmm[s:e, 0],
-                    tmm[s:e, 1],
-                    primpos[b],
-                    primrot[b],
-                    primscale[b],
-                    tmpl_flat,
-                    warp_flat,
-                    d,
-                    dt,
-                    termination,
-                )
-            )
+        march = march_image(b, tmpl_flat, warp_flat)
+        pieces = [
+            march(o[s : s + chunk], dv[s : s + chunk], tmm[s : s + chunk, 0], tmm[s : s + chunk, 1])
+            for s in range(0, o.shape[0], chunk)
+        ]
         out_images.append(torch.cat(pieces, 0).reshape(h, w_, 4))
     return torch.stack(out_images, 0)
 

@@ -29,7 +29,14 @@ import math
 import torch
 from torch import Tensor
 
-from .reference import local_coords, ray_box_intervals, raymarch_reference
+from .reference import (
+    ChunkMarcher,
+    check_grid_shapes,
+    local_coords,
+    march_images,
+    ray_box_intervals,
+    raymarch_reference,
+)
 
 __all__ = ["raymarch_vectorized", "trilinear_gather"]
 
@@ -459,15 +466,7 @@ def raymarch_vectorized(
     (ray, step, primitive) processed at once (a group always holds at least one whole ray). Peak memory is
     roughly ``max_samples`` x 0.5 KB plus, when gradients are needed, what autograd keeps per kept sample.
     """
-    n, h, w_, _ = raypos.shape
-    k = primpos.shape[1]
-    d = template.shape[-1]
-    if template.shape != (n, k, 4, d, d, d):
-        raise ValueError(
-            f"template must be (N, K, 4, D, D, D) = {(n, k, 4, d, d, d)}, got {tuple(template.shape)}"
-        )
-    if warp is not None and warp.shape != (n, k, 3, d, d, d):
-        raise ValueError(f"warp must be (N, K, 3, D, D, D) = {(n, k, 3, d, d, d)}, got {tuple(warp.shape)}")
+    k, d = check_grid_shapes(raypos, primpos, template, warp)
     if template.numel() and bool((template[:, :, 3] < 0).any()):
         log.debug("negative template alpha: the closed-form compositing does not apply, using the reference")
         return raymarch_reference(
@@ -483,35 +482,18 @@ def raymarch_vectorized(
             termination=termination,
             chunk_elems=chunk_elems,
         )
-    chunk = max(1, chunk_elems // max(k, 1))
-    out_images = []
-    for b in range(n):
-        o = raypos[b].reshape(-1, 3)
-        dv = raydir[b].reshape(-1, 3)
-        tmm = tminmax[b].reshape(-1, 2)
-        tmpl_flat = template[b].permute(0, 2, 3, 4, 1).reshape(k * d**3, 4)
-        warp_flat = None if warp is None else warp[b].permute(0, 2, 3, 4, 1).reshape(k * d**3, 3)
-        alpha_flat = tmpl_flat.detach()[:, 3:].contiguous()
-        pieces = []
-        for s in range(0, o.shape[0], chunk):
-            e = min(s + chunk, o.shape[0])
-            pieces.append(
-                _march_chunk(
-                    o[s:e],
-                    dv[s:e],
-                    tmm[s:e, 0],
-                    tmm[s:e, 1],
-                    primpos[b],
-                    primrot[b],
-                    primscale[b],
-                    tmpl_flat,
-                    alpha_flat,
-                    warp_flat,
-                    d,
-                    dt,
-                    termination,
-                    max_samples,
-                )
-            )
-        out_images.append(torch.cat(pieces, 0).reshape(h, w_, 4))
-    return torch.stack(out_images, 0)
+
+    def march_image(b: int, tmpl_flat: Tensor, warp_flat: Tensor | None) -> ChunkMarcher:
+        alpha_flat = tmpl_flat.detach()[:, 3:].contiguous()  # once per image, shared by its chunks
+
+        def march(o: Tensor, dv: Tensor, tmin: Tensor, tmax: Tensor) -> Tensor:
+            return _march_chunk(
+                o, dv, tmin, tmax, primpos[b], primrot[b], primscale[b], tmpl_flat, alpha_flat, warp_flat,
+                d, dt, termination, max_samples,
+            )  # fmt: skip
+
+        return march
+
+    return march_images(
+        raypos, raydir, tminmax, template, warp, max(1, chunk_elems // max(k, 1)), march_image
+    )
