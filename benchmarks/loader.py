@@ -124,7 +124,7 @@ def build_dataset(kind: str, work: Path, downsample: int, counting: bool = False
     from ava256.pipeline.split import read_samples
 
     df = read_samples(work / "store")
-    if kind in ("zarr", "zarr-u8"):
+    if kind in ("zarr", "zarr-compact"):
         store = CountingStore.local(work / "store") if counting else work / "store"
         return ZarrSampleDataset(store, df, downsample=downsample, normalize=kind == "zarr"), store
     raw = work / ("raw-5k" if kind == "legacy-5k" else "bucket/ava-256/4TB")
@@ -150,9 +150,9 @@ def child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     finish_ms: list[float] = []
     for batch in loader:
-        if args.child == "zarr-u8":  # the consumer's side: to the device, float + normalise there
+        if args.child == "zarr-compact":  # the consumer's side: to the device, float + normalise there
             t = time.perf_counter()
-            done = finish_batch(batch, ds.stats, device)
+            done = finish_batch(batch, ds, device)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             finish_ms.append((time.perf_counter() - t) * 1000)
@@ -257,7 +257,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=None)
     ap.add_argument("--downsample", type=int, default=2)
     ap.add_argument("--zip-members", type=int, default=5000)
-    ap.add_argument("--loaders", default="zarr,zarr-u8,legacy,legacy-5k")
+    ap.add_argument("--loaders", default="zarr-compact,zarr,legacy,legacy-5k")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -310,8 +310,8 @@ def main() -> None:
             f"| {k} | {m['steady_sps']:.1f} | {ratio['legacy']} | {ratio['legacy-5k']} | {m['first_batch_s']:.2f} | "
             f"{m['inproc_ms']:.1f} | {rb} | {reqs} | {m['rss_main_mb']:.0f} | {m['rss_worker_mb']:.0f} |"
         )
-    if "zarr-u8" in med and med["zarr-u8"]["finish_ms_per_batch"] is not None:
-        m = med["zarr-u8"]
+    if "zarr-compact" in med and med["zarr-compact"]["finish_ms_per_batch"] is not None:
+        m = med["zarr-compact"]
         how = (
             "included in its samples/s"
             if m["finish_device"] == "cuda"

@@ -2,10 +2,10 @@
 
 One sample is one (capture, frame_index, camera_index) row of a split manifest. Reading it touches exactly
 four chunks: the camera image ``image[f, c]`` (H, W, 3), the mesh ``vertices[f]`` (V, 3), the uv texture
-``uv_texture[f]`` (T, T, 3) and the head pose ``head_pose[f]`` (3, 4). (With sharding each read is a small
-shard-index read plus one byte range.) Everything else is a per-capture constant read once per worker
-process and cached: camera calibration, the normalised neutral mesh, and (in a small LRU, since a 1024 x
-1024 float texture is 12 MB) the normalised neutral texture.
+``uv_texture[f]`` (T, T, 3) and the head pose ``head_pose[f]`` (3, 4). On a local store each read is one
+``pread`` of the chunk's byte range (shard indexes are cached) decompressed straight into the batch tensor
+(:mod:`ava256.store.fastread`); other stores go through zarr. Everything else is a per-capture constant
+read once and cached: camera calibration, the neutral mesh and (in an LRU) the neutral texture.
 
 The sample dict (CONTRACTS.md, "loader -> model"):
 
@@ -29,9 +29,13 @@ capture        str                 capture folder ``mcd--mct--sid``
 frame_index    int                 frame position in the capture (row of frame_list.csv)
 =============  ==================  ====================================================================
 
-With ``normalize=False`` the dataset returns ``image`` (3, H, W) and ``tex``/``neut_tex`` (3, T, T) as uint8 and
-``verts``/``neut_verts`` in mm; :func:`ava256.data.finish_batch` then builds the batch above on the training
-device (4x fewer texture bytes through workers, shared memory and PCIe; no float math on the CPU).
+With ``normalize=False`` (what ``ava256 train`` uses) samples are **compact**: only what differs per sample
+travels from the workers, ``image`` (H, W, 3) and ``tex`` (T, T, 3) uint8 as stored, ``verts`` (V, 3) in mm,
+and the small keys above; no ``neut_tex``, ``neut_verts`` or ``pixelcoords``. :func:`ava256.data.finish_batch`
+turns a compact batch into the contract batch on the training device: it adds the per-capture neutral
+conditioning from a device cache (read once per capture with :meth:`ZarrSampleDataset.neutral`) and the pixel
+grid, and converts and normalises there. A compact sample is 3.6 MB instead of 26 MB at the release's sizes
+(512 x 333 images, 1024 x 1024 textures), with no float math in the workers.
 
 The neutral frame of a capture is its first ``EXP_neutral_peak`` frame (frame_list order) whose vertices and
 uv texture are valid; if there is none, its first frame with both valid (a warning is logged).
@@ -42,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -57,6 +62,7 @@ from zarr.core.sync import sync
 from ava256.data.geometry import camera_in_head_frame, focal_principal, pixel_coords
 from ava256.data.normalization import CaptureStats, NormStats, combine_stats
 from ava256.store import layout as L
+from ava256.store.fastread import ChunkReader
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +150,22 @@ class _CaptureArrays:
     vertices: zarr.Array
     uv_texture: zarr.Array
     head_pose: zarr.Array
-    neut_verts: torch.Tensor
+    #: direct chunk readers of (image, head_pose, vertices, uv_texture), or None: read through zarr
+    readers: tuple[ChunkReader, ChunkReader, ChunkReader, ChunkReader] | None
+    neut_verts: torch.Tensor | None  # normalised (V, 3); None in compact mode (not part of a sample)
+
+
+def _chunk_readers(arrays: Sequence[zarr.Array]) -> tuple[ChunkReader, ...] | None:
+    """:class:`ChunkReader` s of ``arrays`` if each reads exactly one frame per chunk through the fast path
+    (``array[f]`` / ``image[f, c]`` is one chunk), else None."""
+    readers = []
+    for a in arrays:
+        r = ChunkReader.for_array(a)
+        lead = 2 if a.ndim == 5 else 1  # image: (F, C, H, W, 3); the others (F, ...)
+        if r is None or r.chunk_shape != (1,) * lead + tuple(a.shape[lead:]):
+            return None
+        readers.append(r)
+    return tuple(readers)
 
 
 class ZarrSampleDataset(Dataset):
@@ -162,8 +183,13 @@ class ZarrSampleDataset(Dataset):
             training set's ``dataset.stats`` to its val/test datasets.
         captures: the identity table (``idindex`` = position); default: sorted captures of ``split_df``.
         camera_ids: the camera table (``camindex`` = position); default: sorted camera ids of ``split_df``.
-        neutral_cache: how many captures' neutral textures (uint8, 3 MB at T = 1024) a worker keeps (LRU).
-        normalize: False returns uint8 pictures and raw vertices for :func:`ava256.data.finish_batch`.
+        neutral_cache: how many captures' neutral textures (uint8, 3 MB at T = 1024) a worker keeps (LRU),
+            and how many :func:`ava256.data.finish_batch` keeps on the training device (None: 32 in a
+            worker, every capture of the dataset on the device).
+        normalize: True returns the full contract dict; False returns compact samples (uint8 pictures, raw
+            vertices, no per-capture constants) for :func:`ava256.data.finish_batch` (module doc).
+        fast_reads: read chunks of local stores with :class:`ava256.store.fastread.ChunkReader` instead of
+            zarr's async pipeline (same values, several times less CPU); False always uses zarr.
     """
 
     def __init__(
@@ -175,15 +201,17 @@ class ZarrSampleDataset(Dataset):
         stats: NormStats | None = None,
         captures: Sequence[str] | None = None,
         camera_ids: Sequence[str] | None = None,
-        neutral_cache: int = 32,
+        neutral_cache: int | None = None,
         normalize: bool = True,
+        fast_reads: bool = True,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.store = store if isinstance(store, zarr.abc.store.Store) else os.fspath(store)
         self.storage_options = storage_options
-        self.neutral_cache_size = max(1, int(neutral_cache))
+        self.neutral_cache_size = None if neutral_cache is None else max(1, int(neutral_cache))
         self.normalize = bool(normalize)
+        self.fast_reads = bool(fast_reads)
         need = ["capture", "frame_index", "camera_index", "camera_id", "valid"]
         missing = [c for c in need if c not in split_df.columns]
         if missing:
@@ -301,10 +329,12 @@ class ZarrSampleDataset(Dataset):
         self._arrays: dict[str, _CaptureArrays] = {}
         self._neutral_tex: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._pixelcoords = torch.from_numpy(pixel_coords(*self.image_size))
+        self._device_constants: dict[str, Any] = {}  # finish_batch's per-device caches (main process)
+        self._lock = threading.RLock()  # per-capture caches are shared by a ThreadLoader's threads
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for k in ("_arrays", "_neutral_tex", "_pixelcoords"):
+        for k in ("_arrays", "_neutral_tex", "_pixelcoords", "_device_constants", "_lock"):
             state.pop(k, None)
         return state
 
@@ -316,31 +346,76 @@ class ZarrSampleDataset(Dataset):
         if self._pid != os.getpid():  # forked worker: never reuse the parent's handles
             self._reset_worker_state()
         arrs = self._arrays.get(cap)
-        if arrs is None:
+        if arrs is not None:
+            return arrs
+        with self._lock:
+            arrs = self._arrays.get(cap)
+            if arrs is not None:
+                return arrs
             g = open_capture(self.store, cap, self.storage_options)
             meta = self._meta[cap]
-            nv = torch.from_numpy(np.array(g[L.VERTICES][meta.neutral_frame], dtype=np.float32))
-            arrs = _CaptureArrays(
-                g[L.IMAGE],
-                g[L.VERTICES],
-                g[L.UV_TEXTURE],
-                g[L.HEAD_POSE],
-                self.stats.normalize_verts(nv) if self.normalize else nv,
-            )
+            image, verts, tex, pose = g[L.IMAGE], g[L.VERTICES], g[L.UV_TEXTURE], g[L.HEAD_POSE]
+            neut_verts = None
+            if self.normalize:
+                nv = torch.from_numpy(np.array(verts[meta.neutral_frame], dtype=np.float32))
+                neut_verts = self.stats.normalize_verts(nv)
+            readers = _chunk_readers((image, pose, verts, tex)) if self.fast_reads else None
+            arrs = _CaptureArrays(image, verts, tex, pose, readers, neut_verts)
             self._arrays[cap] = arrs
         return arrs
 
     def _neutral_texture_u8(self, cap: str, arrs: _CaptureArrays) -> torch.Tensor:
         """The capture's neutral uv texture, (T, T, 3) uint8 (LRU of ``neutral_cache`` captures)."""
-        tex = self._neutral_tex.get(cap)
-        if tex is None:
-            tex = torch.from_numpy(np.ascontiguousarray(arrs.uv_texture[self._meta[cap].neutral_frame]))
-            self._neutral_tex[cap] = tex
-            while len(self._neutral_tex) > self.neutral_cache_size:
-                self._neutral_tex.popitem(last=False)
-        else:
-            self._neutral_tex.move_to_end(cap)
-        return tex
+        with self._lock:
+            tex = self._neutral_tex.get(cap)
+            if tex is None:
+                tex = torch.from_numpy(np.ascontiguousarray(arrs.uv_texture[self._meta[cap].neutral_frame]))
+                self._neutral_tex[cap] = tex
+                while len(self._neutral_tex) > (self.neutral_cache_size or 32):
+                    self._neutral_tex.popitem(last=False)
+            else:
+                self._neutral_tex.move_to_end(cap)
+            return tex
+
+    def neutral(self, capture: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The neutral conditioning of ``capture`` as stored: texture (T, T, 3) uint8 and vertices (V, 3)
+        float32 mm (not normalised). Read on each call (``finish_batch`` caches it on the device)."""
+        if capture not in self._meta:
+            raise KeyError(f"capture {capture} is not in this dataset")
+        arrs = self._capture_arrays(capture)
+        nf = self._meta[capture].neutral_frame
+        tex = torch.from_numpy(np.ascontiguousarray(arrs.uv_texture[nf]))
+        verts = torch.from_numpy(np.array(arrs.vertices[nf], dtype=np.float32))
+        return tex, verts
+
+    def device_constants(
+        self, captures: Sequence[str], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For :func:`ava256.data.finish_batch`: the neutral textures (B, T, T, 3) uint8 and normalised
+        neutral vertices (B, V, 3) of ``captures`` (one per sample), and the (H, W, 2) pixel grid, on
+        ``device``. Cached there per capture (LRU of ``neutral_cache``, default every capture of the
+        dataset: 3 MB each at T = 1024); a miss reads the capture's neutral frame once."""
+        key = str(device)
+        consts = self._device_constants.get(key)
+        if consts is None:
+            consts = {"pixelcoords": self._pixelcoords.to(device), "neutral": OrderedDict()}
+            self._device_constants[key] = consts
+        cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = consts["neutral"]
+        limit = self.neutral_cache_size or len(self._meta)
+        texs, verts = [], []
+        for cap in captures:
+            hit = cache.get(cap)
+            if hit is None:
+                tex_u8, nv = self.neutral(cap)
+                hit = (tex_u8.to(device), self.stats.normalize_verts(nv).to(device))
+                cache[cap] = hit
+                while len(cache) > limit:
+                    cache.popitem(last=False)
+            else:
+                cache.move_to_end(cap)
+            texs.append(hit[0])
+            verts.append(hit[1])
+        return torch.stack(texs), torch.stack(verts), consts["pixelcoords"]
 
     # --- Dataset API -------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -357,9 +432,9 @@ class ZarrSampleDataset(Dataset):
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
-        """Samples ``indices`` (the DataLoader calls this with a batch's indices). All 4 * B chunks are read
-        concurrently; the float pictures of the batch are written straight into (B, ...) batch tensors
-        (in shared memory inside a worker), each sample holding views of them, which
+        """Samples ``indices`` (the DataLoader calls this with a batch's indices). The batch's pictures and
+        vertices are written straight into (B, ...) batch tensors (in shared memory inside a worker; chunks
+        are decompressed directly into them on the fast path), each sample holding views of them, which
         :func:`ava256.data.collate_samples` hands over without another copy."""
         n = len(self)
         keys = []
@@ -368,61 +443,82 @@ class ZarrSampleDataset(Dataset):
                 raise IndexError(f"sample {index} out of range ({n} samples)")
             keys.append((int(index) % n, *self.sample_key(int(index) % n)))
         arrays = [self._capture_arrays(cap) for _, cap, _, _ in keys]
-        # One chunk of each of 4 arrays per sample, all read concurrently on zarr's event loop.
-        reads = sync(_read_chunks([(a, f, c) for a, (_, _, f, c) in zip(arrays, keys)]))
         B = len(keys)
+        H, W = self.image_size
+        T, V = self.texture_size, self.n_vertices
+        # uint8 HWC pictures and mm vertices of the batch, filled by the reads
+        image_u8 = _batch_tensor((B, H, W, 3), torch.uint8, shared=not self.normalize)
+        tex_u8 = _batch_tensor((B, T, T, 3), torch.uint8, shared=not self.normalize)
+        verts_b = _batch_tensor((B, V, 3), torch.float32)
+        poses = self._read_batch(keys, arrays, image_u8.numpy(), tex_u8.numpy(), verts_b.numpy())
         if self.normalize:
-            H, W = self.image_size
-            T = self.texture_size
-            image_b = _batch_tensor((B, 3, H, W))
-            tex_b = _batch_tensor((B, 3, T, T))
-            neut_b = _batch_tensor((B, 3, T, T))
+            image_b = _batch_tensor((B, 3, H, W), torch.float32)
+            tex_b = _batch_tensor((B, 3, T, T), torch.float32)
+            neut_b = _batch_tensor((B, 3, T, T), torch.float32)
         out = []
         for b, ((index, cap, f, c), arrs) in enumerate(zip(keys, arrays)):
-            image, head_pose, verts, tex = reads[4 * b : 4 * b + 4]
             meta = self._meta[cap]
-            camrot, campos = camera_in_head_frame(meta.extrinsics[c], head_pose)
+            camrot, campos = camera_in_head_frame(meta.extrinsics[c], poses[b])
             focal, princpt = focal_principal(meta.intrinsics[c])
-            verts_t = torch.from_numpy(np.array(verts, dtype=np.float32))
-            image_u8 = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-            tex_u8 = torch.from_numpy(np.ascontiguousarray(tex))
-            neut_u8 = self._neutral_texture_u8(cap, arrs)
+            sample = {
+                "camrot": torch.from_numpy(camrot),
+                "campos": torch.from_numpy(campos),
+                "focal": torch.from_numpy(focal),
+                "princpt": torch.from_numpy(princpt),
+                "idindex": torch.tensor(int(self._idindex[index]), dtype=torch.int64),
+                "camindex": torch.tensor(int(self._camindex[index]), dtype=torch.int64),
+                "valid": torch.tensor(True),
+                "capture": cap,
+                "frame_index": f,
+            }
             if self.normalize:
-                image_t = image_b[b]
-                image_t.copy_(image_u8)
-                tex_t = self.stats.normalized_tex_from_uint8(tex_u8, out=tex_b[b])
-                neut_t = self.stats.normalized_tex_from_uint8(neut_u8, out=neut_b[b])
-                verts_t = self.stats.normalize_verts(verts_t)
-            else:  # uint8 pictures, raw vertices: ``finish_batch`` converts on the training device
-                image_t, tex_t, neut_t = image_u8, tex_u8.permute(2, 0, 1), neut_u8.permute(2, 0, 1)
-            out.append(
-                {
-                    "image": image_t,
-                    "camrot": torch.from_numpy(camrot),
-                    "campos": torch.from_numpy(campos),
-                    "focal": torch.from_numpy(focal),
-                    "princpt": torch.from_numpy(princpt),
-                    "verts": verts_t,
-                    "tex": tex_t,
-                    "neut_verts": arrs.neut_verts,
-                    "neut_tex": neut_t,
-                    "idindex": torch.tensor(int(self._idindex[index]), dtype=torch.int64),
-                    "camindex": torch.tensor(int(self._camindex[index]), dtype=torch.int64),
-                    "pixelcoords": self._pixelcoords,
-                    "valid": torch.tensor(True),
-                    "capture": cap,
-                    "frame_index": f,
-                }
-            )
+                image_b[b].copy_(image_u8[b].permute(2, 0, 1))
+                sample["image"] = image_b[b]
+                sample["verts"] = self.stats.normalize_verts(verts_b[b])
+                sample["tex"] = self.stats.normalized_tex_from_uint8(tex_u8[b], out=tex_b[b])
+                sample["neut_verts"] = arrs.neut_verts
+                neut_u8 = self._neutral_texture_u8(cap, arrs)
+                sample["neut_tex"] = self.stats.normalized_tex_from_uint8(neut_u8, out=neut_b[b])
+                sample["pixelcoords"] = self._pixelcoords
+            else:  # compact: finish_batch adds the per-capture constants and normalises on the device
+                sample["image"], sample["tex"], sample["verts"] = image_u8[b], tex_u8[b], verts_b[b]
+            out.append(sample)
         return out
 
+    def _read_batch(
+        self,
+        keys: Sequence[tuple[int, str, int, int]],
+        arrays: Sequence[_CaptureArrays],
+        image: np.ndarray,
+        tex: np.ndarray,
+        verts: np.ndarray,
+    ) -> list[np.ndarray]:
+        """Read the image, head pose, vertices and uv texture chunk of each sample: pictures and vertices
+        into ``image`` (B, H, W, 3), ``tex`` (B, T, T, 3), ``verts`` (B, V, 3); returns the (3, 4) head poses."""
+        if all(a.readers is not None for a in arrays):
+            poses = []
+            for b, ((_, _, f, c), arrs) in enumerate(zip(keys, arrays)):
+                r_image, r_pose, r_verts, r_tex = arrs.readers
+                r_image.read((f, c, 0, 0, 0), out=image[b].reshape(r_image.chunk_shape))
+                poses.append(r_pose.read((f, 0, 0))[0])
+                r_verts.read((f, 0, 0), out=verts[b].reshape(r_verts.chunk_shape))
+                r_tex.read((f, 0, 0, 0), out=tex[b].reshape(r_tex.chunk_shape))
+            return poses
+        # Through zarr: one chunk of each of 4 arrays per sample, all read concurrently on zarr's event loop.
+        reads = sync(_read_chunks([(a, f, c) for a, (_, _, f, c) in zip(arrays, keys)]))
+        for b in range(len(keys)):
+            image[b] = reads[4 * b]
+            verts[b] = reads[4 * b + 2]
+            tex[b] = reads[4 * b + 3]
+        return [np.asarray(reads[4 * b + 1]) for b in range(len(keys))]
 
-def _batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised float32 tensor; in shared memory inside a DataLoader worker (as default_collate
-    allocates its output there), so handing the batch to the main process copies nothing."""
-    if torch.utils.data.get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.float32)
-    proto = torch.empty(0, dtype=torch.float32)
+
+def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype, shared: bool = True) -> torch.Tensor:
+    """An uninitialised tensor; in shared memory inside a DataLoader worker when ``shared`` (as
+    default_collate allocates its output there), so handing the batch to the main process copies nothing."""
+    if not shared or torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    proto = torch.empty(0, dtype=dtype)
     storage = proto._typed_storage()._new_shared(int(np.prod(shape)), device=proto.device)
     return proto.new(storage).resize_(*shape)
 

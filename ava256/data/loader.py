@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
-from ava256.data.normalization import NormStats
 from ava256.data.sampler import ResumableSampler
 
 
@@ -69,31 +71,41 @@ def pin_batch(batch: Any) -> Any:
 
 def finish_batch(
     batch: dict[str, Any],
-    stats: NormStats,
+    dataset: Any,
     device: torch.device | str | None = None,
     non_blocking: bool = True,
 ) -> dict[str, Any]:
-    """Turn a batch of a ``ZarrSampleDataset(..., normalize=False)`` (uint8 ``image`` (B, 3, H, W), uint8
-    ``tex``/``neut_tex`` (B, 3, T, T), vertices in mm) into the contract batch on ``device``: tensors moved
-    (``non_blocking`` from pinned memory), ``image`` float32 0..255, textures and vertices normalised with
-    ``stats``. Doing this on the GPU moves 4x fewer texture bytes through workers, shared memory and PCIe and
-    takes the float math off the CPU. ValueError for a batch that is already normalised."""
-    if batch["image"].dtype != torch.uint8 or batch["tex"].dtype != torch.uint8:
+    """Turn a compact batch of ``dataset`` (a ``ZarrSampleDataset(..., normalize=False)``: uint8 ``image``
+    (B, H, W, 3) and ``tex`` (B, T, T, 3), ``verts`` in mm, no per-capture constants) into the contract batch
+    on ``device``: tensors moved (``non_blocking`` from pinned memory); ``image`` (B, 3, H, W) float32
+    0..255; ``tex``, ``verts`` normalised with ``dataset.stats``; ``neut_tex``/``neut_verts`` of each
+    sample's capture from ``dataset.device_constants`` (cached on the device); ``pixelcoords`` (B, H, W, 2)
+    (a broadcast view of one grid). On a GPU this moves 7x fewer bytes through workers, shared memory and
+    PCIe than the float contract batch and takes all float math off the CPU.
+    ValueError for a batch that is not compact."""
+    if batch["image"].dtype != torch.uint8 or batch["tex"].dtype != torch.uint8 or "neut_tex" in batch:
         raise ValueError(
-            "finish_batch needs a batch of a ZarrSampleDataset(normalize=False) (uint8 image/tex)"
+            "finish_batch needs a compact batch of a ZarrSampleDataset(normalize=False) (uint8 image/tex, "
+            "no neut_tex)"
         )
     dev = torch.device(device) if device is not None else batch["image"].device
     out = {
         k: v.to(dev, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
         for k, v in batch.items()
     }
+    stats = dataset.stats
     tex_mean, vert_mean = stats.on(dev)
     inv_tex, inv_vert = 1.0 / stats.tex_std, 1.0 / stats.vert_std
-    out["image"] = out["image"].float()
-    for k in ("tex", "neut_tex"):
-        out[k] = (out[k].float() - tex_mean).mul_(inv_tex)
-    for k in ("verts", "neut_verts"):
-        out[k] = (out[k].float() - vert_mean).mul_(inv_vert)
+    neut_tex, neut_verts, pixelcoords = dataset.device_constants(list(batch["capture"]), dev)
+    image = out["image"]
+    B, H, W, _ = image.shape
+    out["image"] = torch.empty((B, 3, H, W), dtype=torch.float32, device=dev).copy_(image.permute(0, 3, 1, 2))
+    for k, t in (("tex", out["tex"]), ("neut_tex", neut_tex)):
+        f = torch.empty((B, 3, *t.shape[1:3]), dtype=torch.float32, device=dev).copy_(t.permute(0, 3, 1, 2))
+        out[k] = f.sub_(tex_mean).mul_(inv_tex)
+    out["verts"] = (out["verts"].float() - vert_mean).mul_(inv_vert)
+    out["neut_verts"] = neut_verts
+    out["pixelcoords"] = pixelcoords.expand(B, *pixelcoords.shape)
     return out
 
 
@@ -102,11 +114,82 @@ def batch_size_of(batch: dict[str, Any]) -> int:
     return int(batch["idindex"].shape[0]) if "idindex" in batch else len(next(iter(batch.values())))
 
 
+class ThreadLoader:
+    """Batches of ``dataset`` read by ``num_workers`` threads of this process: no worker processes, no
+    shared memory, no pickling. Iterating yields ``collate_fn(dataset.__getitems__(indices))`` for the
+    ``batch_size`` groups of ``sampler``'s indices, in order, keeping ``prefetch`` batches in flight
+    (pinned when ``pin_memory``). An exception of the dataset is raised here, at its batch.
+
+    For :class:`ava256.data.ZarrSampleDataset` on a local store this is faster than a DataLoader's worker
+    processes: a compact sample costs ~1 ms of which most is ``pread`` and decompression, which release the
+    GIL, while moving it through a worker's shared memory costs more than reading it (fresh shared-memory
+    pages are faulted in and zeroed for every batch). ``benchmarks/loader.py`` measures both.
+    The dataset must be safe to read from several threads (``ZarrSampleDataset`` is).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        batch_size: int,
+        sampler: Any,
+        num_workers: int = 4,
+        prefetch: int | None = None,
+        collate_fn: Any = None,
+        pin_memory: bool = False,
+        drop_last: bool = False,
+    ) -> None:
+        if num_workers < 1:
+            raise ValueError(f"ThreadLoader needs at least one thread, got num_workers={num_workers}")
+        self.dataset, self.sampler = dataset, sampler
+        self.batch_size, self.num_workers, self.drop_last = int(batch_size), int(num_workers), bool(drop_last)
+        self.prefetch = max(1, int(prefetch) if prefetch is not None else 2 * self.num_workers)
+        self.collate_fn = collate_fn or collate_samples
+        self.pin_memory = bool(pin_memory)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _load(self, indices: list[int]) -> Any:
+        get = getattr(self.dataset, "__getitems__", None)
+        items = get(indices) if get is not None else [self.dataset[i] for i in indices]
+        batch = self.collate_fn(items)
+        return pin_batch(batch) if self.pin_memory else batch
+
+    def _index_batches(self) -> Iterator[list[int]]:
+        it = iter(self.sampler)
+        while True:
+            chunk = list(islice(it, self.batch_size))
+            if not chunk or (self.drop_last and len(chunk) < self.batch_size):
+                return
+            yield chunk
+
+    def __iter__(self) -> Iterator[Any]:
+        batches = self._index_batches()
+        pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="ava256-loader")
+        pending: deque[Future] = deque(pool.submit(self._load, b) for b in islice(batches, self.prefetch))
+        try:
+            while pending:
+                fut = pending.popleft()
+                nxt = next(batches, None)
+                if nxt is not None:
+                    pending.append(pool.submit(self._load, nxt))
+                yield fut.result()
+        finally:  # also when the consumer stops early: drop queued batches, wait for running ones
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+#: ``make_loader(workers=...)`` choices
+WORKER_KINDS = ("threads", "processes")
+
+
 def make_loader(
     dataset: Dataset,
     *,
     batch_size: int = 4,
     num_workers: int = 2,
+    workers: str = "threads",
     seed: int = 0,
     shuffle: bool = True,
     drop_last: bool = False,
@@ -114,18 +197,42 @@ def make_loader(
     prefetch_factor: int = 2,
     persistent_workers: bool | None = None,
     pin_memory: bool | None = None,
-) -> DataLoader:
-    """A DataLoader over ``dataset`` with a :class:`ResumableSampler` (rank/world from torch.distributed),
-    :func:`collate_samples`, worker processes, and pinned memory when CUDA is present (``pin_memory=None``).
+    collate_fn: Any = None,
+    generator: torch.Generator | None = None,
+) -> ThreadLoader | DataLoader:
+    """A loader over ``dataset`` with a :class:`ResumableSampler` (rank/world from torch.distributed),
+    ``collate_fn`` (default :func:`collate_samples`), ``num_workers`` workers and pinned memory when CUDA is
+    present (``pin_memory=None``).
+
+    ``workers="threads"`` (default): a :class:`ThreadLoader` (``num_workers`` threads, ``prefetch_factor *
+    num_workers`` batches in flight); ``"processes"``: a torch DataLoader with worker processes
+    (``persistent_workers`` default True; ``generator`` seeds their base seed). ``num_workers=0`` reads in
+    the calling thread (a DataLoader without workers).
 
     The sampler is ``loader.sampler``; the training loop calls ``loader.sampler.advance(batch_size_of(b))``
     after using each batch and ``loader.sampler.next_epoch()`` after each epoch, and checkpoints
     ``loader.sampler.state_dict()``. ``drop_last`` drops the epoch's incomplete last batch (and, across
     ranks, the indices that would need padding)."""
+    if workers not in WORKER_KINDS:
+        raise ValueError(f"workers must be one of {WORKER_KINDS}, got {workers!r}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     if sampler is None:
         sampler = ResumableSampler(len(dataset), seed=seed, shuffle=shuffle, drop_last=drop_last)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
+    collate_fn = collate_fn or collate_samples
+    if workers == "threads" and num_workers > 0:
+        return ThreadLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=num_workers,
+            prefetch=prefetch_factor * num_workers,
+            collate_fn=collate_fn,
+            pin_memory=pin_memory,
+            drop_last=drop_last,
+        )
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs["prefetch_factor"] = prefetch_factor
@@ -135,8 +242,9 @@ def make_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate_samples,
+        collate_fn=collate_fn,
         pin_memory=pin_memory,
         drop_last=drop_last,
+        generator=generator,
         **kwargs,
     )

@@ -117,7 +117,12 @@ def open_datasets(
         captures = sorted({str(c) for df in allrows for c in df["capture"].unique()})
         camera_ids = sorted({str(c) for df in allrows for c in df["camera_id"].unique()})
         stats = None
-    ds_kw = {"downsample": data_cfg.get("downsample"), "captures": captures, "camera_ids": camera_ids}
+    ds_kw = {
+        "downsample": data_cfg.get("downsample"),
+        "captures": captures,
+        "camera_ids": camera_ids,
+        "normalize": not data_cfg.get("compact", True),
+    }
     first_ds = ZarrSampleDataset(store, first, stats=stats, **ds_kw)
     second = None
     if len(parts) > 1 and len(frames[parts[1]]):

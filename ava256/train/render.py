@@ -91,7 +91,7 @@ def render(
     """
     from ava256.models import psnr
     from ava256.train.data import open_datasets
-    from ava256.train.trainer import _norm_stats, build_model, collate_shared, prepare_batch
+    from ava256.train.trainer import build_model, collate_shared, prepare_batch
 
     ckpt_path = Path(checkpoint)
     if ckpt_path.is_dir():
@@ -106,7 +106,6 @@ def render(
         raise ValueError(f"{ckpt_path} does not name its split; pass --split")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ds, _, info = open_datasets(store, split, cfg["data"], info=info_d, parts=(part,))
-    norm = _norm_stats(info)
     model = build_model(cfg["model"], info)
     model.load_state_dict(state["model"])
     model.to(dev).eval()
@@ -136,10 +135,10 @@ def render(
 
     recon_frames, transfer_frames, scores = [], [], []
     with torch.no_grad():
-        targets = [prepare_batch(collate_shared([ds[i]]), dev, norm) for _, i in others]
+        targets = [prepare_batch(collate_shared([ds[i]]), dev, ds) for _, i in others]
         target_bias = [model.encode_identity(t["neut_verts"], t["neut_tex"]) for t in targets]
         for n, i in enumerate(driver_idx):
-            b = prepare_batch(collate_shared([ds[i]]), dev, norm)
+            b = prepare_batch(collate_shared([ds[i]]), dev, ds)
             o = model(b, sample=False)
             scores.append(float(psnr(o["image"], b["image"])[0]))
             gt, rec = _to_u8(b["image"][0]), _to_u8(o["image"][0])

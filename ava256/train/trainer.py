@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
 from ava256.atomic import atomic_write_text
-from ava256.data import ResumableSampler, batch_size_of, collate_samples
+from ava256.data import ResumableSampler, batch_size_of, collate_samples, make_loader
 from ava256.models import Autoencoder, ModelConfig, losses, psnr, ssim
 from ava256.train.checkpoint import (
     latest_checkpoint,
@@ -94,10 +94,16 @@ def collate_shared(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-def prepare_batch(batch: dict[str, Any], device: torch.device, stats: Any = None) -> dict[str, Any]:
+def prepare_batch(batch: dict[str, Any], device: torch.device, dataset: Any = None) -> dict[str, Any]:
     """A loader batch as the model takes it, on ``device``: tensors moved (non-blocking from pinned memory),
-    shared tensors expanded, and a uint8 batch (``ZarrSampleDataset(normalize=False)``) converted and
-    normalised on the device by ``ava256.data.finish_batch`` with ``stats``."""
+    shared tensors expanded, and a compact batch (``ZarrSampleDataset(normalize=False)``) completed,
+    converted and normalised on the device by ``ava256.data.finish_batch`` with its ``dataset``."""
+    if batch["image"].dtype == torch.uint8:
+        from ava256.data import finish_batch
+
+        if dataset is None:
+            raise ValueError("a compact (uint8) batch needs the dataset it came from")
+        return finish_batch({k: v for k, v in batch.items() if k != _SHARED}, dataset, device)
     shared = batch.get(_SHARED, [])
     n = int(batch["idindex"].shape[0])
     out = {
@@ -107,12 +113,6 @@ def prepare_batch(batch: dict[str, Any], device: torch.device, stats: Any = None
     }
     for k in shared:
         out[k] = out[k].expand(n, *out[k].shape[1:])
-    if out["image"].dtype == torch.uint8:
-        from ava256.data import finish_batch
-
-        if stats is None:
-            raise ValueError("a uint8 batch needs the dataset's normalisation statistics")
-        out = finish_batch(out, stats, device)
     return out
 
 
@@ -126,14 +126,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _norm_stats(info: DataInfo) -> Any:
-    if not info.stats:
-        return None
-    from ava256.data import NormStats
-
-    return NormStats.from_state_dict(info.stats)
 
 
 def build_model(model_cfg: dict[str, Any], info: DataInfo) -> Autoencoder:
@@ -157,7 +149,6 @@ def evaluate(
     max_batches: int,
     device: torch.device,
     amp: bool,
-    stats: Any = None,
 ) -> dict[str, float]:
     """PSNR (dB), SSIM and L1 (0..255) of reconstructions (mean expression code) on the first
     ``max_batches`` batches of ``dataset`` in order."""
@@ -171,7 +162,7 @@ def evaluate(
     for i, batch in enumerate(loader):
         if i >= max_batches:
             break
-        batch = prepare_batch(batch, device, stats)
+        batch = prepare_batch(batch, device, dataset)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(batch, sample=False)
         pred, gt = out["image"].float(), batch["image"].float()
@@ -271,7 +262,6 @@ def train(
         (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     seed_everything(int(tc["seed"]) + dd.rank)
 
-    norm = _norm_stats(info)
     model = build_model(cfg["model"], info).to(dd.device)
     opt = torch.optim.Adam(model.parameters(), lr=float(tc["lr"]))
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=int(tc["lr_step"]), gamma=float(tc["lr_gamma"]))
@@ -339,16 +329,16 @@ def train(
     # the loader draws its workers' base seed from its own generator, never from the global RNG (exact resume)
     loader_gen = torch.Generator().manual_seed(int(tc["seed"]) * 7919 + dd.rank)
     nw = int(dc["num_workers"])
-    loader = DataLoader(
+    loader = make_loader(
         train_ds,
         batch_size=bs,
         sampler=sampler,
         drop_last=True,
         num_workers=nw,
+        workers=str(dc["workers"]),
         collate_fn=collate_shared,
         pin_memory=bool(dc["pin_memory"]) and dd.device.type == "cuda",
-        prefetch_factor=int(dc["prefetch_factor"]) if nw > 0 else None,
-        persistent_workers=nw > 0,
+        prefetch_factor=int(dc["prefetch_factor"]),
         generator=loader_gen,
     )
     ran = 0
@@ -360,7 +350,7 @@ def train(
         epoch_done = True
         for batch in loader:
             t0 = time.perf_counter()
-            batch = prepare_batch(batch, dd.device, norm)
+            batch = prepare_batch(batch, dd.device, train_ds)
             with torch.autocast(device_type=dd.device.type, dtype=torch.bfloat16, enabled=amp):
                 outs = net(batch)
             terms = losses(outs, batch, weights)
@@ -432,9 +422,7 @@ def _validate(
     """Validation on the main rank; the others wait."""
     res: dict[str, float] = {}
     if dd.main and len(val_ds) > 0:
-        res = evaluate(
-            model, val_ds, int(dc["batch_size"]), int(dc["val_batches"]), dd.device, amp, _norm_stats(info)
-        )
+        res = evaluate(model, val_ds, int(dc["batch_size"]), int(dc["val_batches"]), dd.device, amp)
         for k, v in res.items():
             writer.add_scalar(f"val/{k}", v, iteration)
         metrics.write({"iter": iteration} | {f"val/{k}": v for k, v in res.items()})

@@ -4,6 +4,7 @@ end to end, statistics, and an exactly-resumable multi-worker loader."""
 from __future__ import annotations
 
 import pickle
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import zarr
 
 from ava256.data import ZarrSampleDataset, collate_samples, finish_batch, make_loader, split_dataset
 from ava256.data.iostats import CountingStore
-from ava256.data.loader import batch_size_of
+from ava256.data.loader import ThreadLoader, batch_size_of
 from ava256.manifests.splits import read_split_part
 from ava256.pipeline.split import read_samples
 from ava256.store import layout as L
@@ -188,10 +189,11 @@ def keys_of(batch) -> list[tuple[str, int, int]]:
     return list(zip(batch["capture"], batch["frame_index"].tolist(), batch["camindex"].tolist()))
 
 
-def test_loader_with_workers_resumes_exactly(tiny_data):
+@pytest.mark.parametrize("workers", ["threads", "processes"])
+def test_loader_with_workers_resumes_exactly(tiny_data, workers):
     ds = split_dataset(tiny_data.store, "free-face", "train")
     assert pickle.loads(pickle.dumps(ds))[5]["frame_index"] == ds[5]["frame_index"]  # workers reopen stores
-    loader = make_loader(ds, batch_size=4, num_workers=2, seed=7)
+    loader = make_loader(ds, batch_size=4, num_workers=2, seed=7, workers=workers)
     epoch: list = []
     state = None
     for b, batch in enumerate(loader):
@@ -206,7 +208,11 @@ def test_loader_with_workers_resumes_exactly(tiny_data):
     assert len(epoch) == len(ds) and len(set(epoch)) == len(ds)
     assert state == {**state, "epoch": 0, "position": 12}
     resumed = make_loader(
-        split_dataset(tiny_data.store, "free-face", "train"), batch_size=4, num_workers=2, seed=7
+        split_dataset(tiny_data.store, "free-face", "train"),
+        batch_size=4,
+        num_workers=2,
+        seed=7,
+        workers=workers,
     )
     resumed.sampler.load_state_dict(state)
     rest = [k for batch in resumed for k in keys_of(batch)]
@@ -217,6 +223,39 @@ def test_loader_with_workers_resumes_exactly(tiny_data):
     assert sorted(second) == sorted(epoch) and second != epoch
 
 
+def test_thread_loader_errors_early_stop_and_compact_batches(tiny_data):
+    df = read_split_part(tiny_data.store, "free-face", "train")
+    ds = ZarrSampleDataset(tiny_data.store, df, normalize=False)
+    loader = make_loader(ds, batch_size=3, num_workers=3, shuffle=False, drop_last=True)
+    assert isinstance(loader, ThreadLoader) and len(loader) == len(ds) // 3
+    batches = list(loader)
+    assert len(batches) == len(ds) // 3
+    want = collate_samples(ds.__getitems__([3, 4, 5]))
+    assert all(torch.equal(batches[1][k], want[k]) for k in ("image", "tex", "verts", "camrot"))
+    # stopping early leaves no thread behind
+    before = threading.active_count()
+    for i, _ in enumerate(make_loader(ds, batch_size=2, num_workers=2)):
+        if i == 1:
+            break
+    assert threading.active_count() <= before
+    # a failing read is raised at its batch, naming the sample's chunk
+    cap = ds.sample_key(0)[0]
+    shard = next(
+        p for p in (tiny_data.store / f"{cap}{L.STORE_SUFFIX}" / L.UV_TEXTURE / "c").rglob("*") if p.is_file()
+    )
+    broken = tiny_data.store.parent / "broken"
+    import shutil
+
+    shutil.copytree(tiny_data.store, broken)
+    bad = broken / shard.relative_to(tiny_data.store)
+    bad.write_bytes(bad.read_bytes()[:100])
+    bad_ds = ZarrSampleDataset(broken, df, normalize=False)
+    with pytest.raises(ValueError, match=str(L.UV_TEXTURE)):
+        list(make_loader(bad_ds, batch_size=2, num_workers=2, shuffle=False))
+    with pytest.raises(ValueError, match="workers must be one of"):
+        make_loader(ds, workers="fibers")
+
+
 def test_dataframe_with_categoricals_and_extra_columns(tiny_data):
     df = read_split_part(tiny_data.store, "free-face", "test")
     cat = df.astype({"capture": "category", "camera_id": "category"}).assign(extra=1)
@@ -224,19 +263,23 @@ def test_dataframe_with_categoricals_and_extra_columns(tiny_data):
     assert list(a.keys()) == list(b.keys()) and len(a) == len(df)
 
 
-def test_uint8_batches_finished_on_device_equal_the_contract_batch(tiny_data):
+COMPACT_KEYS = CONTRACT_KEYS - {"neut_tex", "neut_verts", "pixelcoords"}
+
+
+def test_compact_batches_finished_on_the_device_equal_the_contract_batch(tiny_data):
     df = read_split_part(tiny_data.store, "free-face", "val")
     full = ZarrSampleDataset(tiny_data.store, df)
-    raw = ZarrSampleDataset(tiny_data.store, df, normalize=False, stats=full.stats)
-    idx = [0, 3, len(df) - 1]
+    compact = ZarrSampleDataset(tiny_data.store, df, normalize=False, stats=full.stats, neutral_cache=1)
+    assert len(full.captures) == 2
+    idx = [0, 3, len(df) - 1]  # both captures
     want = collate_samples([full[i] for i in idx])
-    got_u8 = collate_samples([raw[i] for i in idx])
-    assert got_u8["image"].dtype == torch.uint8 and got_u8["tex"].dtype == torch.uint8
-    assert (
-        got_u8["tex"].element_size() * got_u8["tex"].numel() * 4
-        == want["tex"].element_size() * want["tex"].numel()
-    )
-    got = finish_batch(got_u8, full.stats, "cpu")
+    got_c = collate_samples([compact[i] for i in idx])
+    assert set(got_c) == COMPACT_KEYS
+    H, W = full.image_size
+    T = full.texture_size
+    assert got_c["image"].dtype == torch.uint8 and got_c["image"].shape == (3, H, W, 3)
+    assert got_c["tex"].dtype == torch.uint8 and got_c["tex"].shape == (3, T, T, 3)
+    got = finish_batch(got_c, compact, "cpu")
     assert set(got) == set(want)
     for k, v in want.items():
         if isinstance(v, torch.Tensor):
@@ -244,8 +287,31 @@ def test_uint8_batches_finished_on_device_equal_the_contract_batch(tiny_data):
             torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-4, msg=k)
         else:
             assert got[k] == v
-    with pytest.raises(ValueError, match="normalize=False"):
-        finish_batch(want, full.stats)
+    # the neutral conditioning is cached on the device per capture (LRU of neutral_cache = 1 here)
+    (cache,) = compact._device_constants.values()
+    assert list(cache["neutral"]) == [want["capture"][-1]]
+    with pytest.raises(ValueError, match="compact batch"):
+        finish_batch(want, full)
+
+
+def test_fast_reads_equal_zarr_reads_and_touch_only_four_chunks(tiny_data):
+    df = read_split_part(tiny_data.store, "free-face", "train")
+    for normalize in (True, False):
+        fast = ZarrSampleDataset(tiny_data.store, df, normalize=normalize)
+        slow = ZarrSampleDataset(tiny_data.store, df, normalize=normalize, fast_reads=False, stats=fast.stats)
+        idx = [0, 7, len(df) - 1]
+        a, b = fast.__getitems__(idx), slow.__getitems__(idx)
+        for sa, sb in zip(a, b):
+            for k, v in sb.items():
+                assert torch.equal(sa[k], v) if isinstance(v, torch.Tensor) else sa[k] == v, k
+        cap = fast.sample_key(idx[0])[0]
+        assert fast._arrays[cap].readers is not None and slow._arrays[cap].readers is None
+    readers = fast._arrays[cap].readers
+    before = [dict(r.counts) for r in readers]
+    i = next(i for i in range(1, len(fast)) if fast.sample_key(i)[0] == cap)
+    fast[i]
+    reads = [r.counts["chunk_reads"] - c["chunk_reads"] for r, c in zip(readers, before)]
+    assert reads == [1, 1, 1, 1]  # image, head pose, vertices, texture: one chunk each
 
 
 def test_batched_reads_equal_single_samples_and_skip_the_stack_copy(tiny_data):
