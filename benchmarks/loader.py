@@ -2,25 +2,30 @@
 
 Data: synthetic format-exact captures at the 4TB release's resolution (1024 x 667 AVIF camera images, 1024 x
 1024 AVIF uv textures, 7306-vertex PLY meshes), generated once into ``--workdir`` and repacked with
-``--downsample 2`` (stored images 512 x 333, the reference training's default resolution). Both loaders read
+``--downsample 2`` (stored images 512 x 333, the reference training's default resolution). All loaders read
 the same samples in the same seeded random order through ``make_loader`` (same batch size, same number of
-DataLoader workers, same collate) and return the same contract dict (tests/data/test_equivalence.py).
+workers, same collate) and deliver the same contract batch (tests/data/test_equivalence.py,
+tests/data/test_dataset.py).
 
-Loaders compared side by side, each in its own fresh process (so peak memory is its own), in rotating order:
+Loaders compared side by side, each in its own fresh process (so peak memory is its own), in rotating order,
+all with ``--workers`` workers (threads or processes, as named) and ``make_loader``'s sampler and collate:
 
-- ``zarr``: :class:`ava256.data.ZarrSampleDataset` on the repacked store (the contract dict, normalised in
-  the workers);
-- ``zarr-u8``: the same with ``normalize=False`` (uint8 pictures) and :func:`ava256.data.finish_batch` in the
-  consuming loop, on the GPU when there is one, else on the CPU (counted in the time either way);
-- ``legacy``: :class:`ava256.data.legacy.LegacySampleDataset` on the raw tree;
+- ``zarr``: what ``ava256 train`` uses. :class:`ava256.data.ZarrSampleDataset` with compact samples
+  (``normalize=False``) read by a :class:`ava256.data.ThreadLoader`, and :func:`ava256.data.finish_batch` in
+  the consuming loop on the GPU (counted in its samples/s). Without a GPU the finish would run on the CPU
+  instead of the training GPU: its cost is then printed separately and not counted.
+- ``zarr-processes``: the same through a torch DataLoader's worker processes (shared memory);
+- ``zarr-float``: the full float contract dict built in the loader threads (``normalize=True``);
+- ``legacy``: :class:`ava256.data.legacy.LegacySampleDataset` on the raw tree, in worker processes as the
+  seed did; ``legacy-threads``: the same in threads;
 - ``legacy-5k``: the same, on a copy of the raw tree whose zips carry ``--zip-members`` (default 5,000)
   entries like a real capture's (the extra members are empty and never read): the seed's approach re-reads
   a zip's central directory at every sample, and a real 4TB capture has ~5,000 frames per zip.
 
 Figures: steady-state samples/s (after the first batch; the median of ``--rounds``), time to first batch,
-per-sample bytes read (``/proc/self/io`` rchar over an in-process pass, and for Zarr the store requests and
-bytes counted by a wrapping store), in-process ms per sample, and peak RSS of the main process and of the
-largest worker. Run: ``python benchmarks/loader.py [--quick] [--workers N]``.
+per-sample bytes read (``/proc/self/io`` rchar over an in-process pass) and for Zarr the file reads per
+sample (chunk + shard-index ``pread`` s), in-process ms per sample, and peak RSS of the main process and of
+the largest worker process. Run: ``python benchmarks/loader.py [--quick] [--workers N]``.
 """
 
 from __future__ import annotations
@@ -117,18 +122,28 @@ def dir_bytes(path: Path) -> int:
 # --------------------------------------------------------------------------------------------------------
 
 
-def build_dataset(kind: str, work: Path, downsample: int, counting: bool = False):
+#: loader kind -> (data, sample form, workers)
+KINDS = {
+    "zarr": ("store", "compact", "threads"),
+    "zarr-processes": ("store", "compact", "processes"),
+    "zarr-float": ("store", "float", "threads"),
+    "legacy": ("raw", "float", "processes"),
+    "legacy-threads": ("raw", "float", "threads"),
+    "legacy-5k": ("raw-5k", "float", "processes"),
+}
+
+
+def build_dataset(kind: str, work: Path, downsample: int):
     from ava256.data import ZarrSampleDataset
-    from ava256.data.iostats import CountingStore
     from ava256.data.legacy import LegacySampleDataset
     from ava256.pipeline.split import read_samples
 
+    data, form, _ = KINDS[kind]
     df = read_samples(work / "store")
-    if kind in ("zarr", "zarr-compact"):
-        store = CountingStore.local(work / "store") if counting else work / "store"
-        return ZarrSampleDataset(store, df, downsample=downsample, normalize=kind == "zarr"), store
-    raw = work / ("raw-5k" if kind == "legacy-5k" else "bucket/ava-256/4TB")
-    return LegacySampleDataset(raw, df, downsample=downsample), None
+    if data == "store":
+        return ZarrSampleDataset(work / "store", df, downsample=downsample, normalize=form == "float")
+    raw = work / ("raw-5k" if data == "raw-5k" else "bucket/ava-256/4TB")
+    return LegacySampleDataset(raw, df, downsample=downsample)
 
 
 def child(args: argparse.Namespace) -> None:
@@ -139,18 +154,24 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     work = Path(args.workdir)
+    _, form, workers = KINDS[args.child]
     t0 = time.perf_counter()
-    ds, _ = build_dataset(args.child, work, args.downsample)
+    ds = build_dataset(args.child, work, args.downsample)
     setup_s = time.perf_counter() - t0
     loader = make_loader(
-        ds, batch_size=args.batch_size, num_workers=args.workers, seed=1, persistent_workers=False
+        ds,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        workers=workers,
+        seed=1,
+        persistent_workers=False,
     )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     n, t_first, n_first = 0, None, 0
     t0 = time.perf_counter()
     finish_ms: list[float] = []
     for batch in loader:
-        if args.child == "zarr-compact":  # the consumer's side: to the device, float + normalise there
+        if form == "compact":  # the consumer's side: to the device, completed + normalised there
             t = time.perf_counter()
             done = finish_batch(batch, ds, device)
             if device.type == "cuda":
@@ -172,28 +193,30 @@ def child(args: argparse.Namespace) -> None:
     steady = (n - n_first) / span if span > 0 else float("nan")
     worker_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
-    # In-process pass (no workers): latency and bytes read per sample, on the same order of samples.
+    # In-process pass (no workers, same dataset): latency and bytes read per sample, same order of samples.
     order = list(ResumableSampler(len(ds), seed=1))
-    m = min(args.inproc, len(order))
-    ds2, store = build_dataset(args.child, work, args.downsample, counting=True)
+    m = min(args.inproc, len(order) - 1)
+    ds2 = build_dataset(args.child, work, args.downsample)
     ds2[order[0]]
-    if store is not None:
-        store.reset()
+    readers = [r for a in getattr(ds2, "_arrays", {}).values() for r in (a.readers or ())]
+    c0 = sum(r.counts["chunk_reads"] + r.counts["index_reads"] for r in readers)
     r0, t1 = process_read_bytes(), time.perf_counter()
     for i in order[1 : m + 1]:
         ds2[i]
     ms = (time.perf_counter() - t1) / m * 1000
     r1 = process_read_bytes()
+    readers = [r for a in getattr(ds2, "_arrays", {}).values() for r in (a.readers or ())]
+    c1 = sum(r.counts["chunk_reads"] + r.counts["index_reads"] for r in readers)
     out = {
         "kind": args.child,
+        "workers": workers,
         "samples": n,
         "setup_s": setup_s,
         "first_batch_s": t_first - t0,
         "steady_sps": steady,
         "inproc_ms": ms,
         "read_bytes_per_sample": (r1 - r0) / m if r0 is not None else None,
-        "store_requests_per_sample": store.requests / m if store is not None else None,
-        "store_bytes_per_sample": store.bytes / m if store is not None else None,
+        "reads_per_sample": (c1 - c0) / m if readers else None,
         "finish_ms_per_batch": statistics.median(finish_ms) if finish_ms else None,
         "finish_device": device.type if finish_ms else None,
         "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -257,7 +280,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=None)
     ap.add_argument("--downsample", type=int, default=2)
     ap.add_argument("--zip-members", type=int, default=5000)
-    ap.add_argument("--loaders", default="zarr-compact,zarr,legacy,legacy-5k")
+    ap.add_argument("--loaders", default=",".join(KINDS), help=f"comma-separated, from {', '.join(KINDS)}")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -296,7 +319,10 @@ def main() -> None:
         f"{args.rounds} round(s), medians; cpus={os.cpu_count()}; raw {raw_b / MB:.0f} MB, store {store_b / MB:.0f} MB"
     )
     base = {k: med[k]["steady_sps"] for k in ("legacy", "legacy-5k") if k in med}
-    hdr = "| loader | samples/s | vs legacy | vs legacy-5k | first batch s | in-proc ms/sample | MB read/sample | store reqs/sample | peak RSS main MB | peak RSS worker MB |"
+    hdr = (
+        "| loader | workers | samples/s | vs legacy | vs legacy-5k | first batch s | in-proc ms/sample | "
+        "MB read/sample | reads/sample | peak RSS main MB | peak RSS worker MB |"
+    )
     print(hdr)
     print("|" + "---|" * (hdr.count("|") - 1))
     for k in kinds:
@@ -304,26 +330,25 @@ def main() -> None:
         ratio = {
             b: f"{m['steady_sps'] / base[b]:.1f}x" if b in base else "-" for b in ("legacy", "legacy-5k")
         }
-        reqs = f"{m['store_requests_per_sample']:.1f}" if m["store_requests_per_sample"] is not None else "-"
+        reqs = f"{m['reads_per_sample']:.2f}" if m["reads_per_sample"] is not None else "-"
         rb = f"{m['read_bytes_per_sample'] / MB:.2f}" if m["read_bytes_per_sample"] is not None else "-"
+        wrss = f"{m['rss_worker_mb']:.0f}" if m["workers"] == "processes" else "-"
         print(
-            f"| {k} | {m['steady_sps']:.1f} | {ratio['legacy']} | {ratio['legacy-5k']} | {m['first_batch_s']:.2f} | "
-            f"{m['inproc_ms']:.1f} | {rb} | {reqs} | {m['rss_main_mb']:.0f} | {m['rss_worker_mb']:.0f} |"
+            f"| {k} | {m['workers']} | {m['steady_sps']:.1f} | {ratio['legacy']} | {ratio['legacy-5k']} | "
+            f"{m['first_batch_s']:.2f} | {m['inproc_ms']:.2f} | {rb} | {reqs} | {m['rss_main_mb']:.0f} | {wrss} |"
         )
-    if "zarr-compact" in med and med["zarr-compact"]["finish_ms_per_batch"] is not None:
-        m = med["zarr-compact"]
+    for k in kinds:
+        m = med[k]
+        if m["finish_ms_per_batch"] is None:
+            continue
         how = (
             "included in its samples/s"
             if m["finish_device"] == "cuda"
-            else "NOT included in its samples/s (no GPU here)"
+            else "NOT included in its samples/s (no GPU here; it runs on the training GPU)"
         )
         print(
-            f"zarr-u8: finish_batch (uint8 -> float, normalise) on {m['finish_device']}: "
+            f"{k}: finish_batch (neutral conditioning, uint8 -> float, normalise) on {m['finish_device']}: "
             f"{m['finish_ms_per_batch']:.1f} ms per batch of {args.batch_size}, {how}"
-        )
-    if "zarr" in med and med["zarr"]["store_bytes_per_sample"]:
-        print(
-            f"zarr store bytes/sample (counted by a wrapping store): {med['zarr']['store_bytes_per_sample'] / MB:.2f} MB"
         )
     print(
         "rounds (samples/s): "

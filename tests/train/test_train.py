@@ -40,6 +40,14 @@ def _cfg(iters: int, *extra: str):
     return apply_overrides(load_config("tiny"), args + list(extra))
 
 
+def same_losses(a: list[float], b: list[float]) -> bool:
+    """Bit-identical on the CPU. On a GPU the raymarcher's backward accumulates gradients with atomicAdd (and
+    cuDNN may pick non-deterministic kernels), so two identical runs differ in the last bits."""
+    if torch.cuda.is_available():
+        return len(a) == len(b) and all(abs(x - y) <= 1e-5 * abs(y) for x, y in zip(a, b))
+    return a == b
+
+
 def test_crash_and_resume_gives_identical_losses(tiny_store, tmp_path):
     iters = 6
     cfg = _cfg(iters, "--data.num_workers=2")  # a ThreadLoader: its batches come in sampler order
@@ -56,11 +64,11 @@ def test_crash_and_resume_gives_identical_losses(tiny_store, tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path / "b" / "checkpoints")] == ["ckpt_00000003.pt"]
     resumed = run(tmp_path / "b")
     assert resumed.start_iteration == 3
-    assert resumed.losses == straight.losses[3:]  # bit-identical continuation
+    assert same_losses(resumed.losses, straight.losses[3:])  # the same continuation
     rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "loss/total" in r]
     assert [r["iter"] for r in train_rows] == list(range(1, iters + 1))  # the crashed run's 4, 5 were dropped
-    assert [r["loss/total"] for r in train_rows] == straight.losses
+    assert same_losses([r["loss/total"] for r in train_rows], straight.losses)
     val = json.loads((tmp_path / "b" / "val.json").read_text())
     assert val["iter"] == iters and 0 < val["psnr"] < 100 and -1 <= val["ssim"] <= 1 and val["samples"] > 0
     assert list((tmp_path / "b" / "tb").glob("events.out.tfevents.*"))
