@@ -68,61 +68,75 @@ def test_calibration_errors(data, match):
         read_calibration(data)
 
 
-def test_krt_truncated():
-    with pytest.raises(ValueError, match="truncated"):
-        read_krt(b"400069\n1 0 0\n0 1 0\n0 0 1\n")
+_V4 = np.arange(12, dtype=np.float32).reshape(4, 3)
+_PLY_BIN = write_ply(_V4)
+_PLY_ASCII = write_ply(_V4, binary=False)
+_KP = lambda rows: write_npy(np.array(rows, np.float32))  # noqa: E731
+
+# (reader, malformed bytes, what the ValueError must say)
+READER_ERRORS = {
+    "krt-truncated": (read_krt, b"400069\n1 0 0\n0 1 0\n0 0 1\n", "truncated"),
+    "frames-no-columns": (read_frame_list, b"seg,frame\nA,1\n", "lacks"),
+    "frames-bad-id": (read_frame_list, b"seg_id,frame_id\nA,1\nA,x\n", "line 3: frame_id 'x'"),
+    "frames-duplicate": (read_frame_list, b"seg_id,frame_id\nA,1\nB,1\n", "duplicate"),
+    "frames-fields": (read_frame_list, b"seg_id,frame_id\nA,1,2\n", "line 2: 3 fields"),
+    "frames-negative": (read_frame_list, b"seg_id,frame_id\nA,-1\n", "negative"),
+    "pose-3x3": (read_head_pose, b"1 0 0\n0 1 0\n0 0 1\n", "expected a 3x4"),
+    "pose-text": (read_head_pose, b"1 0 0 a\n0 1 0 0\n0 0 1 0\n", "non-numeric"),
+    "pose-last-row": (read_head_pose, b"1 0 0 5\n0 1 0 6\n0 0 1 7\n1 0 0 1\n", "last row"),
+    "ply-truncated": (read_ply, _PLY_BIN[:-5], "truncated binary body"),
+    "ply-trailing": (read_ply, _PLY_BIN + b"\0" * 12, "header says 4 vertices"),
+    "ply-ascii-short": (
+        read_ply,
+        _PLY_ASCII.replace(b"element vertex 4", b"element vertex 5"),
+        "truncated ascii",
+    ),
+    "ply-ascii-long": (
+        read_ply,
+        _PLY_ASCII.replace(b"element vertex 4", b"element vertex 3"),
+        "header says 3 vertices",
+    ),
+    "ply-magic": (read_ply, b"PNG...", "magic"),
+    "ply-no-end-header": (read_ply, _PLY_BIN[:40], "end_header"),
+    "ply-no-xyz": (
+        read_ply,
+        b"ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nend_header\n1\n",
+        "lacks",
+    ),
+    "keypoints-id-range": (read_keypoints, _KP([[274, 0, 0, 0, 1, 1]]), "out of range"),
+    "keypoints-shape": (read_keypoints, write_npy(np.zeros((3, 5), np.float32)), "shape"),
+    "keypoints-duplicate": (read_keypoints, _KP([[3, 0, 0, 0, 1, 1]] * 2), "duplicate"),
+    "keypoints-non-integer": (read_keypoints, _KP([[3.5, 0, 0, 0, 1, 1]]), "non-integer"),
+    "keypoints-truncated": (read_keypoints, write_npy(np.zeros((2, 6), np.float32))[:-4], "npy"),
+    "scalar-two": (read_scalar_txt, b"1 2", "exactly one"),
+    "scalar-text": (read_scalar_txt, b"abc", "not a number"),
+    "npy-garbage": (read_npy, b"garbage", "npy"),
+    "obj-quad": (read_obj, b"v 0 0 0\nv 1 0 0\nv 0 1 0\nv 1 1 0\nf 1 2 3 4\n", "only triangles"),
+    "obj-index": (read_obj, b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 9\n", "out of range"),
+}
 
 
-def test_frame_list_errors():
+@pytest.mark.parametrize("case", list(READER_ERRORS))
+def test_reader_errors(case):
+    reader, data, match = READER_ERRORS[case]
+    with pytest.raises(ValueError, match=match):
+        reader(data)
+
+
+def test_lenient_cases():
     assert len(read_frame_list(b"seg_id,frame_id\n")) == 0
     fl = read_frame_list(b"frame_id,seg_id\r\n7,EXP_a\r\n9,EXP_b\r\n")
     assert fl.frame_ids.tolist() == [7, 9] and fl.segments.tolist() == ["EXP_a", "EXP_b"]
-    with pytest.raises(ValueError, match="lacks"):
-        read_frame_list(b"seg,frame\nA,1\n")
-    with pytest.raises(ValueError, match="line 3: frame_id 'x'"):
-        read_frame_list(b"seg_id,frame_id\nA,1\nA,x\n")
-    with pytest.raises(ValueError, match="duplicate"):
-        read_frame_list(b"seg_id,frame_id\nA,1\nB,1\n")
-    with pytest.raises(ValueError, match="line 2: 3 fields"):
-        read_frame_list(b"seg_id,frame_id\nA,1,2\n")
-    with pytest.raises(ValueError, match="negative"):
-        read_frame_list(b"seg_id,frame_id\nA,-1\n")
-
-
-def test_head_pose_nan_is_returned_for_masking():
     pose = read_head_pose(b"nan nan nan nan\nnan nan nan nan\nnan nan nan nan\n")
-    assert pose.shape == (3, 4) and np.isnan(pose).all()
-
-
-def test_head_pose_4x4_accepted_and_errors():
+    assert pose.shape == (3, 4) and np.isnan(pose).all()  # returned for masking, not an error
     pose = read_head_pose(b"1 0 0 5\n0 1 0 6\n0 0 1 7\n0 0 0 1\n")
     np.testing.assert_array_equal(pose[:, 3], [5, 6, 7])
-    with pytest.raises(ValueError, match="expected a 3x4"):
-        read_head_pose(b"1 0 0\n0 1 0\n0 0 1\n")
-    with pytest.raises(ValueError, match="non-numeric"):
-        read_head_pose(b"1 0 0 a\n0 1 0 0\n0 0 1 0\n")
-    with pytest.raises(ValueError, match="last row"):
-        read_head_pose(b"1 0 0 5\n0 1 0 6\n0 0 1 7\n1 0 0 1\n")
-
-
-def test_ply_errors():
-    v = np.arange(12, dtype=np.float32).reshape(4, 3)
-    binary = write_ply(v)
-    with pytest.raises(ValueError, match="truncated binary body"):
-        read_ply(binary[:-5])
-    with pytest.raises(ValueError, match="header says 4 vertices"):
-        read_ply(binary + b"\0" * 12)
-    ascii_ = write_ply(v, binary=False)
-    with pytest.raises(ValueError, match="truncated ascii"):
-        read_ply(ascii_.replace(b"element vertex 4", b"element vertex 5"))
-    with pytest.raises(ValueError, match="header says 3 vertices"):
-        read_ply(ascii_.replace(b"element vertex 4", b"element vertex 3"))
-    with pytest.raises(ValueError, match="magic"):
-        read_ply(b"PNG...")
-    with pytest.raises(ValueError, match="end_header"):
-        read_ply(binary[:40])
-    with pytest.raises(ValueError, match="lacks"):
-        read_ply(b"ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nend_header\n1\n")
+    assert np.isnan(read_keypoints(write_npy(np.zeros((0, 6), np.float32)))).all()
+    assert read_scalar_txt(b" 1.5e3\n") == 1500.0
+    topo = read_obj(b"v 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nf -3/1 -2/1 -1/1\n")
+    assert topo.faces.tolist() == [[0, 1, 2]] and topo.faces_uv.tolist() == [[0, 0, 0]]
+    with pytest.raises(ValueError, match="out of range"):
+        write_keypoints(np.array([[-1, 0, 0, 0, 1, 1]], np.float32))
 
 
 def test_ply_big_endian_double_with_extra_props_and_faces():
@@ -137,41 +151,6 @@ def test_ply_big_endian_double_with_extra_props_and_faces():
     )
     out = read_ply(header + rec.tobytes() + faces.tobytes())
     np.testing.assert_allclose(out, v.astype(np.float32))
-
-
-def test_keypoint_errors():
-    with pytest.raises(ValueError, match="out of range"):
-        read_keypoints(write_npy(np.array([[274, 0, 0, 0, 1, 1]], np.float32)))
-    with pytest.raises(ValueError, match="out of range"):
-        write_keypoints(np.array([[-1, 0, 0, 0, 1, 1]], np.float32))
-    with pytest.raises(ValueError, match="shape"):
-        read_keypoints(write_npy(np.zeros((3, 5), np.float32)))
-    with pytest.raises(ValueError, match="duplicate"):
-        read_keypoints(write_npy(np.array([[3, 0, 0, 0, 1, 1]] * 2, np.float32)))
-    with pytest.raises(ValueError, match="non-integer"):
-        read_keypoints(write_npy(np.array([[3.5, 0, 0, 0, 1, 1]], np.float32)))
-    assert np.isnan(read_keypoints(write_npy(np.zeros((0, 6), np.float32)))).all()
-    with pytest.raises(ValueError, match="npy"):
-        read_keypoints(write_npy(np.zeros((2, 6), np.float32))[:-4])
-
-
-def test_scalars():
-    assert read_scalar_txt(b" 1.5e3\n") == 1500.0
-    with pytest.raises(ValueError, match="exactly one"):
-        read_scalar_txt(b"1 2")
-    with pytest.raises(ValueError, match="not a number"):
-        read_scalar_txt(b"abc")
-    with pytest.raises(ValueError, match="npy"):
-        read_npy(b"garbage")
-
-
-def test_obj_errors():
-    with pytest.raises(ValueError, match="only triangles"):
-        read_obj(b"v 0 0 0\nv 1 0 0\nv 0 1 0\nv 1 1 0\nf 1 2 3 4\n")
-    with pytest.raises(ValueError, match="out of range"):
-        read_obj(b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 9\n")
-    topo = read_obj(b"v 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nf -3/1 -2/1 -1/1\n")
-    assert topo.faces.tolist() == [[0, 1, 2]] and topo.faces_uv.tolist() == [[0, 0, 0]]
 
 
 def test_images_round_trip_and_errors():
