@@ -455,14 +455,15 @@ def _decode_rgb_fast(data: bytes) -> np.ndarray:
     ``load`` + ``np.asarray`` copies those bytes twice more (into the image's block memory in 64 KiB tiles,
     then out again via ``tobytes``): ~2 ms of CPU per 667 x 1024 image, a quarter of the decode. Anything
     else (PNG, an RGBA or grey AVIF, an error) goes through :func:`decode_rgb`."""
-    if _AVIF is not None and _AVIF.accept(data[:16]):
+    if _AVIF is not None:
         try:
-            dec = _AVIF.module.AvifDecoder(data, _AVIF.plugin.DECODE_CODEC_CHOICE, _AVIF.threads())
-            (w, h), _n_frames, mode = dec.get_info()[:3]
-            limit = _AVIF.image.MAX_IMAGE_PIXELS
-            if mode == "RGB" and (limit is None or w * h <= limit):  # bigger: decode_rgb warns / refuses
-                return np.frombuffer(dec.get_frame(0)[0], dtype=np.uint8).reshape(h, w, 3)
-        except Exception:  # noqa: BLE001 - decode_rgb below raises the canonical ValueError
+            if _AVIF.accept(data[:16]):
+                dec = _AVIF.module.AvifDecoder(data, _AVIF.plugin.DECODE_CODEC_CHOICE, _AVIF.threads())
+                (w, h), _n_frames, mode = dec.get_info()[:3]
+                limit = _AVIF.image.MAX_IMAGE_PIXELS
+                if mode == "RGB" and (limit is None or w * h <= limit):  # bigger: decode_rgb warns / refuses
+                    return np.frombuffer(dec.get_frame(0)[0], dtype=np.uint8).reshape(h, w, 3)
+        except Exception:  # noqa: BLE001 - decode_rgb below raises the canonical ValueError (or decodes it)
             pass
     return decode_rgb(data)
 
@@ -484,7 +485,16 @@ def _load_avif_api() -> _AvifApi | None:
     try:
         from PIL import AvifImagePlugin, Image, _avif
 
-        if not (AvifImagePlugin.SUPPORTED and hasattr(_avif, "AvifDecoder")):
+        needed = (
+            hasattr(_avif, "AvifDecoder")
+            and all(
+                hasattr(AvifImagePlugin, a)
+                for a in ("_accept", "_get_default_max_threads", "DECODE_CODEC_CHOICE")
+            )
+            and hasattr(Image, "MAX_IMAGE_PIXELS")
+        )
+        # a Pillow without these (private) names, or without AVIF: decode_rgb only
+        if not (needed and AvifImagePlugin.SUPPORTED):
             return None
         return _AvifApi(_avif, AvifImagePlugin, Image)
     except ImportError:
