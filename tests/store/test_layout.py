@@ -3,6 +3,11 @@ samples manifests: pure functions on real Zarr / Parquet files."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -246,11 +251,37 @@ def test_shard_encoder_declines_other_layouts(tmp_path):
     assert shard_encoder(gz) is None
 
 
+def _supports_direct_io(folder) -> bool:
+    if not hasattr(os, "O_DIRECT"):
+        return False
+    try:
+        fd = os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(folder / "probe")
+    return True
+
+
+def _tmpfs_dir():
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        pytest.skip("no writable /dev/shm")
+    return Path(tempfile.mkdtemp(dir=shm))
+
+
+@pytest.mark.parametrize("io", ["direct", "buffered", "tmpfs"])
 @pytest.mark.parametrize("codec", ["lz4", "none"])
-def test_streamed_shard_equals_one_pass_shard_and_abort_leaves_nothing(tmp_path, codec):
+def test_streamed_shard_equals_one_pass_shard_and_abort_leaves_nothing(tmp_path, codec, io, monkeypatch):
     """``open_shard`` (frames appended to the shard's temporary file) writes the same bytes as ``write``; an
-    aborted shard leaves no file (not even the temporary one), a closed one no temporary file."""
-    from ava256.store.shards import ShardSink, shard_encoder
+    aborted shard leaves no file (not even the temporary one), a closed one no temporary file. With direct
+    I/O (where the file system takes it), with it turned off, and on tmpfs (which, before Linux 6.6, refuses
+    O_DIRECT: the writer falls back to the page cache)."""
+    from ava256.store.shards import DIRECT_IO_ENV, ShardSink, shard_encoder
+
+    monkeypatch.setenv(DIRECT_IO_ENV, "0" if io == "buffered" else "1")
+    if io == "tmpfs":
+        tmp_path = _tmpfs_dir()
 
     data = np.random.default_rng(2).integers(0, 255, (6, 2, 16, 24, 3)).astype("uint8")
     kw = dict(shape=data.shape, dtype="uint8", chunks=(1, 1, 16, 24, 3), shards=(4, 1, 16, 24, 3),
@@ -262,6 +293,7 @@ def test_streamed_shard_equals_one_pass_shard_and_abort_leaves_nothing(tmp_path,
         one.write((s0 // 4, 1, 0, 0, 0), [one.encode(x) for x in frames])
         sink = streamed.open_shard((s0 // 4, 1, 0, 0, 0))
         assert isinstance(sink, ShardSink)
+        assert sink._f.direct == (io != "buffered" and _supports_direct_io(tmp_path))
         for x in frames:
             sink.append(streamed.encode(x))
         sink.close()
@@ -281,3 +313,60 @@ def test_streamed_shard_equals_one_pass_shard_and_abort_leaves_nothing(tmp_path,
     want = data[:, 1].copy()
     want[2] = 0
     np.testing.assert_array_equal(back, want)
+    if io == "tmpfs":
+        shutil.rmtree(tmp_path)
+
+
+def test_direct_file_stages_aligned_blocks_and_keeps_exact_bytes(tmp_path, monkeypatch):
+    """Unaligned appends of every size, across the 8 MiB staging buffers, give exactly the bytes written."""
+    from ava256.store.shards import DIRECT_IO_ENV, _open_shard_file
+
+    if not _supports_direct_io(tmp_path):
+        pytest.skip("the file system here refuses O_DIRECT")
+    monkeypatch.setenv(DIRECT_IO_ENV, "1")
+    rng = np.random.default_rng(5)
+    parts = [
+        rng.integers(0, 255, n, dtype=np.uint8).tobytes()
+        for n in (1, 4095, 4097, 3 << 20, 7 << 20, 12345, 0, 9 << 20, 7)
+    ]
+    f = _open_shard_file(tmp_path / "x", reserve=64 << 20)
+    assert f.direct
+    for part in parts:
+        f.write(part)
+    f.finish()
+    assert (tmp_path / "x").read_bytes() == b"".join(parts)  # preallocated tail and padding truncated away
+
+
+@pytest.mark.parametrize("refuse", ["open", "write"])
+def test_direct_io_refused_falls_back_to_the_page_cache(tmp_path, monkeypatch, refuse):
+    """A file system that refuses O_DIRECT (EINVAL at open, or at the first write, as some network file
+    systems do) still gets exactly the bytes, through the page cache. (This kernel's file systems all take
+    O_DIRECT, so the refusal is injected.)"""
+    import errno
+
+    from ava256.store import shards
+
+    if not hasattr(os, "O_DIRECT"):
+        pytest.skip("no O_DIRECT on this platform")
+    monkeypatch.setenv(shards.DIRECT_IO_ENV, "1")
+    real_open, real_pwrite = os.open, os.pwrite
+
+    def open_(path, flags, *a):
+        if refuse == "open" and flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *a)
+
+    def pwrite(fd, data, offset):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(shards.os, "open", open_)
+    if refuse == "write":
+        monkeypatch.setattr(shards.os, "pwrite", pwrite)
+    parts = [bytes([i]) * n for i, n in enumerate((5000, 9 << 20, 3))]
+    f = shards._open_shard_file(tmp_path / "x", reserve=32 << 20)
+    for part in parts:
+        f.write(part)
+    f.finish()
+    assert not f.direct
+    monkeypatch.setattr(shards.os, "pwrite", real_pwrite)
+    assert (tmp_path / "x").read_bytes() == b"".join(parts)
