@@ -206,17 +206,14 @@ _STAGE = 8 << 20  # bytes staged between direct writes
 
 
 def direct_io_enabled() -> bool:
-    """Whether shard files are opened with ``O_DIRECT`` (Linux; ``AVA256_DIRECT_IO=0`` disables)."""
-    return hasattr(os, "O_DIRECT") and os.environ.get(DIRECT_IO_ENV, "1").strip().lower() not in (
-        "0",
-        "false",
-        "no",
-    )
+    """Whether shard files are opened with ``O_DIRECT`` (Linux, with ``AVA256_DIRECT_IO=1``)."""
+    flag = os.environ.get(DIRECT_IO_ENV, "0").strip().lower()
+    return hasattr(os, "O_DIRECT") and flag in ("1", "true", "yes")
 
 
 def _open_shard_file(path: Path, reserve: int) -> _BufferedFile | _DirectFile:
-    """A new file at ``path``, ``reserve`` bytes preallocated: a :class:`_DirectFile` where the file system
-    takes ``O_DIRECT`` (ext4, xfs, ...), else a :class:`_BufferedFile` (tmpfs, some network file systems)."""
+    """A new file at ``path``, ``reserve`` bytes preallocated: a :class:`_DirectFile` if direct I/O is enabled
+    and the file system takes ``O_DIRECT`` (ext4, xfs, ...), else a :class:`_BufferedFile`."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     fd = -1
     if direct_io_enabled():
