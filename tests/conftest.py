@@ -18,3 +18,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not HAS_CUDA:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def dask_threads():
+    """One threaded LocalCluster client for the whole session, shared by the fetch, repack and reliability
+    tests (a real scheduler, no per-test start-up)."""
+    from ava256.pipeline.cluster import dask_client
+
+    with dask_client(4) as client:
+        yield client

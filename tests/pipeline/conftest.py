@@ -109,12 +109,3 @@ def faults(local_s3):
     local_s3.faults.clear()
     yield local_s3.faults
     local_s3.faults.clear()
-
-
-@pytest.fixture(scope="session")
-def dask_threads():
-    """One threaded LocalCluster client shared by the fetch tests (a real scheduler, no per-test start-up)."""
-    from ava256.pipeline.cluster import dask_client
-
-    with dask_client(4) as client:
-        yield client

@@ -1,5 +1,6 @@
 """Fixtures of the reliability suite: a chaos S3 server on loopback (moto server mode behind
-``ava256.synth.faults.ChaosInjector``) holding a tiny bucket, and a shared threaded Dask client."""
+``ava256.synth.faults.ChaosInjector``) holding a tiny bucket, and the clean repack that the crash tests
+compare with (the shared threaded Dask client is ``tests/conftest.py``'s ``dask_threads``)."""
 
 from __future__ import annotations
 
@@ -59,14 +60,6 @@ def chaos(chaos_server):
 
 
 @pytest.fixture(scope="session")
-def threads_client():
-    from ava256.pipeline.cluster import dask_client
-
-    with dask_client(4) as client:
-        yield client
-
-
-@pytest.fixture(scope="session")
 def raw_tree(tmp_path_factory):
     raw = tmp_path_factory.mktemp("crash-raw")
     write_raw_captures(raw, n=2, cameras=3, frames=12)
@@ -74,11 +67,11 @@ def raw_tree(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def clean_store(raw_tree, tmp_path_factory, threads_client):
+def clean_store(raw_tree, tmp_path_factory, dask_threads):
     """A clean, uninterrupted repack (same options as the CLI's defaults) and its number of store files."""
     from ava256.pipeline.repack import repack
 
     store = tmp_path_factory.mktemp("clean") / "store"
-    summary = repack(raw_tree, store, client=threads_client, progress=False)
+    summary = repack(raw_tree, store, client=dask_threads, progress=False)
     assert summary.tasks_failed == 0 and not summary.failed_captures
     return store, count_files(store)

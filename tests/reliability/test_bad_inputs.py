@@ -36,7 +36,7 @@ def replace(path: Path, member: str, data: bytes) -> None:
 
 
 @pytest.fixture(scope="module")
-def damaged(tmp_path_factory, threads_client):
+def damaged(tmp_path_factory, dask_threads):
     """Capture A gets one of each per-frame/per-file damage; capture B a malformed calibration. One repack."""
     raw = tmp_path_factory.mktemp("bad-raw")
     a, b = write_raw_captures(raw, n=2, cameras=2, frames=N_FRAMES, drop_rate=0.0)
@@ -78,7 +78,7 @@ def damaged(tmp_path_factory, threads_client):
     cal.write_bytes(cal.read_bytes()[:-40] + b"}}")
 
     store = tmp_path_factory.mktemp("bad-store") / "store"
-    summary = repack(raw, store, client=threads_client, progress=False)
+    summary = repack(raw, store, client=dask_threads, progress=False)
     g = L.open_capture_group(L.capture_store_path(store, a), mode="r")
     man = read_repack_manifest(L.manifests_path(store, "repack.parquet"))
     errors = [e for errs in man["errors"] for e in errs]

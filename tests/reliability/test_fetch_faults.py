@@ -50,7 +50,7 @@ CASES = [(n, t) for n in FAULTS for t in ("single-part", "multipart")
 
 @pytest.mark.parametrize("name,target", CASES)
 def test_fault_is_healed_or_reported_and_rerun_heals(
-    name, target, chaos_bucket, chaos, threads_client, tmp_path
+    name, target, chaos_bucket, chaos, dask_threads, tmp_path
 ):
     key = SMALL if target == "single-part" else chaos_bucket.big_key
     spec = dict(FAULTS[name])
@@ -59,7 +59,7 @@ def test_fault_is_healed_or_reported_and_rerun_heals(
 
     # 1. a transient fault (one GET of the object misbehaves): a retry or the one re-download heals it
     transient = chaos.add(kind, match=f"{chaos_bucket.capture.folder}/{key}", times=1, **spec)
-    summary = fetch(out, **chaos_bucket.kwargs(client=threads_client))
+    summary = fetch(out, **chaos_bucket.kwargs(client=dask_threads))
     assert transient.hits == 1
     assert summary.ok, summary.lines()
     rows = assert_no_silent_damage(out, chaos_bucket)
@@ -69,7 +69,7 @@ def test_fault_is_healed_or_reported_and_rerun_heals(
     chaos.clear()
     out2 = tmp_path / "raw2"
     chaos.add(kind, match=f"{chaos_bucket.capture.folder}/{key}", times=None, **spec)
-    summary = fetch(out2, **chaos_bucket.kwargs(client=threads_client, retries=3))
+    summary = fetch(out2, **chaos_bucket.kwargs(client=dask_threads, retries=3))
     assert_no_silent_damage(out2, chaos_bucket)
     if name == "content-length-long":
         assert summary.ok, summary.lines()
@@ -78,17 +78,17 @@ def test_fault_is_healed_or_reported_and_rerun_heals(
 
     # 3. the server recovers: a re-run fetches just that object, and the tree verifies clean
     chaos.clear()
-    healed = fetch(out2, **chaos_bucket.kwargs(client=threads_client))
+    healed = fetch(out2, **chaos_bucket.kwargs(client=dask_threads))
     assert healed.ok and healed.downloaded == 1, healed.lines()
     rows = assert_no_silent_damage(out2, chaos_bucket)
     assert all(r["status"] == "ok" for r in rows.values())
-    assert verify(out2, client=threads_client, progress=False).clean
+    assert verify(out2, client=dask_threads, progress=False).clean
 
 
-def test_slowdown_burst_on_every_request_then_recovery(chaos_bucket, chaos, threads_client, tmp_path):
+def test_slowdown_burst_on_every_request_then_recovery(chaos_bucket, chaos, dask_threads, tmp_path):
     """A burst of 503 SlowDown on every request (listing, HEAD, GET) of the run: the whole fetch still ends ok."""
     burst = chaos.add("error", match="", method="*", times=6, status=503, code="SlowDown")
-    summary = fetch(tmp_path / "raw", **chaos_bucket.kwargs(client=threads_client, retries=8))
+    summary = fetch(tmp_path / "raw", **chaos_bucket.kwargs(client=dask_threads, retries=8))
     assert burst.hits == 6
     assert summary.ok, summary.lines()
     assert_no_silent_damage(tmp_path / "raw", chaos_bucket)
