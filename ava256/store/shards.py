@@ -16,7 +16,9 @@ Tests check byte-equality with zarr's own shards and read everything back throug
 the shard's temporary file as soon as it is encoded and the file is renamed into place once the index is
 written (zarr's own atomic-write convention), so no shard of compressed frames is held, joined and copied in
 memory (that cost ~1 ms of page faults and copies per 2 MB image); other stores collect the frames and
-store them in one ``set`` as :meth:`ShardEncoder.write` does.
+store them in one ``set`` as :meth:`ShardEncoder.write` does. With ``AVA256_DIRECT_IO=1`` local shard files
+are written with ``O_DIRECT`` (:class:`_DirectFile`), which pays off once a run's writes outgrow the page
+cache.
 """
 
 from __future__ import annotations
