@@ -9,7 +9,7 @@ from itertools import islice
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from ava256.data.sampler import ResumableSampler
@@ -146,10 +146,10 @@ class ThreadLoader:
         self.prefetch = max(1, int(prefetch) if prefetch is not None else 2 * self.num_workers)
         self.collate_fn = collate_fn or collate_samples
         self.pin_memory = bool(pin_memory)
+        self.batch_sampler = BatchSampler(sampler, self.batch_size, self.drop_last)
 
     def __len__(self) -> int:
-        n = len(self.sampler)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return len(self.batch_sampler)
 
     def _load(self, indices: list[int]) -> Any:
         get = getattr(self.dataset, "__getitems__", None)
@@ -157,16 +157,8 @@ class ThreadLoader:
         batch = self.collate_fn(items)
         return pin_batch(batch) if self.pin_memory else batch
 
-    def _index_batches(self) -> Iterator[list[int]]:
-        it = iter(self.sampler)
-        while True:
-            chunk = list(islice(it, self.batch_size))
-            if not chunk or (self.drop_last and len(chunk) < self.batch_size):
-                return
-            yield chunk
-
     def __iter__(self) -> Iterator[Any]:
-        batches = self._index_batches()
+        batches = iter(self.batch_sampler)
         pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="ava256-loader")
         pending: deque[Future] = deque(pool.submit(self._load, b) for b in islice(batches, self.prefetch))
         try:

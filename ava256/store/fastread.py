@@ -26,29 +26,19 @@ from typing import Any
 import numpy as np
 import zarr
 
+from ava256.store.shards import numcodecs_codec, sharded_layout
+
 #: index entry of a chunk that is absent from its shard (all fill value)
 _MISSING = np.uint64(2**64 - 1)
 
 
 def _decompressor(codec: Any) -> Any | None:
-    """A numcodecs codec whose ``decode(buf, out)`` undoes ``codec``, or None if unsupported."""
+    """A numcodecs codec whose ``decode(buf, out)`` undoes ``codec`` (what the repack writes, plus Gzip), or
+    None if unsupported."""
     import numcodecs
-    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+    from zarr.codecs import GzipCodec
 
-    if isinstance(codec, GzipCodec):
-        return numcodecs.GZip()
-    if isinstance(codec, BloscCodec):
-        return numcodecs.Blosc()
-    if isinstance(codec, ZstdCodec):
-        return numcodecs.Zstd()
-    name = getattr(codec, "codec_name", None)
-    config = getattr(codec, "codec_config", None)
-    if isinstance(name, str) and name.startswith("numcodecs.") and isinstance(config, dict):
-        try:
-            return numcodecs.get_codec({**config, "id": name.removeprefix("numcodecs.")})
-        except (ValueError, KeyError, TypeError):
-            return None
-    return None
+    return numcodecs.GZip() if isinstance(codec, GzipCodec) else numcodecs_codec(codec)
 
 
 class ChunkReader:
@@ -89,40 +79,16 @@ class ChunkReader:
     def for_array(cls, array: zarr.Array, index_cache: int = 4096) -> ChunkReader | None:
         """A reader for ``array`` if it is a sharded array of the supported layout in a local store, else
         None (read it with zarr)."""
-        from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
-        from zarr.codecs.sharding import ShardingCodecIndexLocation
         from zarr.storage import LocalStore
 
-        store = array.store
-        meta = array.metadata
-        if not isinstance(store, LocalStore) or getattr(meta, "zarr_format", None) != 3:
+        if not isinstance(array.store, LocalStore):
             return None
-        codecs = tuple(meta.codecs)
-        if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
-            return None
-        sc = codecs[0]
-        if sc.index_location != ShardingCodecIndexLocation.end:
-            return None
-        ic = tuple(sc.index_codecs)
-        if (
-            len(ic) != 2
-            or not isinstance(ic[0], BytesCodec)
-            or getattr(ic[0].endian, "value", ic[0].endian) != "little"
-            or not isinstance(ic[1], Crc32cCodec)
-        ):
-            return None
-        inner = tuple(sc.codecs)
-        if not inner or not isinstance(inner[0], BytesCodec) or len(inner) > 2:
-            return None
+        layout = sharded_layout(array, _decompressor)
         dtype = np.dtype(array.dtype)
-        endian = getattr(inner[0].endian, "value", inner[0].endian)
-        if dtype.itemsize > 1 and endian not in (None, sys.byteorder):
+        if layout is None or (dtype.itemsize > 1 and sys.byteorder != "little"):
             return None
-        decompressor = None
-        if len(inner) == 2:
-            decompressor = _decompressor(inner[1])
-            if decompressor is None:
-                return None
+        sc, decompressor = layout
+        store, meta = array.store, array.metadata
         shard_shape = tuple(int(x) for x in meta.chunk_grid.chunk_shape)
         chunk_shape = tuple(int(x) for x in sc.chunk_shape)
         if len(shard_shape) != len(chunk_shape) or any(s % c for s, c in zip(shard_shape, chunk_shape)):

@@ -44,21 +44,14 @@ from zarr.storage import LocalStore
 _EMPTY = np.uint64(2**64 - 1)
 
 
-def _compressor(codecs: tuple) -> Callable[[np.ndarray], bytes] | None:
-    """The inner codec chain (bytes [+ one of blosc / zstd / a numcodecs codec such as ``numcodecs.lz4``]) as
-    a function of a C-contiguous chunk."""
-    if not codecs or not isinstance(codecs[0], BytesCodec):
-        return None
-    rest = codecs[1:]
-    if not rest:
-        return lambda a: a.tobytes()
-    if len(rest) > 1:
-        return None
-    c = rest[0]
-    if isinstance(c, BloscCodec):
-        conf = dict(c.to_dict()["configuration"])
+def numcodecs_codec(codec: Any) -> numcodecs.abc.Codec | None:
+    """The numcodecs codec that does what the Zarr v3 bytes-to-bytes ``codec`` does (Blosc, Zstd, or a
+    ``numcodecs.*`` codec such as ``numcodecs.lz4``; zarr uses these same numcodecs classes, so the bytes are
+    identical), or None for any other codec."""
+    if isinstance(codec, BloscCodec):
+        conf = dict(codec.to_dict()["configuration"])
         shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[str(conf["shuffle"])]
-        blosc = numcodecs.Blosc.from_config(
+        return numcodecs.Blosc.from_config(
             {
                 "cname": conf["cname"],
                 "clevel": conf["clevel"],
@@ -67,15 +60,52 @@ def _compressor(codecs: tuple) -> Callable[[np.ndarray], bytes] | None:
                 "typesize": conf["typesize"],
             }  # fmt: skip
         )
-        return lambda a: bytes(blosc.encode(a))
-    if isinstance(c, ZstdCodec):
-        zstd = numcodecs.Zstd.from_config({"level": c.level, "checksum": c.checksum})
-        return lambda a: bytes(zstd.encode(a))
-    name = getattr(c, "codec_name", "")
-    if name.startswith("numcodecs.") and hasattr(c, "codec_config"):
-        nc = numcodecs.get_codec({"id": name.removeprefix("numcodecs."), **dict(c.codec_config)})
-        return lambda a: bytes(nc.encode(a))
+    if isinstance(codec, ZstdCodec):
+        return numcodecs.Zstd.from_config({"level": codec.level, "checksum": codec.checksum})
+    name = getattr(codec, "codec_name", "")
+    config = getattr(codec, "codec_config", None)
+    if isinstance(name, str) and name.startswith("numcodecs.") and isinstance(config, dict):
+        try:
+            return numcodecs.get_codec({**config, "id": name.removeprefix("numcodecs.")})
+        except (ValueError, KeyError, TypeError):
+            return None
     return None
+
+
+def sharded_layout(
+    arr: zarr.Array, to_numcodecs: Callable[[Any], numcodecs.abc.Codec | None] = numcodecs_codec
+) -> tuple[ShardingCodec, numcodecs.abc.Codec | None] | None:
+    """``(sharding codec, compressor)`` if ``arr`` is sharded as our stores are, else None: one
+    ``sharding_indexed`` codec whose index (``bytes`` little-endian + ``crc32c``) is at the end of the shard,
+    and whose inner codecs are ``bytes`` (little-endian for multi-byte dtypes) plus at most one compressor
+    that ``to_numcodecs`` maps to a numcodecs codec (the compressor is then that codec, else None)."""
+    codecs = arr.metadata.codecs if arr.metadata.zarr_format == 3 else ()
+    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
+        return None
+    sc: ShardingCodec = codecs[0]
+    if sc.index_location != ShardingCodecIndexLocation.end:
+        return None
+    ic = tuple(sc.index_codecs)
+    if not (
+        len(ic) == 2
+        and isinstance(ic[0], BytesCodec)
+        and _endian(ic[0]) == "little"
+        and isinstance(ic[1], Crc32cCodec)
+    ):
+        return None
+    inner = tuple(sc.codecs)
+    if not inner or not isinstance(inner[0], BytesCodec) or len(inner) > 2:
+        return None
+    if np.dtype(arr.dtype).itemsize > 1 and _endian(inner[0]) != "little":
+        return None
+    if len(inner) == 1:
+        return sc, None
+    compressor = to_numcodecs(inner[1])
+    return None if compressor is None else (sc, compressor)
+
+
+def _endian(codec: BytesCodec) -> str | None:
+    return getattr(codec.endian, "value", codec.endian)
 
 
 class ShardEncoder:
@@ -415,31 +445,19 @@ def _preallocate(fd: int, nbytes: int) -> bool:
 
 
 def shard_encoder(arr: zarr.Array) -> ShardEncoder | None:
-    """A :class:`ShardEncoder` for ``arr``, or None if ``arr`` is not laid out as our stores are (sharded,
-    one chunk = one index along axis 0, bytes [+ blosc | zstd | numcodecs.*] inner codecs, crc32c index at the end,
-    little-endian)."""
-    codecs = arr.metadata.codecs if arr.metadata.zarr_format == 3 else ()
-    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
+    """A :class:`ShardEncoder` for ``arr``, or None if ``arr`` is not laid out as our stores are
+    (:func:`sharded_layout`, and one chunk = one index along axis 0)."""
+    layout = sharded_layout(arr)
+    if layout is None:
         return None
-    sc: ShardingCodec = codecs[0]
+    sc, nc = layout
     shard_shape = arr.shards
     chunk_shape = sc.chunk_shape
     if shard_shape is None or chunk_shape[0] != 1 or tuple(chunk_shape[1:]) != tuple(shard_shape[1:]):
         return None
-    if sc.index_location != ShardingCodecIndexLocation.end:
-        return None
-    ic = sc.index_codecs
-    if not (len(ic) == 2 and isinstance(ic[0], BytesCodec) and isinstance(ic[1], Crc32cCodec)):
-        return None
-    if ic[0].endian is not None and ic[0].endian.value != "little":
-        return None
-    inner = sc.codecs[0]
-    if np.dtype(arr.dtype).itemsize > 1 and (
-        not isinstance(inner, BytesCodec) or inner.endian is None or inner.endian.value != "little"
-    ):
-        return None
-    compress = _compressor(sc.codecs)
-    return None if compress is None else ShardEncoder(arr, compress)
+    if nc is None:
+        return ShardEncoder(arr, lambda a: a.tobytes())
+    return ShardEncoder(arr, lambda a: bytes(nc.encode(a)))
 
 
 def shard_writer(arr: zarr.Array) -> Callable[[tuple[int, ...], np.ndarray], None] | None:
