@@ -89,9 +89,10 @@ def render(
     ``transfer_NNN.png`` ([driver | driver reconstruction | identity 1 | ...]), ``transfer.gif``; an MP4
     beside each GIF when an ffmpeg backend is installed; ``render.json`` (files and figures).
     """
+    from ava256.data import collate_samples
     from ava256.models import psnr
     from ava256.train.data import open_datasets
-    from ava256.train.trainer import build_model, collate_shared, prepare_batch
+    from ava256.train.trainer import build_model, prepare_batch
 
     ckpt_path = Path(checkpoint)
     if ckpt_path.is_dir():
@@ -135,10 +136,10 @@ def render(
 
     recon_frames, transfer_frames, scores = [], [], []
     with torch.no_grad():
-        targets = [prepare_batch(collate_shared([ds[i]]), dev, ds) for _, i in others]
+        targets = [prepare_batch(collate_samples([ds[i]]), dev, ds) for _, i in others]
         target_bias = [model.encode_identity(t["neut_verts"], t["neut_tex"]) for t in targets]
         for n, i in enumerate(driver_idx):
-            b = prepare_batch(collate_shared([ds[i]]), dev, ds)
+            b = prepare_batch(collate_samples([ds[i]]), dev, ds)
             o = model(b, sample=False)
             scores.append(float(psnr(o["image"], b["image"])[0]))
             gt, rec = _to_u8(b["image"][0]), _to_u8(o["image"][0])

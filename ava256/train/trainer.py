@@ -74,46 +74,17 @@ def _setup_distributed() -> _Dist:
     return _Dist(device=torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
 
 
-_SHARED = "_shared"
-
-
-def collate_shared(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """``ava256.data.collate_samples``, but a tensor shared by every sample (its broadcast views) travels
-    once: as its (1, ...) slice, named in ``batch["_shared"]``, and is expanded again on the device by
-    :func:`prepare_batch`. (A DataLoader cannot pin a broadcast view, and one copy moves B times fewer
-    bytes.)"""
-    batch = collate_samples(samples)
-    shared = [
-        k
-        for k, v in batch.items()
-        if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] > 1 and v.stride(0) == 0
-    ]
-    for k in shared:
-        batch[k] = batch[k][:1].contiguous()
-    batch[_SHARED] = shared
-    return batch
-
-
 def prepare_batch(batch: dict[str, Any], device: torch.device, dataset: Any = None) -> dict[str, Any]:
     """A loader batch as the model takes it, on ``device``: tensors moved (non-blocking from pinned memory),
-    shared tensors expanded, and a compact batch (``ZarrSampleDataset(normalize=False)``) completed,
-    converted and normalised on the device by ``ava256.data.finish_batch`` with its ``dataset``."""
+    and a compact batch (``ZarrSampleDataset(normalize=False)``) completed, converted and normalised on the
+    device by ``ava256.data.finish_batch`` with its ``dataset``."""
     if batch["image"].dtype == torch.uint8:
         from ava256.data import finish_batch
 
         if dataset is None:
             raise ValueError("a compact (uint8) batch needs the dataset it came from")
-        return finish_batch({k: v for k, v in batch.items() if k != _SHARED}, dataset, device)
-    shared = batch.get(_SHARED, [])
-    n = int(batch["idindex"].shape[0])
-    out = {
-        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-        for k, v in batch.items()
-        if k != _SHARED
-    }
-    for k in shared:
-        out[k] = out[k].expand(n, *out[k].shape[1:])
-    return out
+        return finish_batch(batch, dataset, device)
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def _due(iteration: int, every: object) -> bool:
@@ -155,7 +126,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate_shared
+        dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate_samples
     )
     sums = {"psnr": 0.0, "ssim": 0.0, "l1": 0.0}
     count = 0
@@ -336,7 +307,6 @@ def train(
         drop_last=True,
         num_workers=nw,
         workers=str(dc["workers"]),
-        collate_fn=collate_shared,
         pin_memory=bool(dc["pin_memory"]) and dd.device.type == "cuda",
         prefetch_factor=int(dc["prefetch_factor"]),
         generator=loader_gen,

@@ -11,13 +11,13 @@ import torch
 from click.testing import CliRunner
 
 from ava256.cli import cli
+from ava256.data import collate_samples
 from ava256.models import losses
 from ava256.train.checkpoint import list_checkpoints, load_checkpoint
 from ava256.train.config import apply_overrides, load_config
 from ava256.train.data import open_datasets
 from ava256.train.trainer import (
     build_model,
-    collate_shared,
     prepare_batch,
     seed_everything,
     train,
@@ -106,7 +106,7 @@ def test_cli_train_lowers_loss_and_render_writes_files(tiny_store, tmp_path):
     ds, _, info = open_datasets(
         tiny_store.store, tiny_store.split, cfg["data"], info=ckpt["info"], parts=("train",)
     )
-    batch = collate_shared([ds[i] for i in range(0, len(ds), max(1, len(ds) // 6))])
+    batch = collate_samples([ds[i] for i in range(0, len(ds), max(1, len(ds) // 6))])
     batch = prepare_batch(batch, torch.device("cpu"), ds)
     seed_everything(cfg["train"]["seed"])
     before_model = build_model(cfg["model"], info)
