@@ -419,6 +419,10 @@ def _apply_results(
 ) -> None:
     """Write the valid masks of finished tasks (driver-only writes), then record their manifest rows."""
     groups: dict[str, Any] = {}
+    arrays: dict[tuple[str, str], Any] = {}
+    # per-camera masks by (capture, mask, frame range): tasks of different cameras over the same frames share
+    # the mask's chunks (all cameras), so each range is read and written once, not once per camera
+    columns: dict[tuple[str, str, int, int], dict[int, np.ndarray]] = defaultdict(dict)
     for res in results:
         task = by_id[res["task_id"]]
         if res["status"] == rm.STATUS_DONE:
@@ -427,10 +431,12 @@ def _apply_results(
                 g = groups[task.capture] = L.open_capture_group(task.store_path, mode="r+")
             mask = np.asarray(res["valid"], dtype=bool)
             vname = L.valid_name(task.asset)
+            if (task.capture, vname) not in arrays:
+                arrays[task.capture, vname] = g[vname]
             if task.camera_index >= 0:
-                g[vname][task.frame_start : task.frame_stop, task.camera_index] = mask
+                columns[task.capture, vname, task.frame_start, task.frame_stop][task.camera_index] = mask
             else:
-                g[vname][task.frame_start : task.frame_stop] = mask
+                arrays[task.capture, vname][task.frame_start : task.frame_stop] = mask
             summary.frames_invalid += int(res["n_frames"] - res["n_valid"])
             if task.asset == "image":
                 summary.images_written += int(res["n_frames"])
@@ -438,6 +444,13 @@ def _apply_results(
             summary.tasks_failed += 1
         summary.tasks_run += 1
         summary.peak_rss_mb = max(summary.peak_rss_mb, float(res["peak_rss_mb"]))
+    for (capture, vname, start, stop), cols in columns.items():
+        arr = arrays[capture, vname]
+        n_cams = arr.shape[1]
+        block = np.zeros((stop - start, n_cams), bool) if len(cols) == n_cams else arr[start:stop]
+        for ci, mask in cols.items():
+            block[:, ci] = mask
+        arr[start:stop] = block
     for res in results:
         book.add(res)
         by_id.pop(res["task_id"], None)

@@ -180,7 +180,10 @@ def test_rerun_skips_done_tasks(repacked, client):
     assert again.tasks_run == 0 and again.tasks_skipped == first.tasks_total and not again.recreated
 
 
-def test_dropped_and_corrupt_frames_are_masked_and_recorded(raw, tmp_path, client):
+# flush_seconds=0 applies results as they arrive: the masks of a frame range are then written a few cameras at a
+# time (read-modify-write of the range's chunks) instead of once for all cameras
+@pytest.mark.parametrize("flush_seconds", [10.0, 0.0])
+def test_dropped_and_corrupt_frames_are_masked_and_recorded(raw, tmp_path, client, flush_seconds):
     cap, cam = CAPS[0], CAMERAS[1]
     base = raw / cap.folder
     fids = [int(x) for x in read_frame_list((base / cat.FRAME_LIST_KEY).read_bytes()).frame_ids]
@@ -189,7 +192,7 @@ def test_dropped_and_corrupt_frames_are_masked_and_recorded(raw, tmp_path, clien
     replace_member(base / cat.HEAD_POSE_KEY, cat.head_pose_member(fids[9]), b"1 2 3")  # bad pose
     (base / cat.segmentation_key(CAMERAS[2])).unlink()  # a whole zip missing
     store = tmp_path / "store"
-    summary = run(raw, store, client)
+    summary = run(raw, store, client, flush_seconds=flush_seconds)
     assert summary.tasks_failed == 0
     g = zarr.open_group(L.capture_store_path(store, cap), mode="r")
     vi = g[L.valid_name("image")][...]

@@ -106,6 +106,20 @@ def test_create_open_roundtrip_with_zarr_and_xarray(tmp_path):
     assert L.list_capture_stores(tmp_path) == ["20230405--1635--AAN112"]
     with pytest.raises(FileNotFoundError):
         L.open_capture_group(tmp_path / "nope.zarr")
+    # every array exists with its spec (nested ones under real groups); re-creating wipes old chunks and attrs
+    g3 = L.create_capture_group(path, GEOM, {"x": 1}, codec="lz4")
+    for spec in L.array_specs(GEOM, "lz4").values():
+        a = L.open_capture_group(path)[spec.name]
+        assert (a.shape, a.chunks, a.shards, a.dtype) == (
+            spec.shape,
+            spec.chunks,
+            spec.shards,
+            np.dtype(spec.dtype),
+        )
+        assert tuple(a.metadata.dimension_names) == tuple(spec.dims)
+    assert isinstance(L.open_capture_group(path)["valid"], zarr.Group)
+    assert dict(L.open_capture_group(path).attrs) == {"x": 1} == dict(g3.attrs)
+    assert (L.open_capture_group(path)[L.IMAGE][2, 1] == 0).all()
 
 
 @pytest.mark.parametrize("codec", L.CODECS)
