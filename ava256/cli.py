@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import click
 
@@ -257,14 +258,19 @@ def repack_cmd(raw, store, captures, downsample, codec, workers, scheduler, no_p
 
 # [cli:info] ------------------------------------------------------------------------------------------
 @cli.command("info")
-@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info_cmd(store, as_json):
-    """Summarise a repacked STORE: captures, frames, cameras, sizes, invalid counts per asset."""
+    """Summarise a repacked STORE: captures, frames, cameras, sizes, invalid counts per asset.
+
+    STORE is a local folder or an fsspec URL (e.g. s3://bucket/prefix, credentials and endpoint from the
+    usual AWS_* environment variables), as given to repack."""
     import json
 
     from ava256.store.info import format_store_info, store_info
 
+    if "://" not in store and not os.path.isdir(store):
+        raise click.ClickException(f"store {store} does not exist (or is not a folder)")
     try:
         info = store_info(store)
     except (ValueError, FileNotFoundError) as exc:

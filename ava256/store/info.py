@@ -1,10 +1,10 @@
 """``ava256 info STORE``: a summary of a repacked store (captures, frames, cameras, sizes, invalid counts),
-read from the capture groups' attributes and ``valid/*`` masks plus the repack manifest. Pure: no Dask."""
+read from the capture groups' attributes and ``valid/*`` masks plus the repack manifest. STORE is a local folder
+or an fsspec URL (``s3://bucket/prefix``), like repack's. Pure: no Dask."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +14,13 @@ from ava256.store import layout as L
 
 
 def _du(path: str | os.PathLike[str]) -> int:
+    """Bytes of every file under ``path`` (a local folder or an fsspec URL)."""
+    path = os.fspath(path)
+    if "://" in path:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(path)
+        return int(fs.du(root, total=True)) if fs.exists(root) else 0
     total = 0
     for dirpath, _dirs, files in os.walk(path):
         for f in files:
@@ -49,7 +56,7 @@ def capture_info(store: str | os.PathLike[str], folder: str) -> dict[str, Any]:
             "shape": list(arr.shape),
             "slots": int(m.size),
             "invalid": int(m.size - m.sum()),
-            "bytes": _du(Path(path) / L.ASSET_ARRAYS[asset]),
+            "bytes": _du(f"{path}/{L.ASSET_ARRAYS[asset]}"),
         }
     return out
 

@@ -118,6 +118,16 @@ def test_repack_on_a_scheduler_into_an_s3_store(dask_cluster, s3_env, raw_tree, 
         # a re-run skips everything (resume works against the object store too)
         res = run_cli(*args, env=s3_env)
         assert res.returncode == 0 and " 0 run," in res.stdout, res.stdout + res.stderr
+
+        # `ava256 info` reads the S3 store: same captures, counts and sizes as the local store's capture
+        from ava256.store.info import capture_info
+
+        res = run_cli("info", url, "--json", env=s3_env)
+        assert res.returncode == 0, res.stdout + res.stderr
+        got = json.loads(res.stdout)
+        assert got["store"] == url and got["tasks_failed"] == 0
+        assert got["captures"] == [{**capture_info(clean, cap), "complete": True}]
+        assert got["captures"][0]["bytes"] > 0 and got["captures"][0]["assets"]["image"]["bytes"] > 0
     finally:
         for k in s3_env:
             os.environ.pop(k, None)
