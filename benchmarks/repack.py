@@ -46,13 +46,13 @@ REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" 
 H, W = 1024, 667
 
 
-def source_images(n: int, seed: int = 0) -> tuple[list[bytes], str]:
+def source_images(n: int, seed: int = 0, reference: Path = REFERENCE) -> tuple[list[bytes], str]:
     """``n`` distinct AVIF blobs (q63) of 1024 x 667 RGB images and a description of their origin."""
     rng = np.random.default_rng(seed)
-    if REFERENCE.is_file():
+    if reference.is_file():
         from PIL import Image
 
-        big = np.asarray(Image.open(REFERENCE).convert("RGB").resize((W + 16, H + 16), Image.Resampling.BOX))
+        big = np.asarray(Image.open(reference).convert("RGB").resize((W + 16, H + 16), Image.Resampling.BOX))
         origin = "real reference image (shifted crops, AVIF q63)"
     else:
         yy, xx = np.mgrid[0 : H + 16, 0 : W + 16]
@@ -303,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distinct", type=int, default=24, help="distinct AVIF images (reused cyclically)")
     ap.add_argument("--codecs", default=",".join(L.CODECS), help="codecs to run the full repack with")
     ap.add_argument("--repeats", type=int, default=3, help="repack runs per codec (medians; quick: 1)")
+    ap.add_argument("--reference", type=Path, default=REFERENCE, help="a real RGB image to crop frames from")
     args = ap.parse_args(argv)
     if args.quick:
         args.cameras, args.frames, args.distinct, args.repeats = 2, 24, 8, 1
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ava256-bench-repack-") as d:
         tmp = Path(d)
         t0 = time.perf_counter()
-        blobs, origin = source_images(args.distinct)
+        blobs, origin = source_images(args.distinct, reference=args.reference)
         print(f"source: {len(blobs)} distinct {W}x{H} images, {origin}, "
               f"mean AVIF {np.mean([len(b) for b in blobs]) / 1024:.0f} KiB ({time.perf_counter() - t0:.0f} s)")  # fmt: skip
         print(f"machine: {os.cpu_count()} CPU(s); zarr {zarr.__version__}; python {sys.version.split()[0]}\n")
