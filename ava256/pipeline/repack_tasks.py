@@ -643,6 +643,8 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
                         del parts, buf, sink
                     if last is not None:
                         last.result()
+                    for sink in sinks:  # shards committed in the background (direct I/O) are stored
+                        sink.wait()
                 finally:
                     if reader is not None:
                         reader.close()

@@ -23,11 +23,15 @@ cache.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
+import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import wait as futures_wait
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +195,10 @@ class ShardSink:
         """Drop the shard (no-op once closed)."""
         self._parts, self.closed = [], True
 
+    def wait(self) -> None:
+        """Block until the shard is stored; re-raises a failure of a background commit (no-op here: ``close``
+        stores synchronously)."""
+
 
 class _LocalShardFile(ShardSink):
     """Streams a shard to ``<shard>.<uuid>.partial`` beside its final path; :meth:`close` appends the index
@@ -210,17 +218,41 @@ class _LocalShardFile(ShardSink):
         self._f.write(part)
         self._sizes.append(len(part))
 
+    _commit_future: Future | None = None
+
     def close(self) -> None:
+        """Append the index and store the shard. A direct-I/O file is committed in the background (its last
+        writes, truncation and the rename, which wait on the device): :meth:`wait` before relying on it."""
         try:
             self._f.write(self._enc._index_bytes(self._sizes))
-            self._f.finish()  # flush, truncate to the written bytes (drops what was preallocated), close
-            os.replace(self._tmp, self._path)
         except BaseException:
             self.abort()
             raise
         self.closed = True
+        if self._f.direct:
+            self._commit_future = _commit_in_background(self._commit)
+        else:
+            self._commit()
+
+    def _commit(self) -> None:
+        try:
+            self._f.finish()  # flush, truncate to the written bytes (drops what was preallocated), close
+            os.replace(self._tmp, self._path)
+        except BaseException:
+            self._f.discard()
+            self._tmp.unlink(missing_ok=True)
+            raise
+
+    def wait(self) -> None:
+        fut, self._commit_future = self._commit_future, None
+        if fut is not None:
+            fut.result()
 
     def abort(self) -> None:
+        if self._commit_future is not None:  # closed, commit in flight: let it end (it cleans up on failure)
+            with contextlib.suppress(Exception):
+                self.wait()
+            return
         if self.closed:
             return
         self.closed = True
@@ -228,10 +260,31 @@ class _LocalShardFile(ShardSink):
         self._tmp.unlink(missing_ok=True)
 
 
+_committer: tuple[int, Any] | None = None
+_last_commit: Future | None = None
+
+
+def _commit_in_background(fn: Callable[[], None]) -> Future:
+    """Run a shard commit on this process's committer thread, after the previous one has ended (at most one
+    in flight per process: bounds the staging buffers held by files being committed)."""
+    global _committer, _last_commit
+    if _committer is None or _committer[0] != os.getpid():  # never reuse a parent's thread after fork
+        from concurrent.futures import ThreadPoolExecutor
+
+        _committer = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="ava256-shard-commit"))
+        _last_commit = None
+    if _last_commit is not None:
+        futures_wait([_last_commit])  # its outcome belongs to its own sink's wait()
+    _last_commit = _committer[1].submit(fn)
+    return _last_commit
+
+
 #: ``AVA256_DIRECT_IO=1`` (in the workers' environment) writes shard files with direct I/O (off by default).
-#: Measured with ``benchmarks/repack.py`` on the 2-core VM (ext4 on virtio), repack / pure-decode images/s:
-#: 1024 images (1.5 GB, absorbed by the page cache) 0.83 buffered vs 0.68 direct; 4096 images (6 GB, past the
-#: dirty-page limits, so the writes reach the disk during the run) 0.59 buffered vs 0.72 direct.
+#: Measured on the 2-core VM (ext4 on virtio), whole repacks on 2 workers alternating direct and buffered in one
+#: cluster, median of 4 each: 1024 images (1.5 GB, absorbed by the page cache) 2.97 s direct vs 2.89 s
+#: buffered; 2048 images 6.48 vs 8.31 s; 4096 images (6 GB, past the dirty-page limits) 13.7 vs 17.5 s.
+#: ``benchmarks/repack.py --codecs lz4`` at 1024 images with it on: 0.74 (buffered: 0.79-0.84), so it stays
+#: opt-in for runs that fit in RAM.
 DIRECT_IO_ENV = "AVA256_DIRECT_IO"
 _ALIGN = 4096  # alignment of O_DIRECT buffers, offsets and lengths (a multiple of every logical block size)
 _STAGE = 8 << 20  # bytes staged between direct writes
@@ -320,15 +373,21 @@ class _DirectFile(_BufferedFile):
     Why: sustained page-cache writes can dominate a long repack. Writing 6 GB in 1.5 MiB chunks on the
     development VM (ext4 on virtio) cost 3.3 ms of CPU per chunk through the page cache (dirty-page throttling
     and writeback; 480 MB/s) against 0.1 ms with ``O_DIRECT`` (2.4 GB/s), where staging adds one ~0.1 ms copy
-    per chunk. In a whole repack on that VM direct I/O is the faster choice only once the writes outgrow the
+    per chunk. In a whole repack on that VM direct I/O is the faster choice once the writes outgrow the
     page cache (see :data:`DIRECT_IO_ENV`), so it is opt-in. If the file system refuses a direct write
-    (EINVAL), the file carries on buffered."""
+    (EINVAL), the file carries on buffered.
+
+    The staging buffers come from a per-process free list of private anonymous mappings (:func:`_take_stage`)
+    and the file's tail (last writes, truncation, rename) is committed by a background thread
+    (:meth:`_LocalShardFile.close`), so a task neither faults in fresh buffers nor waits for the device at
+    every shard: these took a 1024-image repack from ~4.1-5.0 s to ~3.0 s (buffered: 2.9 s)."""
 
     direct = True
 
     def __init__(self, fd: int):
         super().__init__(fd)
-        self._bufs = [mmap.mmap(-1, _STAGE), mmap.mmap(-1, _STAGE)]  # anonymous mappings are page-aligned
+        self._bufs = [_take_stage(), _take_stage()]
+        self._dev = os.fstat(fd).st_dev
         self._views = [memoryview(b) for b in self._bufs]
         self._pending: list[Any] = [None, None]  # the write in flight from each buffer
         self._cur = 0
@@ -350,10 +409,11 @@ class _DirectFile(_BufferedFile):
             self.size = self._offset + self._n
 
     def _submit(self) -> None:
-        """Write the full current buffer (in the background, but the file's first write synchronously, so that
-        a file system refusing direct I/O is found before anything is in flight) and switch buffers."""
+        """Write the full current buffer in the background and switch buffers. The first write of the first
+        file on a device is synchronous, so that a file system refusing direct I/O is found before anything is
+        in flight."""
         cur = self._cur
-        if self._offset == 0:
+        if self._offset == 0 and self._dev not in _direct_devices:
             if not self._write_first(self._views[cur]):
                 return
         else:
@@ -367,6 +427,7 @@ class _DirectFile(_BufferedFile):
         if the file system refuses it."""
         try:
             _pwrite_all(self.fd, view, 0)
+            _direct_devices.add(self._dev)
             return True
         except OSError as exc:
             if exc.errno != errno.EINVAL:
@@ -418,8 +479,40 @@ class _DirectFile(_BufferedFile):
             for v in self._views:
                 v.release()
             for b in self._bufs:
-                b.close()
+                _give_stage(b)
             self._bufs, self._views = [], []
+
+
+#: devices (st_dev) on which this process's direct writes were accepted: a file's first write there need not be
+#: synchronous (it is elsewhere, so that a refusal is found before anything is in flight)
+_direct_devices: set[int] = set()
+_stage_pool: tuple[int, list[mmap.mmap]] | None = None
+_stage_lock = threading.Lock()
+_STAGE_KEEP = (
+    4  # staging buffers kept per process (two per shard file; two files overlap with an encode thread)
+)
+
+
+def _take_stage() -> mmap.mmap:
+    """A page-aligned ``_STAGE``-byte staging buffer: private anonymous memory, reused from this process's free
+    list. Reuse matters: a fresh mapping per shard file faulted in and zeroed 16 MiB per shard, and the former
+    shared (shmem) mappings also sent every direct write down the kernel's slow page-pinning path."""
+    global _stage_pool
+    with _stage_lock:
+        if _stage_pool is None or _stage_pool[0] != os.getpid():  # never a parent's buffers after fork
+            _stage_pool = (os.getpid(), [])
+        if _stage_pool[1]:
+            return _stage_pool[1].pop()
+    return mmap.mmap(-1, _STAGE, flags=mmap.MAP_PRIVATE)
+
+
+def _give_stage(buf: mmap.mmap) -> None:
+    """Return a staging buffer (no write from it in flight) to the free list, or unmap it if the list is full."""
+    with _stage_lock:
+        if _stage_pool is not None and _stage_pool[0] == os.getpid() and len(_stage_pool[1]) < _STAGE_KEEP:
+            _stage_pool[1].append(buf)
+            return
+    buf.close()
 
 
 _fallocate: Callable[..., int] | None | bool = None

@@ -374,6 +374,7 @@ def test_direct_io_refused_falls_back_to_the_page_cache(tmp_path, monkeypatch, r
         raise OSError(errno.EINVAL, "Invalid argument")
 
     monkeypatch.setattr(shards.os, "open", open_)
+    monkeypatch.setattr(shards, "_direct_devices", set())  # a device not yet known to take direct writes
     if refuse == "write":
         monkeypatch.setattr(shards.os, "pwrite", pwrite)
     parts = [bytes([i]) * n for i, n in enumerate((5000, 9 << 20, 3))]
@@ -384,3 +385,50 @@ def test_direct_io_refused_falls_back_to_the_page_cache(tmp_path, monkeypatch, r
     assert not f.direct
     monkeypatch.setattr(shards.os, "pwrite", real_pwrite)
     assert (tmp_path / "x").read_bytes() == b"".join(parts)
+
+
+def test_direct_shards_commit_in_the_background_and_report_failures(tmp_path, monkeypatch):
+    """With direct I/O a closed shard is committed (last writes, truncation, rename) by a background thread:
+    ``wait`` returns once it is in place with exactly the bytes; a failed commit is raised by ``wait`` and
+    leaves neither the shard nor its temporary file. The first file on a device writes its first block
+    synchronously; later ones (device known to take O_DIRECT) do not."""
+    from ava256.store import shards
+
+    if not _supports_direct_io(tmp_path):
+        pytest.skip("the file system here refuses O_DIRECT")
+    monkeypatch.setenv(shards.DIRECT_IO_ENV, "1")
+    monkeypatch.setattr(shards, "_direct_devices", set())
+    rng = np.random.default_rng(7)
+    data = rng.integers(0, 255, (6, 1, 1024, 1024, 3)).astype("uint8")  # 3 MiB frames: 9 MiB shards
+    kw = dict(shape=data.shape, dtype="uint8", chunks=(1, 1, 1024, 1024, 3), shards=(3, 1, 1024, 1024, 3),
+              compressors=[], fill_value=0)  # fmt: skip
+    enc = shards.shard_encoder(zarr.create_array(str(tmp_path / "a.zarr"), **kw))
+    sinks = []
+    for k in (0, 1):
+        sink = enc.open_shard((k, 0, 0, 0, 0))
+        assert sink._f.direct
+        for f in range(3 * k, 3 * k + 3):
+            sink.append(enc.encode(data[f, 0]))
+            if k == 1 and f == 5:  # the second file's first block went to the background writer
+                assert sink._f._pending[0] is not None
+        sink.close()
+        sinks.append(sink)
+        assert sink.closed and (sink._commit_future is not None)
+        assert shards._direct_devices == {os.stat(tmp_path).st_dev}
+    for sink in sinks:
+        sink.wait()
+        sink.abort()  # no-op once stored
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "a.zarr"), mode="r")[...], data)
+    assert not list((tmp_path / "a.zarr").rglob("*.partial"))
+
+    def refuse_rename(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shards.os, "replace", refuse_rename)
+    sink = enc.open_shard((0, 0, 0, 0, 0))
+    sink.append(enc.encode(data[0, 0]))
+    sink.close()
+    with pytest.raises(OSError, match="No space"):
+        sink.wait()
+    sink.abort()
+    assert not list((tmp_path / "a.zarr").rglob("*.partial"))
