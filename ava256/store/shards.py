@@ -262,21 +262,23 @@ class _LocalShardFile(ShardSink):
 
 _committer: tuple[int, Any] | None = None
 _last_commit: Future | None = None
+_commit_lock = threading.Lock()
 
 
 def _commit_in_background(fn: Callable[[], None]) -> Future:
     """Run a shard commit on this process's committer thread, after the previous one has ended (at most one
     in flight per process: bounds the staging buffers held by files being committed)."""
     global _committer, _last_commit
-    if _committer is None or _committer[0] != os.getpid():  # never reuse a parent's thread after fork
-        from concurrent.futures import ThreadPoolExecutor
+    with _commit_lock:  # tasks of a multi-threaded worker share the committer
+        if _committer is None or _committer[0] != os.getpid():  # never reuse a parent's thread after fork
+            from concurrent.futures import ThreadPoolExecutor
 
-        _committer = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="ava256-shard-commit"))
-        _last_commit = None
-    if _last_commit is not None:
-        futures_wait([_last_commit])  # its outcome belongs to its own sink's wait()
-    _last_commit = _committer[1].submit(fn)
-    return _last_commit
+            _committer = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="ava256-shard-commit"))
+            _last_commit = None
+        if _last_commit is not None:
+            futures_wait([_last_commit])  # its outcome belongs to its own sink's wait()
+        _last_commit = _committer[1].submit(fn)
+        return _last_commit
 
 
 #: ``AVA256_DIRECT_IO=1`` (in the workers' environment) writes shard files with direct I/O (off by default).
