@@ -210,6 +210,7 @@ class _LocalShardFile(ShardSink):
         self._tmp = path.with_suffix(f".{uuid.uuid4().hex}.partial")
         self._sizes: list[int] = []
         self.closed = False
+        self._commit_future: Future | None = None  # the background commit of a closed direct-I/O file
         path.parent.mkdir(parents=True, exist_ok=True)
         frame_bytes = int(np.prod(enc.frame_shape)) * enc.dtype.itemsize
         self._f = _open_shard_file(self._tmp, enc.frames_per_shard * (frame_bytes + frame_bytes // 128 + 64))
@@ -217,8 +218,6 @@ class _LocalShardFile(ShardSink):
     def append(self, part: bytes) -> None:
         self._f.write(part)
         self._sizes.append(len(part))
-
-    _commit_future: Future | None = None
 
     def close(self) -> None:
         """Append the index and store the shard. A direct-I/O file is committed in the background (its last
@@ -260,25 +259,35 @@ class _LocalShardFile(ShardSink):
         self._tmp.unlink(missing_ok=True)
 
 
-_committer: tuple[int, Any] | None = None
-_last_commit: Future | None = None
+_last_commit: tuple[int, Future] | None = None  # (pid, the latest commit submitted by that process)
 _commit_lock = threading.Lock()
 
 
 def _commit_in_background(fn: Callable[[], None]) -> Future:
     """Run a shard commit on this process's committer thread, after the previous one has ended (at most one
     in flight per process: bounds the staging buffers held by files being committed)."""
-    global _committer, _last_commit
+    global _last_commit
     with _commit_lock:  # tasks of a multi-threaded worker share the committer
-        if _committer is None or _committer[0] != os.getpid():  # never reuse a parent's thread after fork
+        if _last_commit is not None and _last_commit[0] == os.getpid():
+            futures_wait([_last_commit[1]])  # its outcome belongs to its own sink's wait()
+        fut = _process_executor("ava256-shard-commit", 1).submit(fn)
+        _last_commit = (os.getpid(), fut)
+        return fut
+
+
+_executors: dict[str, tuple[int, Any]] = {}
+_executors_lock = threading.Lock()
+
+
+def _process_executor(name: str, workers: int) -> Any:
+    """This process's thread pool ``name`` (created on first use; never a parent's pool after a fork)."""
+    with _executors_lock:
+        got = _executors.get(name)
+        if got is None or got[0] != os.getpid():
             from concurrent.futures import ThreadPoolExecutor
 
-            _committer = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="ava256-shard-commit"))
-            _last_commit = None
-        if _last_commit is not None:
-            futures_wait([_last_commit])  # its outcome belongs to its own sink's wait()
-        _last_commit = _committer[1].submit(fn)
-        return _last_commit
+            got = _executors[name] = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix=name))
+        return got[1]
 
 
 #: ``AVA256_DIRECT_IO=1`` (in the workers' environment) writes shard files with direct I/O (off by default).
@@ -346,18 +355,10 @@ class _BufferedFile:
             self.fd = -1
 
 
-_writer_pool: tuple[int, Any] | None = None
-
-
 def _write_pool() -> Any:
     """This process's shard-writing thread pool (direct writes block until the device has the data; they run
     here, overlapping the next frames' decoding)."""
-    global _writer_pool
-    if _writer_pool is None or _writer_pool[0] != os.getpid():  # never reuse a parent's pool after fork
-        from concurrent.futures import ThreadPoolExecutor
-
-        _writer_pool = (os.getpid(), ThreadPoolExecutor(2, thread_name_prefix="ava256-shard-write"))
-    return _writer_pool[1]
+    return _process_executor("ava256-shard-write", 2)
 
 
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
@@ -490,9 +491,8 @@ class _DirectFile(_BufferedFile):
 _direct_devices: set[int] = set()
 _stage_pool: tuple[int, list[mmap.mmap]] | None = None
 _stage_lock = threading.Lock()
-_STAGE_KEEP = (
-    4  # staging buffers kept per process (two per shard file; two files overlap with an encode thread)
-)
+# staging buffers kept per process (two per shard file; two files overlap with an encode thread)
+_STAGE_KEEP = 4
 
 
 def _take_stage() -> mmap.mmap:
