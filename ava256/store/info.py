@@ -13,19 +13,27 @@ from ava256.manifests.repack import REPACK_MANIFEST, STATUS_DONE, read_repack_ma
 from ava256.store import layout as L
 
 
-def _du(path: str | os.PathLike[str]) -> int:
-    """Bytes of every file under ``path`` (a local folder or an fsspec URL)."""
-    path = os.fspath(path)
+def _file_sizes(path: str) -> dict[str, int]:
+    """Size of every file under ``path`` (a local folder or an fsspec URL) by its ``/``-separated path relative
+    to ``path``: one walk or bucket listing, from which the capture's and each array's bytes are summed."""
     if "://" in path:
         import fsspec
 
         fs, root = fsspec.core.url_to_fs(path)
-        return int(fs.du(root, total=True)) if fs.exists(root) else 0
-    total = 0
+        if not fs.exists(root):
+            return {}
+        root = root.rstrip("/")
+        return {k[len(root) + 1 :]: int(v) for k, v in fs.du(root, total=False).items()}
+    out = {}
     for dirpath, _dirs, files in os.walk(path):
+        rel = os.path.relpath(dirpath, path).replace(os.sep, "/")
         for f in files:
-            total += os.path.getsize(os.path.join(dirpath, f))
-    return total
+            out[f if rel == "." else f"{rel}/{f}"] = os.path.getsize(os.path.join(dirpath, f))
+    return out
+
+
+def _bytes_under(sizes: dict[str, int], prefix: str) -> int:
+    return sum(n for k, n in sizes.items() if k.startswith(f"{prefix}/"))
 
 
 def capture_info(store: str | os.PathLike[str], folder: str) -> dict[str, Any]:
@@ -33,6 +41,7 @@ def capture_info(store: str | os.PathLike[str], folder: str) -> dict[str, Any]:
     path = L.capture_store_path(store, folder)
     g = L.open_capture_group(path, mode="r")
     a = g.attrs
+    sizes = _file_sizes(path)
     out: dict[str, Any] = {
         "capture": folder,
         "frames": len(a.get(L.ATTR_FRAME_IDS, [])),
@@ -43,7 +52,7 @@ def capture_info(store: str | os.PathLike[str], folder: str) -> dict[str, Any]:
         "codec": a.get(L.ATTR_CODEC),
         "complete": bool(a.get(L.ATTR_COMPLETE, False)),
         "format_version": a.get(L.ATTR_FORMAT_VERSION),
-        "bytes": _du(path),
+        "bytes": sum(sizes.values()),
         "assets": {},
     }
     for asset in a.get(L.ATTR_ASSETS, []):
@@ -56,7 +65,7 @@ def capture_info(store: str | os.PathLike[str], folder: str) -> dict[str, Any]:
             "shape": list(arr.shape),
             "slots": int(m.size),
             "invalid": int(m.size - m.sum()),
-            "bytes": _du(f"{path}/{L.ASSET_ARRAYS[asset]}"),
+            "bytes": _bytes_under(sizes, L.ASSET_ARRAYS[asset]),
         }
     return out
 

@@ -326,6 +326,15 @@ def test_store_opens_with_xarray_and_info_cli(repacked):
     info = json.loads(res.output)
     assert info["captures"][0]["assets"]["image"]["invalid"] == 0
 
+    def walked(p):  # bytes of every file under p, independently of info's one listing per capture
+        return sum(f.stat().st_size for f in Path(p).rglob("*") if f.is_file())
+
+    cap = info["captures"][0]
+    cpath = L.capture_store_path(store, cap["capture"])
+    assert cap["bytes"] == walked(cpath)
+    for asset in ("image", "encoder_image"):
+        assert cap["assets"][asset]["bytes"] == walked(f"{cpath}/{L.ASSET_ARRAYS[asset]}") > 0
+
 
 def test_cli_errors_are_clean(tmp_path):
     res = CliRunner().invoke(cli, ["repack", str(tmp_path / "nope"), str(tmp_path / "store")])
