@@ -216,14 +216,14 @@ def throughput(
     src = rp.discover_captures(raw)[0]
     rows = []
     plan = rt.probe_capture(src, 1)
+    # same AVIF threads per decode as the repack driver gives a local cluster (cores / workers)
     dthreads = max(1, (os.cpu_count() or 1) // workers)
-    before = legacy_decode(
-        [
-            dataclasses.replace(t, decode_threads=dthreads)
-            for t in rt.plan_tasks(plan, str(tmp / "unused.zarr"), L.array_specs(plan.geometry))
-        ],
-        workers,
-    )
+    tasks = [
+        dataclasses.replace(t, decode_threads=dthreads)
+        for t in rt.plan_tasks(plan, str(tmp / "unused.zarr"), L.array_specs(plan.geometry))
+    ]
+    n_img = sum(t.frame_stop - t.frame_start for t in tasks)
+    before = legacy_decode(tasks, workers)
     with (
         LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as lc,
         Client(lc) as client,
@@ -235,15 +235,6 @@ def throughput(
             client.run(rt.reset_peak_rss)
             return max(rss.values())
 
-        plan = client.submit(rt.probe_capture, src, 1).result()
-        specs = L.array_specs(plan.geometry)
-        # same AVIF threads per decode as the repack driver gives a local cluster (cores / workers)
-        dthreads = max(1, (os.cpu_count() or 1) // workers)
-        tasks = [
-            dataclasses.replace(t, decode_threads=dthreads)
-            for t in rt.plan_tasks(plan, str(tmp / "unused.zarr"), specs)
-        ]
-        n_img = sum(t.frame_stop - t.frame_start for t in tasks)
         client.gather(client.map(rt.run_task, tasks[: workers * 2], write=False, pure=False))  # warm-up
         for codec in codecs if warm_raw is not None else []:  # warm-up of the whole repack path, per codec
             rp.repack(
