@@ -2,7 +2,7 @@
 AVIF bytes; (2) repack vs. pure decode of the same AVIF files, same Dask LocalCluster (worker processes),
 one run, images/s; plus peak RSS per worker.
 
-    python benchmarks/repack.py [--quick] [--workers 2] [--cameras 4] [--frames 256]
+    python benchmarks/repack.py [--quick] [--workers 2] [--cameras 4] [--frames 256] [--io direct,buffered]
 
 The default workload is 4 cameras x 256 frames: one task per camera of repack's real task size
 (``TASK_TARGET_FRAMES`` = 256 frames = 8 shards of 32 images). Real captures have ~5,000 frames per camera, so
@@ -202,10 +202,26 @@ def legacy_decode(tasks: list, workers: int, reps: int = 2) -> tuple[float, floa
     return n_img / best, 1000 * float(np.median(cpu)) / n_img
 
 
+def _set_io(mode: str) -> str:
+    """Set this process's shard-file I/O mode (``direct``: the default, ``O_DIRECT`` where the file system takes
+    it; ``buffered``: through the page cache); runs in the driver and, via ``client.run``, in every worker."""
+    from ava256.store.shards import DIRECT_IO_ENV
+
+    os.environ[DIRECT_IO_ENV] = {"direct": "1", "buffered": "0"}[mode]
+    return mode
+
+
 def throughput(
-    raw: Path, tmp: Path, workers: int, codecs: list[str], warm_raw: Path | None = None, repeats: int = 1
+    raw: Path,
+    tmp: Path,
+    workers: int,
+    codecs: list[str],
+    warm_raw: Path | None = None,
+    repeats: int = 1,
+    ios: tuple[str, ...] = ("direct",),
 ) -> tuple[list[dict], float, float, int, float, float, tuple[float, float]]:
-    """Pure decode vs. full repack of the same image zips on one LocalCluster of worker processes.
+    """Pure decode vs. full repack of the same image zips on one LocalCluster of worker processes, for each
+    codec and shard-file I/O mode (``ios``: ``direct`` and/or ``buffered``).
     ``warm_raw``: a tiny capture repacked once per codec before timing, so that no timed run pays the
     one-time imports and first calls (zarr codecs, pyarrow writers) of the driver and workers."""
     from distributed import Client, LocalCluster
@@ -236,7 +252,10 @@ def throughput(
             return max(rss.values())
 
         client.gather(client.map(rt.run_task, tasks[: workers * 2], write=False, pure=False))  # warm-up
-        for codec in codecs if warm_raw is not None else []:  # warm-up of the whole repack path, per codec
+        combos = [(c, io) for c in codecs for io in ios]
+        for codec, io in combos if warm_raw is not None else []:  # warm-up of the whole repack path
+            client.run(_set_io, io)
+            _set_io(io)
             rp.repack(
                 warm_raw, tmp / "warm", codec=codec, client=client, progress=False, decode_threads=dthreads
             )
@@ -259,7 +278,9 @@ def throughput(
         dec, rss_dec, cpu = decode_pass()
         decs, cpus = [dec], [cpu]
         runs: list[dict] = []
-        for codec in [c for _ in range(repeats) for c in codecs]:
+        for codec, io in [c for _ in range(repeats) for c in combos]:
+            client.run(_set_io, io)
+            _set_io(io)
             store = tmp / f"store-{codec}"
             idle.append(idle_rss_mb())
             t0 = time.perf_counter()
@@ -273,15 +294,15 @@ def throughput(
             ref, ref_cpu = (decs[-1] + after) / 2, (cpus[-1] + cpu_after) / 2
             decs.append(after)
             cpus.append(cpu_after)
-            runs.append(dict(codec=codec, ips=n_img / dt, ref=ref, rss=s.peak_rss_mb, mb=du(store) / n_img / 2**20,
+            runs.append(dict(codec=codec, io=io, ips=n_img / dt, ref=ref, rss=s.peak_rss_mb, mb=du(store) / n_img / 2**20,
                              tasks=s.tasks_run, cpu=cpu_ms, ref_cpu=ref_cpu, ratio=n_img / dt / ref,
                              cpu_ratio=ref_cpu / cpu_ms))  # fmt: skip
             shutil.rmtree(store)
-        for codec in codecs:
-            mine = [r for r in runs if r["codec"] == codec]
-            row = {k: float(np.median([r[k] for r in mine])) for k in mine[0] if k != "codec"}
+        for codec, io in combos:
+            mine = [r for r in runs if (r["codec"], r["io"]) == (codec, io)]
+            row = {k: float(np.median([r[k] for r in mine])) for k in mine[0] if k not in ("codec", "io")}
             row["rss"] = max(r["rss"] for r in mine)
-            rows.append(dict(row, codec=codec, ratios=[r["ratio"] for r in mine]))
+            rows.append(dict(row, codec=codec, io=io, ratios=[r["ratio"] for r in mine]))
     return rows, float(np.mean(decs)), rss_dec, n_img, max(idle), float(np.mean(cpus)), before
 
 
@@ -294,11 +315,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distinct", type=int, default=24, help="distinct AVIF images (reused cyclically)")
     ap.add_argument("--codecs", default=",".join(L.CODECS), help="codecs to run the full repack with")
     ap.add_argument("--repeats", type=int, default=3, help="repack runs per codec (medians; quick: 1)")
+    ap.add_argument("--io", default="direct", help="shard-file I/O: direct (the default), buffered, or both "
+                    "(direct,buffered: alternating runs, a row each)")
     ap.add_argument("--reference", type=Path, default=REFERENCE, help="a real RGB image to crop frames from")
     args = ap.parse_args(argv)
     if args.quick:
         args.cameras, args.frames, args.distinct, args.repeats = 2, 24, 8, 1
     codecs = [c for c in args.codecs.split(",") if c]
+    ios = tuple(m for m in args.io.split(",") if m)
+    if not ios or set(ios) - {"direct", "buffered"}:
+        ap.error(f"--io: expected direct and/or buffered, got {args.io!r}")
 
     with tempfile.TemporaryDirectory(prefix="ava256-bench-repack-") as d:
         tmp = Path(d)
@@ -326,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         make_raw(raw, blobs, args.cameras, args.frames)
         make_raw(tmp / "warm-raw", blobs[:2], 1, 2)
         trows, dec, rss_dec, n_img, idle_rss, dec_cpu, before = throughput(
-            raw, tmp, args.workers, codecs, tmp / "warm-raw", args.repeats
+            raw, tmp, args.workers, codecs, tmp / "warm-raw", args.repeats, ios
         )
         print(f"\n2) repack vs pure decode: {n_img} images ({args.cameras} cameras x {args.frames} frames), "
               f"LocalCluster of {args.workers} worker processes x 1 thread, one run; per codec the median of "
@@ -343,15 +369,15 @@ def main(argv: list[str] | None = None) -> int:
             "   ratio of each run",
         ]
         print(
-            f"{hdr[0]:<30}{hdr[1]:>9}{hdr[2]:>13}{hdr[3]:>7}{hdr[4]:>11}{hdr[5]:>10}{hdr[6]:>16}{hdr[7]:>9}{hdr[8]}"
+            f"{hdr[0]:<37}{hdr[1]:>9}{hdr[2]:>13}{hdr[3]:>7}{hdr[4]:>11}{hdr[5]:>10}{hdr[6]:>16}{hdr[7]:>9}{hdr[8]}"
         )
-        print(f"{'pure decode (zip read + AVIF)':<30}{dec:>9.1f}{dec:>13.1f}{1.0:>7.2f}{dec_cpu:>11.1f}{1.0:>10.2f}"
+        print(f"{'pure decode (zip read + AVIF)':<37}{dec:>9.1f}{dec:>13.1f}{1.0:>7.2f}{dec_cpu:>11.1f}{1.0:>10.2f}"
               f"{rss_dec:>12.0f} MiB{'-':>9}")  # fmt: skip
-        print(f"{'pure decode, before (*)':<30}{before[0]:>9.1f}{dec:>13.1f}{before[0] / dec:>7.2f}{before[1]:>11.1f}"
+        print(f"{'pure decode, before (*)':<37}{before[0]:>9.1f}{dec:>13.1f}{before[0] / dec:>7.2f}{before[1]:>11.1f}"
               f"{dec_cpu / before[1]:>10.2f}{'-':>16}{'-':>9}")  # fmt: skip
         for r in trows:
-            name = f"repack --codec {r['codec']}"
-            print(f"{name:<30}{r['ips']:>9.1f}{r['ref']:>13.1f}{r['ratio']:>7.2f}{r['cpu']:>11.1f}"
+            name = f"repack --codec {r['codec']}" + (f" ({r['io']})" if len(ios) > 1 else "")
+            print(f"{name:<37}{r['ips']:>9.1f}{r['ref']:>13.1f}{r['ratio']:>7.2f}{r['cpu']:>11.1f}"
                   f"{r['cpu_ratio']:>10.2f}{r['rss']:>12.0f} MiB{r['mb']:>9.3f}   "
                   + " ".join(f"{x:.2f}" for x in r["ratios"]))  # fmt: skip
         rep = [r for r in trows if r["codec"] == L.DEFAULT_CODEC] or trows

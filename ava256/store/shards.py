@@ -16,9 +16,8 @@ Tests check byte-equality with zarr's own shards and read everything back throug
 the shard's temporary file as soon as it is encoded and the file is renamed into place once the index is
 written (zarr's own atomic-write convention), so no shard of compressed frames is held, joined and copied in
 memory (that cost ~1 ms of page faults and copies per 2 MB image); other stores collect the frames and
-store them in one ``set`` as :meth:`ShardEncoder.write` does. With ``AVA256_DIRECT_IO=1`` local shard files
-are written with ``O_DIRECT`` (:class:`_DirectFile`), which pays off once a run's writes outgrow the page
-cache.
+store them in one ``set`` as :meth:`ShardEncoder.write` does. Local shard files are written with ``O_DIRECT``
+(:class:`_DirectFile`; ``AVA256_DIRECT_IO=0`` turns it off), which skips the page cache's per-byte CPU cost.
 """
 
 from __future__ import annotations
@@ -290,21 +289,23 @@ def _process_executor(name: str, workers: int) -> Any:
         return got[1]
 
 
-#: ``AVA256_DIRECT_IO=1`` (in the workers' environment) writes shard files with direct I/O (off by default).
-#: Measured on the 2-core VM (ext4 on virtio), whole repacks on 2 workers alternating direct and buffered in one
-#: cluster, median of 4 each: 1024 images (1.5 GB, absorbed by the page cache) 2.97 s direct vs 2.89 s
-#: buffered; 2048 images 6.48 vs 8.31 s; 4096 images (6 GB, past the dirty-page limits) 13.7 vs 17.5 s.
-#: ``benchmarks/repack.py --codecs lz4`` at 1024 images with it on: 0.74 (buffered: 0.79-0.84), so it stays
-#: opt-in for runs that fit in RAM.
+#: ``AVA256_DIRECT_IO=0`` (in the workers' environment) turns direct I/O of local shard files off; it is on by
+#: default (unset, ``auto`` or ``1``) wherever the platform has ``O_DIRECT``, falling back to the page cache on a
+#: file system that refuses it. ``benchmarks/repack.py --io direct,buffered`` measures both in one run: on the
+#: 2-core AMD EPYC VM (ext4 on virtio, kernel 6.18) 1,024 images repack at 0.83 x pure decode with it and 0.62
+#: without (page-cache writes cost ~0.35-0.65 ms of CPU per MB there, direct writes ~0.08 ms); on the earlier
+#: Intel VM buffered writes were cheaper (0.79-0.84 against 0.74) until a run outgrew the page cache (4,096
+#: images: 13.7 s direct vs 17.5 s buffered). Whole captures always outgrow it (~600 GB each at full size).
 DIRECT_IO_ENV = "AVA256_DIRECT_IO"
 _ALIGN = 4096  # alignment of O_DIRECT buffers, offsets and lengths (a multiple of every logical block size)
 _STAGE = 8 << 20  # bytes staged between direct writes
 
 
 def direct_io_enabled() -> bool:
-    """Whether shard files are opened with ``O_DIRECT`` (Linux, with ``AVA256_DIRECT_IO=1``)."""
-    flag = os.environ.get(DIRECT_IO_ENV, "0").strip().lower()
-    return hasattr(os, "O_DIRECT") and flag in ("1", "true", "yes")
+    """Whether shard files are opened with ``O_DIRECT``: where the platform has it (Linux), unless
+    ``AVA256_DIRECT_IO`` is ``0``/``false``/``no``/``off``."""
+    flag = os.environ.get(DIRECT_IO_ENV, "auto").strip().lower()
+    return hasattr(os, "O_DIRECT") and flag not in ("0", "false", "no", "off")
 
 
 def _open_shard_file(path: Path, reserve: int) -> _BufferedFile | _DirectFile:
@@ -376,9 +377,9 @@ class _DirectFile(_BufferedFile):
     Why: sustained page-cache writes can dominate a long repack. Writing 6 GB in 1.5 MiB chunks on the
     development VM (ext4 on virtio) cost 3.3 ms of CPU per chunk through the page cache (dirty-page throttling
     and writeback; 480 MB/s) against 0.1 ms with ``O_DIRECT`` (2.4 GB/s), where staging adds one ~0.1 ms copy
-    per chunk. In a whole repack on that VM direct I/O is the faster choice once the writes outgrow the
-    page cache (see :data:`DIRECT_IO_ENV`), so it is opt-in. If the file system refuses a direct write
-    (EINVAL), the file carries on buffered.
+    per chunk. On a later VM (AMD EPYC, kernel 6.18) even writes that fit in the page cache cost ~0.35-0.65 ms
+    of CPU per MB against ~0.08 ms direct (see :data:`DIRECT_IO_ENV`). If the file system refuses a direct
+    write (EINVAL), the file carries on buffered.
 
     The staging buffers come from a per-process free list of private anonymous mappings (:func:`_take_stage`)
     and the file's tail (last writes, truncation, rename) is committed by a background thread

@@ -331,6 +331,27 @@ def test_streamed_shard_equals_one_pass_shard_and_abort_leaves_nothing(tmp_path,
         shutil.rmtree(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("value", "direct"),
+    [(None, True), ("auto", True), ("1", True), ("0", False), ("off", False), ("False", False), ("no", False)],
+)
+def test_direct_io_is_the_default_and_can_be_turned_off(tmp_path, monkeypatch, value, direct):
+    """Direct I/O is on unless ``AVA256_DIRECT_IO`` turns it off (where the platform and file system take it),
+    and the shard file the writer opens follows the setting."""
+    from ava256.store.shards import DIRECT_IO_ENV, _open_shard_file, direct_io_enabled
+
+    if value is None:
+        monkeypatch.delenv(DIRECT_IO_ENV, raising=False)
+    else:
+        monkeypatch.setenv(DIRECT_IO_ENV, value)
+    assert direct_io_enabled() == (direct and hasattr(os, "O_DIRECT"))
+    f = _open_shard_file(tmp_path / "x", reserve=0)
+    f.write(b"abc")
+    f.finish()
+    assert f.direct == (direct and _supports_direct_io(tmp_path))
+    assert (tmp_path / "x").read_bytes() == b"abc"
+
+
 def test_direct_file_stages_aligned_blocks_and_keeps_exact_bytes(tmp_path, monkeypatch):
     """Unaligned appends of every size, across the 8 MiB staging buffers, give exactly the bytes written."""
     from ava256.store.shards import DIRECT_IO_ENV, _open_shard_file
