@@ -315,8 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distinct", type=int, default=24, help="distinct AVIF images (reused cyclically)")
     ap.add_argument("--codecs", default=",".join(L.CODECS), help="codecs to run the full repack with")
     ap.add_argument("--repeats", type=int, default=3, help="repack runs per codec (medians; quick: 1)")
-    ap.add_argument("--io", default="direct", help="shard-file I/O: direct (the default), buffered, or both "
-                    "(direct,buffered: alternating runs, a row each)")
+    ap.add_argument(
+        "--io",
+        default="direct",
+        help="shard-file I/O: direct (the default), buffered, or both "
+        "(direct,buffered: alternating runs, a row each)",
+    )
     ap.add_argument("--reference", type=Path, default=REFERENCE, help="a real RGB image to crop frames from")
     args = ap.parse_args(argv)
     if args.quick:

@@ -333,7 +333,15 @@ def test_streamed_shard_equals_one_pass_shard_and_abort_leaves_nothing(tmp_path,
 
 @pytest.mark.parametrize(
     ("value", "direct"),
-    [(None, True), ("auto", True), ("1", True), ("0", False), ("off", False), ("False", False), ("no", False)],
+    [
+        (None, True),
+        ("auto", True),
+        ("1", True),
+        ("0", False),
+        ("off", False),
+        ("False", False),
+        ("no", False),
+    ],
 )
 def test_direct_io_is_the_default_and_can_be_turned_off(tmp_path, monkeypatch, value, direct):
     """Direct I/O is on unless ``AVA256_DIRECT_IO`` turns it off (where the platform and file system take it),
