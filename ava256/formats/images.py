@@ -17,6 +17,22 @@ def _open(data: bytes, what: str) -> Image.Image:
     return im
 
 
+#: Pillow modes :func:`decode_labels` accepts (single-channel images)
+LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
+
+
+def image_header(data: bytes, what: str = "image") -> tuple[int, int, str]:
+    """(height, width, Pillow mode) of an encoded image, from its header only (no pixel decode: ~0.3 ms for a
+    667 x 1024 AVIF against ~5-9 ms to decode it). The decoders below return arrays of this height and width.
+    ValueError if the header cannot be parsed."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            return int(h), int(w), str(im.mode)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ValueError(f"{what}: cannot read image header ({exc})") from exc
+
+
 def decode_rgb(data: bytes) -> np.ndarray:
     """Decode an RGB image (AVIF, PNG, ...) to (H, W, 3) uint8; grey or alpha images are converted."""
     im = _open(data, "rgb image")
@@ -31,7 +47,7 @@ def decode_labels(data: bytes) -> np.ndarray:
     im = _open(data, "label image")
     if im.mode in ("L", "P"):
         arr = np.asarray(im)
-    elif im.mode in ("I", "I;16", "I;16B", "I;16L"):
+    elif im.mode in LABEL_MODES:
         arr = np.asarray(im)
         if arr.size and arr.max() > 255:
             raise ValueError(f"label image: values up to {arr.max()} do not fit uint8")
