@@ -88,6 +88,29 @@ def make_raw(raw: Path, blobs: list[bytes], cameras: int, frames: int) -> cat.Ca
     return cap
 
 
+def takes_direct_io(folder: Path) -> bool:
+    """Whether the file system of ``folder`` accepts an aligned ``O_DIRECT`` write (else shard files are written
+    through the page cache whatever ``--io`` says)."""
+    import mmap
+
+    if not hasattr(os, "O_DIRECT"):
+        return False
+    buf = mmap.mmap(-1, 4096)
+    path = folder / "direct-io-probe"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644)
+        try:
+            os.write(fd, buf)
+        finally:
+            os.close(fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        path.unlink(missing_ok=True)
+        buf.close()
+
+
 def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -336,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         blobs, origin = source_images(args.distinct, reference=args.reference)
         print(f"source: {len(blobs)} distinct {W}x{H} images, {origin}, "
               f"mean AVIF {np.mean([len(b) for b in blobs]) / 1024:.0f} KiB ({time.perf_counter() - t0:.0f} s)")  # fmt: skip
-        print(f"machine: {os.cpu_count()} CPU(s); zarr {zarr.__version__}; python {sys.version.split()[0]}\n")
+        print(f"machine: {os.cpu_count()} CPU(s); zarr {zarr.__version__}; python {sys.version.split()[0]}; "
+              f"{tmp} takes O_DIRECT: {'yes' if takes_direct_io(tmp) else 'no (direct runs fall back to buffered)'}\n")  # fmt: skip
 
         rows = codec_table(blobs, tmp, n_read=3 * len(blobs))
         print(
