@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import imageio.v3 as iio
@@ -71,7 +72,9 @@ def test_crash_and_resume_gives_identical_losses(tiny_store, tmp_path):
     assert same_losses([r["loss/total"] for r in train_rows], straight.losses)
     val = json.loads((tmp_path / "b" / "val.json").read_text())
     assert val["iter"] == iters and 0 < val["psnr"] < 100 and -1 <= val["ssim"] <= 1 and val["samples"] > 0
-    assert list((tmp_path / "b" / "tb").glob("events.out.tfevents.*"))
+    # TensorBoard logs are optional (written where tensorboard is installed; metrics.jsonl always is)
+    events = list((tmp_path / "b" / "tb").glob("events.out.tfevents.*"))
+    assert bool(events) == (importlib.util.find_spec("tensorboard") is not None)
     again = run(tmp_path / "b")  # a finished run is not retrained
     assert again.start_iteration == iters and again.losses == []
 
