@@ -138,10 +138,11 @@ CODECS: tuple[str, ...] = ("lz4", "blosclz", "blosc-lz4", "zstd", "blosc-zstd", 
 DEFAULT_CODEC = "lz4"
 
 #: LZ4 ``acceleration`` of the ``lz4`` codec (1 = plain LZ4; higher trades ratio for speed). On AVIF-decoded
-#: 667 x 1024 photos (one core, 8 frames cycled): 64 -> 0.48 ms, 0.725 x raw; 256 -> 0.36 ms, 0.761; 1024 ->
-#: 0.23 ms, 0.868; 4096 -> 0.14 ms, 0.922. Whole repacks (benchmarks/repack.py) run fastest at 256 (images/s
-#: ratio 0.81, against 0.79 at 1024 and 0.77 at 4096): beyond it the extra bytes cost more to write than LZ4
-#: saves.
+#: 667 x 1024 photos (one core, 8 frames cycled, the current AMD EPYC VM): 64 -> 0.65 ms, 0.725 x raw; 256 ->
+#: 0.54 ms, 0.761; 1024 -> 0.31 ms, 0.868; 4096 -> 0.20 ms, 0.922 (the earlier Intel VM: 0.48 / 0.36 / 0.23 /
+#: 0.14 ms). Beyond 256 the CPU saved is paid in bytes (+14 % at 1024): through the page cache whole repacks
+#: ran slower (images/s ratio 0.81 at 256, 0.79 at 1024, 0.77 at 4096), and where the disk is the limit every
+#: byte is (README, section repack).
 LZ4_ACCELERATION = 256
 
 # zarr warns on every array open that numcodecs codecs (``lz4``) are not in the Zarr v3 specification; the
@@ -155,7 +156,7 @@ def picture_compressors(codec: str) -> list[Any]:
     AVIF-decoded photo, one thread (``benchmarks/repack.py``; README, section repack):
 
     - ``lz4`` (default): LZ4, acceleration 256 (numcodecs ``numcodecs.lz4``, not a Zarr v3 spec codec):
-      ~0.76 x raw, encode ~0.2-0.36 ms, decode ~0.2 ms
+      ~0.76 x raw, encode ~0.2-0.54 ms (by machine), decode ~0.15-0.2 ms
     - ``blosclz``: Blosc blosclz clevel 1, no shuffle (spec-standard blosc): ~0.83 x raw, encode ~0.7 ms,
       decode ~0.25 ms
     - ``blosc-lz4``: Blosc LZ4 clevel 5 with bit-shuffle: ~0.55 x raw, encode ~1.5 ms, decode ~1.1 ms (the
