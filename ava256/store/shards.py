@@ -291,11 +291,13 @@ def _process_executor(name: str, workers: int) -> Any:
 
 #: ``AVA256_DIRECT_IO=0`` (in the workers' environment) turns direct I/O of local shard files off; it is on by
 #: default (unset, ``auto`` or ``1``) wherever the platform has ``O_DIRECT``, falling back to the page cache on a
-#: file system that refuses it. ``benchmarks/repack.py --io direct,buffered`` measures both in one run: on the
-#: 2-core AMD EPYC VM (ext4 on virtio, kernel 6.18) 1,024 images repack at 0.83 x pure decode with it and 0.62
-#: without (page-cache writes cost ~0.35-0.65 ms of CPU per MB there, direct writes ~0.08 ms); on the earlier
-#: Intel VM buffered writes were cheaper (0.79-0.84 against 0.74) until a run outgrew the page cache (4,096
-#: images: 13.7 s direct vs 17.5 s buffered). Whole captures always outgrow it (~600 GB each at full size).
+#: file system that refuses it. ``benchmarks/repack.py --io direct,buffered`` measures both in one run. On the
+#: 2-core AMD EPYC VM (ext4 on virtio, kernel 6.18) 1,024 images repack at 0.78-0.83 x pure decode with it and
+#: 0.55-0.62 without (page-cache writes cost ~0.35-0.65 ms of CPU per MB there, direct writes ~0.02-0.08 ms).
+#: On the 16-core H100 box buffered writes win while a run fits in the page cache (8,192 images: 0.84 against
+#: 0.65) and lose once it does not (24,576 images, 37 GB: 0.60 against 0.63; both wait on the ~1.5 GB/s disk);
+#: on the earlier Intel VM likewise (4,096 images: 13.7 s direct vs 17.5 s buffered). Whole captures (~600 GB
+#: each at full size) never fit.
 DIRECT_IO_ENV = "AVA256_DIRECT_IO"
 _ALIGN = 4096  # alignment of O_DIRECT buffers, offsets and lengths (a multiple of every logical block size)
 _STAGE = 8 << 20  # bytes staged between direct writes
