@@ -301,6 +301,10 @@ def _process_executor(name: str, workers: int) -> Any:
 DIRECT_IO_ENV = "AVA256_DIRECT_IO"
 _ALIGN = 4096  # alignment of O_DIRECT buffers, offsets and lengths (a multiple of every logical block size)
 _STAGE = 8 << 20  # bytes staged between direct writes
+#: staging buffers per shard file: while one fills, up to three earlier ones are being written. Two (one write in
+#: flight) left the workers blocked on the disk for up to ~10 % of a run on the 2-core VM, whose virtual disk
+#: has latency spikes; see :class:`_DirectFile`.
+_STAGE_BUFFERS = 4
 
 
 def direct_io_enabled() -> bool:
@@ -361,7 +365,7 @@ class _BufferedFile:
 def _write_pool() -> Any:
     """This process's shard-writing thread pool (direct writes block until the device has the data; they run
     here, overlapping the next frames' decoding)."""
-    return _process_executor("ava256-shard-write", 2)
+    return _process_executor("ava256-shard-write", _STAGE_BUFFERS - 1)
 
 
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
@@ -371,10 +375,11 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
 
 
 class _DirectFile(_BufferedFile):
-    """Appends to a file opened with ``O_DIRECT``: bytes are staged in two page-aligned 8 MiB buffers; a full
-    one is written straight from it to the device by a background thread (the write blocks until the device
-    has the data) while the other fills; the last block is zero-padded and the file truncated to its true size
-    at :meth:`finish`.
+    """Appends to a file opened with ``O_DIRECT``: bytes are staged in a ring of :data:`_STAGE_BUFFERS`
+    page-aligned 8 MiB buffers; a full one is written straight from it to the device by a background thread
+    (the write blocks until the device has the data) while the next fills, so a slow write holds up the frames
+    only once every earlier buffer is still in flight; the last block is zero-padded and the file truncated to
+    its true size at :meth:`finish`.
 
     Why: sustained page-cache writes can dominate a long repack. Writing 6 GB in 1.5 MiB chunks on the
     development VM (ext4 on virtio) cost 3.3 ms of CPU per chunk through the page cache (dirty-page throttling
@@ -392,10 +397,10 @@ class _DirectFile(_BufferedFile):
 
     def __init__(self, fd: int):
         super().__init__(fd)
-        self._bufs = [_take_stage(), _take_stage()]
+        self._bufs = [_take_stage() for _ in range(_STAGE_BUFFERS)]
         self._dev = os.fstat(fd).st_dev
         self._views = [memoryview(b) for b in self._bufs]
-        self._pending: list[Any] = [None, None]  # the write in flight from each buffer
+        self._pending: list[Any] = [None] * _STAGE_BUFFERS  # the write in flight from each buffer
         self._cur = 0
         self._n = 0  # bytes staged in the current buffer
         self._offset = 0  # file offset of the current buffer (a multiple of _STAGE)
@@ -425,8 +430,8 @@ class _DirectFile(_BufferedFile):
         else:
             self._pending[cur] = _write_pool().submit(_pwrite_all, self.fd, self._views[cur], self._offset)
         self._offset += _STAGE
-        self._cur, self._n = 1 - cur, 0
-        self._wait(self._cur)  # the buffer about to be filled must be on disk
+        self._cur, self._n = (cur + 1) % _STAGE_BUFFERS, 0
+        self._wait(self._cur)  # the buffer about to be filled must be on disk (its write is the oldest)
 
     def _write_first(self, view: memoryview) -> bool:
         """The file's first direct write; False (after falling back to buffered writes of the staged bytes)
@@ -453,8 +458,8 @@ class _DirectFile(_BufferedFile):
 
     def finish(self) -> None:
         try:
-            for i in (1 - self._cur, self._cur):  # the older write first
-                self._wait(i)
+            for k in range(1, _STAGE_BUFFERS + 1):  # the oldest write first
+                self._wait((self._cur + k) % _STAGE_BUFFERS)
             if self.direct and self._n:
                 end = -(-self._n // _ALIGN) * _ALIGN
                 view = self._views[self._cur]
@@ -470,7 +475,7 @@ class _DirectFile(_BufferedFile):
         super().finish()
 
     def discard(self) -> None:
-        for i in (0, 1):
+        for i in range(_STAGE_BUFFERS):
             fut, self._pending[i] = self._pending[i], None
             if fut is not None:
                 try:
@@ -494,8 +499,8 @@ class _DirectFile(_BufferedFile):
 _direct_devices: set[int] = set()
 _stage_pool: tuple[int, list[mmap.mmap]] | None = None
 _stage_lock = threading.Lock()
-# staging buffers kept per process (two per shard file; two files overlap with an encode thread)
-_STAGE_KEEP = 4
+# staging buffers kept per process (one file's set; two files overlap with an encode thread)
+_STAGE_KEEP = 2 * _STAGE_BUFFERS
 
 
 def _take_stage() -> mmap.mmap:
