@@ -295,7 +295,7 @@ def _process_executor(name: str, workers: int) -> Any:
 #: 2-core AMD EPYC VM (ext4 on virtio, kernel 6.18) 1,024 images repack at 0.78-0.83 x pure decode with it and
 #: 0.55-0.62 without (page-cache writes cost ~0.35-0.65 ms of CPU per MB there, direct writes ~0.02-0.08 ms).
 #: On the 16-core H100 box buffered writes win while a run fits in the page cache (8,192 images: 0.84 against
-#: 0.65) and lose once it does not (24,576 images, 37 GB: 0.60 against 0.63; both wait on the ~1.5 GB/s disk);
+#: 0.80) and lose once it does not (24,576 images, 37 GB: 0.68 against 0.70; both wait on the disk);
 #: on the earlier Intel VM likewise (4,096 images: 13.7 s direct vs 17.5 s buffered). Whole captures (~600 GB
 #: each at full size) never fit.
 DIRECT_IO_ENV = "AVA256_DIRECT_IO"

@@ -361,8 +361,9 @@ def test_direct_io_is_the_default_and_can_be_turned_off(tmp_path, monkeypatch, v
 
 
 def test_direct_file_stages_aligned_blocks_and_keeps_exact_bytes(tmp_path, monkeypatch):
-    """Unaligned appends of every size, across the 8 MiB staging buffers, give exactly the bytes written."""
-    from ava256.store.shards import DIRECT_IO_ENV, _open_shard_file
+    """Unaligned appends of every size, across the 8 MiB staging buffers and around their ring (> 4 x 8 MiB),
+    give exactly the bytes written."""
+    from ava256.store.shards import _STAGE_BUFFERS, DIRECT_IO_ENV, _open_shard_file
 
     if not _supports_direct_io(tmp_path):
         pytest.skip("the file system here refuses O_DIRECT")
@@ -370,10 +371,10 @@ def test_direct_file_stages_aligned_blocks_and_keeps_exact_bytes(tmp_path, monke
     rng = np.random.default_rng(5)
     parts = [
         rng.integers(0, 255, n, dtype=np.uint8).tobytes()
-        for n in (1, 4095, 4097, 3 << 20, 7 << 20, 12345, 0, 9 << 20, 7)
+        for n in (1, 4095, 4097, 3 << 20, 7 << 20, 12345, 0, 9 << 20, 7, 21 << 20, 5)
     ]
     f = _open_shard_file(tmp_path / "x", reserve=64 << 20)
-    assert f.direct
+    assert f.direct and len(f._bufs) == _STAGE_BUFFERS
     for part in parts:
         f.write(part)
     f.finish()
