@@ -7,18 +7,24 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+# what Pillow raises for data it cannot open or decode
+_PIL_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError)
+# Pillow modes decode_labels accepts (single-channel images)
+_LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
+
 
 def _open(data: bytes, what: str) -> Image.Image:
     try:
         im = Image.open(io.BytesIO(data))
         im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+    except _PIL_ERRORS as exc:
         raise ValueError(f"{what}: cannot decode image ({exc})") from exc
     return im
 
 
-#: Pillow modes :func:`decode_labels` accepts (single-channel images)
-LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
+def _check_label_mode(mode: str) -> None:
+    if mode not in _LABEL_MODES:
+        raise ValueError(f"label image: mode {mode!r}, expected a single-channel image")
 
 
 def image_header(data: bytes, what: str = "image") -> tuple[int, int, str]:
@@ -29,8 +35,22 @@ def image_header(data: bytes, what: str = "image") -> tuple[int, int, str]:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
             return int(h), int(w), str(im.mode)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+    except _PIL_ERRORS as exc:
         raise ValueError(f"{what}: cannot read image header ({exc})") from exc
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(height, width) that :func:`decode_rgb` / :func:`decode_gray` return for ``data``, from its header."""
+    h, w, _mode = image_header(data)
+    return h, w
+
+
+def label_size(data: bytes) -> tuple[int, int]:
+    """(height, width) that :func:`decode_labels` returns for ``data``, from its header; ValueError where
+    :func:`decode_labels` refuses the mode (not single-channel)."""
+    h, w, mode = image_header(data, "label image")
+    _check_label_mode(mode)
+    return h, w
 
 
 def decode_rgb(data: bytes) -> np.ndarray:
@@ -45,14 +65,10 @@ def decode_labels(data: bytes) -> np.ndarray:
     """Decode a single-channel label PNG to (H, W) uint8 (values kept as stored, e.g. 0..10).
     ValueError for a multi-channel image (labels must not be colour-converted)."""
     im = _open(data, "label image")
-    if im.mode in ("L", "P"):
-        arr = np.asarray(im)
-    elif im.mode in LABEL_MODES:
-        arr = np.asarray(im)
-        if arr.size and arr.max() > 255:
-            raise ValueError(f"label image: values up to {arr.max()} do not fit uint8")
-    else:
-        raise ValueError(f"label image: mode {im.mode!r}, expected a single-channel image")
+    _check_label_mode(im.mode)
+    arr = np.asarray(im)
+    if im.mode not in ("L", "P") and arr.size and arr.max() > 255:
+        raise ValueError(f"label image: values up to {arr.max()} do not fit uint8")
     return arr.astype(np.uint8, copy=False)
 
 

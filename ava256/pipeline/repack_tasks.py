@@ -27,7 +27,7 @@ from ava256 import capture as cat
 from ava256.formats.calibration import Calibration, read_calibration
 from ava256.formats.frame_list import read_frame_list
 from ava256.formats.head_pose import read_head_pose
-from ava256.formats.images import LABEL_MODES, decode_gray, decode_labels, decode_rgb, image_header
+from ava256.formats.images import decode_gray, decode_labels, decode_rgb, image_size, label_size
 from ava256.formats.keypoints import read_keypoints
 from ava256.formats.ply import read_ply
 from ava256.formats.scalars import read_npy, read_scalar_txt
@@ -127,28 +127,12 @@ def _err(src_rel: str, capture: str, key: str, member: str, reason: str) -> dict
     return {"capture": capture, "file": f"{src_rel}/{key}", "member": member, "reason": reason}
 
 
-def _image_hw(data: bytes) -> tuple[int, int]:
-    """(height, width) of any image from its header: what the probe needs of camera images, uv textures and IR
-    images (their decoders convert every mode to RGB / grey)."""
-    h, w, _mode = image_header(data)
-    return h, w
-
-
-def _label_hw(data: bytes) -> tuple[int, int]:
-    """(height, width) of a segmentation PNG from its header; ValueError if :func:`decode_labels` would refuse
-    its mode (not single-channel)."""
-    h, w, mode = image_header(data, "label image")
-    if mode not in LABEL_MODES:
-        raise ValueError(f"label image: mode {mode!r}, expected a single-channel image")
-    return h, w
-
-
 def _first_decodable(
     path: Path, members: Sequence[str], decode: Callable[[bytes], Any], tries: int = 8
 ) -> Any:
     """``decode`` of the first readable member among ``members`` of the zip at ``path`` (None if none). The
-    probe reads image headers only (:func:`_image_hw`): a member whose pixels turn out corrupt is recorded by
-    its task, and its header still gives the image's size."""
+    probe reads image headers only (:func:`image_size`, :func:`label_size`): a member whose pixels turn out
+    corrupt is recorded by its task, and its header still gives the image's size."""
     if not path.is_file():
         return None
     try:
@@ -199,7 +183,9 @@ def probe_capture(src: CaptureSource, downsample: int = 1) -> CapturePlan:
     assets: list[str] = []
     image_hw = seg_hw = None
     for c in cams:
-        hw = _first_decodable(root / cat.image_key(c), [cat.image_member(c, f) for f in frame_ids], _image_hw)
+        hw = _first_decodable(
+            root / cat.image_key(c), [cat.image_member(c, f) for f in frame_ids], image_size
+        )
         if hw is not None:
             image_hw = hw
             break
@@ -207,7 +193,7 @@ def probe_capture(src: CaptureSource, downsample: int = 1) -> CapturePlan:
         assets.append("image")
         for c in cams:
             hw = _first_decodable(
-                root / cat.segmentation_key(c), [cat.segmentation_member(f) for f in frame_ids], _label_hw
+                root / cat.segmentation_key(c), [cat.segmentation_member(f) for f in frame_ids], label_size
             )
             if hw is not None:
                 seg_hw = hw
@@ -218,7 +204,7 @@ def probe_capture(src: CaptureSource, downsample: int = 1) -> CapturePlan:
 
     T = None
     if (root / cat.TEXTURE_KEY).is_file():
-        hw = _first_decodable(root / cat.TEXTURE_KEY, [cat.texture_member(f) for f in frame_ids], _image_hw)
+        hw = _first_decodable(root / cat.TEXTURE_KEY, [cat.texture_member(f) for f in frame_ids], image_size)
         if hw is not None and hw[0] == hw[1]:
             T = hw[0]
             assets.append("uv_texture")
@@ -242,7 +228,7 @@ def probe_capture(src: CaptureSource, downsample: int = 1) -> CapturePlan:
     if enc_ids:
         for c in cat.ENCODER_CAMERAS:
             hw = _first_decodable(
-                root / cat.encoder_image_key(c), [cat.encoder_image_member(f) for f in enc_ids], _image_hw
+                root / cat.encoder_image_key(c), [cat.encoder_image_member(f) for f in enc_ids], image_size
             )
             if hw is not None:
                 enc_hw = hw

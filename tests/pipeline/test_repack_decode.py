@@ -63,7 +63,7 @@ def test_tune_malloc_is_idempotent():
 def test_image_header_gives_the_decoded_size_without_decoding():
     """The probe's header read gives the height and width every decoder returns, refuses what the decoders
     refuse at the header, and the label check refuses what ``decode_labels`` refuses."""
-    from ava256.formats.images import decode_gray, decode_labels, image_header
+    from ava256.formats.images import decode_gray, decode_labels, image_header, label_size
 
     rgb, grey = _picture(48, 40), _picture(30, 52)[..., 0]
     for blob, decoded in (
@@ -74,9 +74,9 @@ def test_image_header_gives_the_decoded_size_without_decoding():
     ):
         h, w, _mode = image_header(blob)
         assert (h, w) == decoded(blob).shape[:2]
-    assert rt._label_hw(encode_png(grey)) == (30, 52)
+    assert label_size(encode_png(grey)) == (30, 52)
     with pytest.raises(ValueError, match="single-channel"):
-        rt._label_hw(encode_png(rgb))
+        label_size(encode_png(rgb))
     with pytest.raises(ValueError, match="header"):
         image_header(b"not an image")
 
