@@ -274,11 +274,15 @@ def throughput(
             client.run(rt.reset_peak_rss)
             return max(rss.values())
 
+        def use_io(io: str) -> None:
+            """The shard-file I/O mode of the next repack, in every worker and in the driver."""
+            client.run(_set_io, io)
+            _set_io(io)
+
         client.gather(client.map(rt.run_task, tasks[: workers * 2], write=False, pure=False))  # warm-up
         combos = [(c, io) for c in codecs for io in ios]
         for codec, io in combos if warm_raw is not None else []:  # warm-up of the whole repack path
-            client.run(_set_io, io)
-            _set_io(io)
+            use_io(io)
             rp.repack(
                 warm_raw, tmp / "warm", codec=codec, client=client, progress=False, decode_threads=dthreads
             )
@@ -302,8 +306,7 @@ def throughput(
         decs, cpus = [dec], [cpu]
         runs: list[dict] = []
         for codec, io in [c for _ in range(repeats) for c in combos]:
-            client.run(_set_io, io)
-            _set_io(io)
+            use_io(io)
             store = tmp / f"store-{codec}"
             idle.append(idle_rss_mb())
             t0 = time.perf_counter()
