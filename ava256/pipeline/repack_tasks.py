@@ -708,7 +708,7 @@ class _InlineExecutor:
 
 
 def _encode_into(enc, sink, x: np.ndarray | None) -> None:
-    sink.append(enc.encode(x))
+    enc.append_to(sink, x)
 
 
 def _close_shard(sink, parts: list[Future]) -> None:

@@ -18,14 +18,20 @@ written (zarr's own atomic-write convention), so no shard of compressed frames i
 memory (that cost ~1 ms of page faults and copies per 2 MB image); other stores collect the frames and
 store them in one ``set`` as :meth:`ShardEncoder.write` does. Local shard files are written with ``O_DIRECT``
 (:class:`_DirectFile`; ``AVA256_DIRECT_IO=0`` turns it off), which skips the page cache's per-byte CPU cost.
+:meth:`ShardEncoder.append_to` compresses a frame straight into that file's staging buffer where it can (LZ4
+through the C library's ``LZ4_compress_fast``, or raw bytes), instead of into a new ``bytes`` object that is
+then copied there (:func:`_direct_compressor`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import mmap
 import os
+import struct
 import threading
 import uuid
 from collections.abc import Callable
@@ -116,15 +122,23 @@ class ShardEncoder:
     the compressor) and stores a complete shard from them (:meth:`write`). Build it with
     :func:`shard_encoder`."""
 
-    def __init__(self, arr: zarr.Array, compress: Callable[[np.ndarray], bytes]):
+    def __init__(
+        self,
+        arr: zarr.Array,
+        compress: Callable[[np.ndarray], bytes],
+        direct: tuple[Callable[[np.ndarray, int, int], int], int] | None = None,
+    ):
         self.arr = arr
         self.shard_shape = tuple(arr.shards)
         self.frames_per_shard = self.shard_shape[0]
         self.frame_shape = self.shard_shape[1:]
+        self._frame_size = int(np.prod(self.frame_shape))
         self.dtype = (
             np.dtype(arr.dtype).newbyteorder("<") if np.dtype(arr.dtype).itemsize > 1 else np.dtype(arr.dtype)
         )
         self._compress = compress
+        # (compress_into(frame, address, capacity) -> bytes written, capacity a whole frame may need)
+        self._direct = direct
         self._fill: bytes | None = None
         self._store = arr.store_path.store
         self._prefix = arr.store_path.path
@@ -136,10 +150,26 @@ class ShardEncoder:
             if self._fill is None:
                 self._fill = self.encode(np.full(self.frame_shape, self.arr.fill_value, dtype=self.dtype))
             return self._fill
+        return self._compress(self._prepare(frame))
+
+    def _prepare(self, frame: np.ndarray) -> np.ndarray:
         a = np.asarray(frame)
-        if a.size != int(np.prod(self.frame_shape)):
+        if a.size != self._frame_size:
             raise ValueError(f"frame of shape {a.shape} does not fit chunk {self.frame_shape}")
-        return self._compress(np.ascontiguousarray(a, dtype=self.dtype).reshape(self.frame_shape))
+        return np.ascontiguousarray(a, dtype=self.dtype).reshape(self.frame_shape)
+
+    def append_to(self, sink: ShardSink, frame: np.ndarray | None) -> None:
+        """``sink.append(self.encode(frame))``, the same bytes, but compressed straight into the sink's staging
+        memory where both allow it (a local shard file, a codec :func:`_direct_compressor` covers): that skips
+        the new ``bytes`` object and one copy of it per frame (measured ~0.1-0.2 ms of CPU per 2 MB image)."""
+        if frame is not None and self._direct is not None:
+            a = self._prepare(frame)
+            into, bound = self._direct
+            dst = sink.reserve(bound)
+            if dst is not None:
+                sink.commit(into(a, *dst))
+                return
+        sink.append(self.encode(frame))
 
     def _index_bytes(self, sizes: list[int]) -> bytes:
         """Shard index + its CRC32C for inner chunks of ``sizes`` bytes stored back to back from offset 0."""
@@ -185,6 +215,15 @@ class ShardSink:
         """Add the inner-chunk bytes of the shard's next frame (from :meth:`ShardEncoder.encode`)."""
         self._parts.append(part)
 
+    def reserve(self, nbytes: int) -> tuple[int, int] | None:
+        """``(address, capacity)`` of writable memory (``capacity >= nbytes``) for the next frame's bytes, to be
+        followed by :meth:`commit`; None where the sink has none (then :meth:`append`)."""
+        return None
+
+    def commit(self, nbytes: int) -> None:
+        """Add the ``nbytes`` written at the address of the last :meth:`reserve` as the next frame."""
+        raise RuntimeError("this sink reserves no memory; use append()")
+
     def close(self) -> None:
         """Store the shard (all its frames appended)."""
         self._enc.write(self._coords, self._parts)
@@ -217,6 +256,13 @@ class _LocalShardFile(ShardSink):
     def append(self, part: bytes) -> None:
         self._f.write(part)
         self._sizes.append(len(part))
+
+    def reserve(self, nbytes: int) -> tuple[int, int] | None:
+        return self._f.reserve(nbytes)
+
+    def commit(self, nbytes: int) -> None:
+        self._f.commit(nbytes)
+        self._sizes.append(nbytes)
 
     def close(self) -> None:
         """Append the index and store the shard. A direct-I/O file is committed in the background (its last
@@ -300,11 +346,15 @@ def _process_executor(name: str, workers: int) -> Any:
 #: each at full size) never fit.
 DIRECT_IO_ENV = "AVA256_DIRECT_IO"
 _ALIGN = 4096  # alignment of O_DIRECT buffers, offsets and lengths (a multiple of every logical block size)
-_STAGE = 8 << 20  # bytes staged between direct writes
-#: staging buffers per shard file: while one fills, up to three earlier ones are being written. Two (one write in
-#: flight) left the workers blocked on the disk for up to ~10 % of a run on the 2-core VM, whose virtual disk
-#: has latency spikes; see :class:`_DirectFile`.
+_STAGE = 8 << 20  # bytes per direct write (one segment of the staging ring)
+#: segments of a shard file's staging ring: while one fills, up to three earlier ones are being written. Two (one
+#: write in flight) left the workers blocked on the disk for up to ~10 % of a run on the 2-core VM, whose virtual
+#: disk has latency spikes; see :class:`_DirectFile`.
 _STAGE_BUFFERS = 4
+_RING = _STAGE_BUFFERS * _STAGE
+#: bytes past the ring's end: a frame of up to this many bytes is compressed in place even where it crosses the
+#: ring's end (covers a 1024 x 1024 RGB frame's LZ4 bound; larger frames go through the scratch buffer)
+_SLACK = 4 << 20
 
 
 def direct_io_enabled() -> bool:
@@ -315,8 +365,13 @@ def direct_io_enabled() -> bool:
 
 
 def _open_shard_file(path: Path, reserve: int) -> _BufferedFile | _DirectFile:
-    """A new file at ``path``, ``reserve`` bytes preallocated: a :class:`_DirectFile` if direct I/O is enabled
-    and the file system takes ``O_DIRECT`` (ext4, xfs, ...), else a :class:`_BufferedFile`."""
+    """A new file at ``path``: a :class:`_DirectFile` if direct I/O is enabled and the file system takes
+    ``O_DIRECT`` (ext4, xfs, ...), else a :class:`_BufferedFile` with ``reserve`` bytes preallocated.
+
+    A direct-I/O file is not preallocated: its blocks are allocated by the background writes themselves, while
+    ``fallocate`` blocks the calling (decoding) thread, ~1-4 ms per shard on the 2-core VM (it waits on the
+    file system's journal while the previous shards are being written and committed), for no CPU saved (8 MiB
+    ``O_DIRECT`` writes of 48 MB files: 0.30 ms of CPU per file unreserved, 0.38 ms reserved)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     fd = -1
     if direct_io_enabled():
@@ -325,8 +380,9 @@ def _open_shard_file(path: Path, reserve: int) -> _BufferedFile | _DirectFile:
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
-    f: _BufferedFile | _DirectFile
-    f = _DirectFile(fd) if fd >= 0 else _BufferedFile(os.open(path, flags, 0o644))
+    if fd >= 0:
+        return _DirectFile(fd)
+    f = _BufferedFile(os.open(path, flags, 0o644))
     try:
         _preallocate(f.fd, reserve)
     except BaseException:
@@ -343,6 +399,7 @@ class _BufferedFile:
     def __init__(self, fd: int):
         self.fd = fd
         self.size = 0
+        self._scratch: np.ndarray | None = None  # the memory of the last reserve()
 
     def write(self, data: bytes | memoryview) -> None:
         mv = memoryview(data).cast("B")
@@ -350,6 +407,15 @@ class _BufferedFile:
             n = os.write(self.fd, mv)
             mv = mv[n:]
             self.size += n
+
+    def reserve(self, nbytes: int) -> tuple[int, int]:
+        """``(address, capacity)`` for the next ``nbytes`` or fewer bytes (this thread's scratch buffer)."""
+        self._scratch = _scratch(nbytes)
+        return self._scratch.__array_interface__["data"][0], self._scratch.size
+
+    def commit(self, nbytes: int) -> None:
+        """Append the first ``nbytes`` of the memory of the last :meth:`reserve`."""
+        self.write(memoryview(self._scratch)[:nbytes])
 
     def finish(self) -> None:
         os.ftruncate(self.fd, self.size)
@@ -375,63 +441,103 @@ def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
 
 
 class _DirectFile(_BufferedFile):
-    """Appends to a file opened with ``O_DIRECT``: bytes are staged in a ring of :data:`_STAGE_BUFFERS`
-    page-aligned 8 MiB buffers; a full one is written straight from it to the device by a background thread
-    (the write blocks until the device has the data) while the next fills, so a slow write holds up the frames
-    only once every earlier buffer is still in flight; the last block is zero-padded and the file truncated to
-    its true size at :meth:`finish`.
+    """Appends to a file opened with ``O_DIRECT`` through a staging ring: one page-aligned mapping of
+    :data:`_STAGE_BUFFERS` consecutive 8 MiB segments (plus :data:`_SLACK` bytes past its end). File bytes
+    ``[o, o + 1)`` live at ring offset ``o % ring``; a full segment is written straight from the ring to the
+    device by a background thread (the write blocks until the device has the data) while the next fill, so a
+    slow write holds up the frames only once every earlier segment is still in flight; the last block is
+    zero-padded and the file truncated to its true size at :meth:`finish`.
 
-    Why: sustained page-cache writes can dominate a long repack. Writing 6 GB in 1.5 MiB chunks on the
-    development VM (ext4 on virtio) cost 3.3 ms of CPU per chunk through the page cache (dirty-page throttling
-    and writeback; 480 MB/s) against 0.1 ms with ``O_DIRECT`` (2.4 GB/s), where staging adds one ~0.1 ms copy
-    per chunk. On a later VM (AMD EPYC, kernel 6.18) even writes that fit in the page cache cost ~0.35-0.65 ms
-    of CPU per MB against ~0.08 ms direct (see :data:`DIRECT_IO_ENV`). If the file system refuses a direct
-    write (EINVAL), the file carries on buffered.
+    :meth:`reserve` hands out ring memory for a frame to be compressed in place, also across a segment boundary
+    (the segments are consecutive in memory); a frame crossing the ring's end runs into the slack and its bytes
+    there are copied to the ring's start by :meth:`commit` (once per ring cycle, ~one frame in twenty). Separate
+    8 MiB buffers made ~one frame in five (every one that did not fit its buffer's free tail) take a detour
+    through a scratch buffer and a copy: 0.31 ms of CPU each, ~0.08 ms per image on average, ~1.5 % of a
+    repack on the 2-core VM.
 
-    The staging buffers come from a per-process free list of private anonymous mappings (:func:`_take_stage`)
-    and the file's tail (last writes, truncation, rename) is committed by a background thread
-    (:meth:`_LocalShardFile.close`), so a task neither faults in fresh buffers nor waits for the device at
-    every shard: these took a 1024-image repack from ~4.1-5.0 s to ~3.0 s (buffered: 2.9 s)."""
+    Why direct I/O: sustained page-cache writes can dominate a long repack. Writing 6 GB in 1.5 MiB chunks on
+    the development VM (ext4 on virtio) cost 3.3 ms of CPU per chunk through the page cache (dirty-page
+    throttling and writeback; 480 MB/s) against 0.1 ms with ``O_DIRECT`` (2.4 GB/s). On a later VM (AMD EPYC,
+    kernel 6.18) even writes that fit in the page cache cost ~0.35-0.65 ms of CPU per MB against ~0.08 ms
+    direct (see :data:`DIRECT_IO_ENV`). If the file system refuses a direct write (EINVAL), the file carries on
+    buffered.
+
+    The rings come from a per-process free list of private anonymous mappings (:func:`_take_ring`) and the
+    file's tail (last writes, truncation, rename) is committed by a background thread
+    (:meth:`_LocalShardFile.close`), so a task neither faults in fresh memory nor waits for the device at every
+    shard: these took a 1024-image repack from ~4.1-5.0 s to ~3.0 s (buffered: 2.9 s)."""
 
     direct = True
 
     def __init__(self, fd: int):
         super().__init__(fd)
-        self._bufs = [_take_stage() for _ in range(_STAGE_BUFFERS)]
+        self._ring: mmap.mmap | None = _take_ring()
         self._dev = os.fstat(fd).st_dev
-        self._views = [memoryview(b) for b in self._bufs]
-        self._pending: list[Any] = [None] * _STAGE_BUFFERS  # the write in flight from each buffer
-        self._cur = 0
-        self._n = 0  # bytes staged in the current buffer
-        self._offset = 0  # file offset of the current buffer (a multiple of _STAGE)
+        self._view = memoryview(self._ring)
+        # address for reserve(); the temporary ctypes view is dropped at once (no export outlives this line)
+        self._addr = ctypes.addressof(ctypes.c_char.from_buffer(self._ring))
+        # the write in flight from each segment: (future, the slice of the ring it writes)
+        self._pending: list[tuple[Future, memoryview] | None] = [None] * _STAGE_BUFFERS
+        self._n = 0  # bytes appended to the file so far (while direct)
+        self._in_stage = False  # the last reserve() gave ring memory (else the scratch buffer)
 
     def write(self, data: bytes | memoryview) -> None:
         mv = memoryview(data).cast("B")
         while mv:
             if not self.direct:  # fell back
-                return super().write(mv)
-            k = min(len(mv), _STAGE - self._n)
-            self._views[self._cur][self._n : self._n + k] = mv[:k]
-            self._n += k
+                return super().write(mv)  # through the page cache
+            k = min(len(mv), _SLACK)
+            off = self._stage(k)
+            self._view[off : off + k] = mv[:k]
+            self._advance(k)
             mv = mv[k:]
-            if self._n == _STAGE:
-                self._submit()
-        if self.direct:
-            self.size = self._offset + self._n
 
-    def _submit(self) -> None:
-        """Write the full current buffer in the background and switch buffers. The first write of the first
-        file on a device is synchronous, so that a file system refusing direct I/O is found before anything is
-        in flight."""
-        cur = self._cur
-        if self._offset == 0 and self._dev not in _direct_devices:
-            if not self._write_first(self._views[cur]):
+    def reserve(self, nbytes: int) -> tuple[int, int]:
+        """Ring memory for the next ``nbytes`` (at most :data:`_SLACK`; more, or a file fallen back to buffered
+        writes, gets the scratch buffer, copied in by :meth:`commit`)."""
+        self._in_stage = self.direct and 0 < nbytes <= _SLACK
+        if self._in_stage:
+            return self._addr + self._stage(nbytes), nbytes
+        return super().reserve(nbytes)
+
+    def commit(self, nbytes: int) -> None:
+        if not self._in_stage:
+            return super().commit(nbytes)
+        self._in_stage = False
+        self._advance(nbytes)
+
+    def _stage(self, nbytes: int) -> int:
+        """Ring offset for the next ``nbytes`` (<= :data:`_SLACK`) bytes, once every segment they (or, past the
+        ring's end, their copy at its start) will occupy has no write in flight (the write of the file segment
+        that used it one ring cycle before)."""
+        for s in range(self._n // _STAGE, (self._n + nbytes - 1) // _STAGE + 1):
+            self._wait(s % _STAGE_BUFFERS)
+        return self._n % _RING
+
+    def _advance(self, nbytes: int) -> None:
+        """Account ``nbytes`` written at the ring offset :meth:`_stage` gave: bytes past the ring's end are
+        copied to its start, and each segment filled is written."""
+        off, old = self._n % _RING, self._n
+        if off + nbytes > _RING:
+            spill = off + nbytes - _RING
+            self._view[:spill] = self._view[_RING : _RING + spill]
+        self._n += nbytes
+        for s in range(old // _STAGE, self._n // _STAGE):  # the segments just filled
+            if not self._submit(s):
                 return
-        else:
-            self._pending[cur] = _write_pool().submit(_pwrite_all, self.fd, self._views[cur], self._offset)
-        self._offset += _STAGE
-        self._cur, self._n = (cur + 1) % _STAGE_BUFFERS, 0
-        self._wait(self._cur)  # the buffer about to be filled must be on disk (its write is the oldest)
+        self.size = self._n
+
+    def _submit(self, s: int) -> bool:
+        """Write segment ``s`` (file offset ``s * 8 MiB``) in the background. The first write of the first file
+        on a device is synchronous, so that a file system refusing direct I/O is found before anything is in
+        flight; False if it refused (the file has then fallen back to buffered writes)."""
+        i = s % _STAGE_BUFFERS
+        if s == 0 and self._dev not in _direct_devices:
+            with self._view[:_STAGE] as view:
+                return self._write_first(view)
+        view = self._view[i * _STAGE : (i + 1) * _STAGE]  # released by _wait, once written
+        self._pending[i] = (_write_pool().submit(_pwrite_all, self.fd, view, s * _STAGE), view)
+        return True
 
     def _write_first(self, view: memoryview) -> bool:
         """The file's first direct write; False (after falling back to buffered writes of the staged bytes)
@@ -447,89 +553,186 @@ class _DirectFile(_BufferedFile):
 
         fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
         self.direct = False
-        staged, self.size, self._n = bytes(self._views[self._cur][: self._n]), 0, 0
+        staged, self.size = bytes(self._view[: self._n]), 0  # the first segment (and what follows it)
         super().write(staged)
         return False
 
     def _wait(self, i: int) -> None:
-        fut, self._pending[i] = self._pending[i], None
-        if fut is not None:
-            fut.result()
+        """Block until segment ``i``'s write (if any) has ended; re-raise its error."""
+        pending, self._pending[i] = self._pending[i], None
+        if pending is not None:
+            fut, view = pending
+            try:
+                fut.result()
+            finally:
+                view.release()  # before the ring is reused or unmapped
 
     def finish(self) -> None:
         try:
+            cur = self._n // _STAGE
             for k in range(1, _STAGE_BUFFERS + 1):  # the oldest write first
-                self._wait((self._cur + k) % _STAGE_BUFFERS)
-            if self.direct and self._n:
-                end = -(-self._n // _ALIGN) * _ALIGN
-                view = self._views[self._cur]
-                view[self._n : end] = bytes(end - self._n)
-                if self._offset:
-                    _pwrite_all(self.fd, view[:end], self._offset)
-                else:
-                    self._write_first(view[:end])
+                self._wait((cur + k) % _STAGE_BUFFERS)
+            tail = self._n % _STAGE
+            if self.direct and tail:
+                end = -(-tail // _ALIGN) * _ALIGN
+                i = cur % _STAGE_BUFFERS
+                with self._view[i * _STAGE : i * _STAGE + end] as view:  # released before the ring is
+                    view[tail:end] = bytes(end - tail)
+                    if cur:
+                        _pwrite_all(self.fd, view, cur * _STAGE)
+                    else:
+                        self._write_first(view)
             if self.direct:
-                self.size = self._offset + self._n
+                self.size = self._n
         finally:
             self._release()
         super().finish()
 
     def discard(self) -> None:
         for i in range(_STAGE_BUFFERS):
-            fut, self._pending[i] = self._pending[i], None
-            if fut is not None:
-                try:
-                    fut.result()
-                except OSError:
-                    pass
+            with contextlib.suppress(OSError):
+                self._wait(i)
         self._release()
         super().discard()
 
     def _release(self) -> None:
-        if self._bufs:
-            for v in self._views:
-                v.release()
-            for b in self._bufs:
-                _give_stage(b)
-            self._bufs, self._views = [], []
+        if self._ring is not None:
+            self._view.release()
+            _give_ring(self._ring)
+            self._ring, self._addr = None, 0
 
 
 #: devices (st_dev) on which this process's direct writes were accepted: a file's first write there need not be
 #: synchronous (it is elsewhere, so that a refusal is found before anything is in flight)
 _direct_devices: set[int] = set()
-_stage_pool: tuple[int, list[mmap.mmap]] | None = None
-_stage_lock = threading.Lock()
-# staging buffers kept per process (one file's set; two files overlap with an encode thread)
-_STAGE_KEEP = 2 * _STAGE_BUFFERS
+_ring_pool: tuple[int, list[mmap.mmap]] | None = None
+_ring_lock = threading.Lock()
+# staging rings kept per process (a file being committed while the next fills; two more with an encode thread)
+_RING_KEEP = 2
 
 
-def _take_stage() -> mmap.mmap:
-    """A page-aligned ``_STAGE``-byte staging buffer: private anonymous memory, reused from this process's free
-    list. Reuse matters: a fresh mapping per shard file faulted in and zeroed 16 MiB per shard, and the former
-    shared (shmem) mappings also sent every direct write down the kernel's slow page-pinning path. The buffer
-    asks for transparent huge pages (``MADV_HUGEPAGE``; honoured where THP is ``always`` or ``madvise``): a
-    direct write then pins four 2 MiB pages instead of 2,048 small ones. Measured on the 2-core VM (8 MiB
-    ``pwrite`` calls with ``O_DIRECT``, alternating runs): 0.020-0.027 ms of CPU per MB written instead of
-    0.063-0.069, and 0.47-0.56 instead of 0.70-0.89 ms of wall time per MB."""
-    global _stage_pool
-    with _stage_lock:
-        if _stage_pool is None or _stage_pool[0] != os.getpid():  # never a parent's buffers after fork
-            _stage_pool = (os.getpid(), [])
-        if _stage_pool[1]:
-            return _stage_pool[1].pop()
-    buf = mmap.mmap(-1, _STAGE, flags=mmap.MAP_PRIVATE)
+def _take_ring() -> mmap.mmap:
+    """A page-aligned staging ring (``_RING + _SLACK`` bytes): private anonymous memory, reused from this
+    process's free list. Reuse matters: fresh memory per shard file faulted in and zeroed 16 MiB per shard, and
+    the former shared (shmem) mappings also sent every direct write down the kernel's slow page-pinning path.
+    The ring asks for transparent huge pages (``MADV_HUGEPAGE``; honoured where THP is ``always`` or
+    ``madvise``): a direct write then pins four 2 MiB pages instead of 2,048 small ones. Measured on the 2-core
+    VM (8 MiB ``pwrite`` calls with ``O_DIRECT``, alternating runs): 0.020-0.027 ms of CPU per MB written
+    instead of 0.063-0.069, and 0.47-0.56 instead of 0.70-0.89 ms of wall time per MB. The slack past the
+    ring's end is touched only by frames that cross it."""
+    global _ring_pool
+    with _ring_lock:
+        if _ring_pool is None or _ring_pool[0] != os.getpid():  # never a parent's rings after fork
+            _ring_pool = (os.getpid(), [])
+        if _ring_pool[1]:
+            return _ring_pool[1].pop()
+    buf = mmap.mmap(-1, _RING + _SLACK, flags=mmap.MAP_PRIVATE)
     with contextlib.suppress(AttributeError, OSError):  # not Linux, or THP unavailable: 4 KiB pages
         buf.madvise(mmap.MADV_HUGEPAGE)
     return buf
 
 
-def _give_stage(buf: mmap.mmap) -> None:
-    """Return a staging buffer (no write from it in flight) to the free list, or unmap it if the list is full."""
-    with _stage_lock:
-        if _stage_pool is not None and _stage_pool[0] == os.getpid() and len(_stage_pool[1]) < _STAGE_KEEP:
-            _stage_pool[1].append(buf)
+def _give_ring(buf: mmap.mmap) -> None:
+    """Return a staging ring (no write from it in flight) to the free list, or unmap it if the list is full."""
+    with _ring_lock:
+        if _ring_pool is not None and _ring_pool[0] == os.getpid() and len(_ring_pool[1]) < _RING_KEEP:
+            _ring_pool[1].append(buf)
             return
     buf.close()
+
+
+_scratch_local = threading.local()
+
+
+def _scratch(nbytes: int) -> np.ndarray:
+    """This thread's scratch buffer of at least ``nbytes`` bytes (kept and reused; grown when too small)."""
+    buf = getattr(_scratch_local, "buf", None)
+    if buf is None or buf.size < nbytes:
+        buf = _scratch_local.buf = np.empty(max(int(nbytes), 1 << 20), dtype=np.uint8)
+    return buf
+
+
+#: LZ4_compress_fast and LZ4_compressBound of the LZ4 C library (``(compress, bound)``), False if none loads
+_lz4_api: tuple[Any, Any] | None | bool = None
+_LZ4_MAX_INPUT = 0x7E000000  # LZ4_MAX_INPUT_SIZE
+
+
+def _lz4_c_api() -> tuple[Any, Any] | None:
+    """The LZ4 C functions, from the LZ4 that numcodecs' own ``lz4`` extension is built with (it exports the
+    library's C API; the bytes are then exactly those of ``numcodecs.LZ4``), else the system's ``liblz4``.
+    Checked once by a round trip through ``numcodecs.LZ4.decode``; None if neither loads or the check fails
+    (callers then use ``numcodecs.LZ4.encode``)."""
+    global _lz4_api
+    if _lz4_api is None:
+        _lz4_api = False
+        candidates = []
+        with contextlib.suppress(ImportError):
+            import numcodecs.lz4
+
+            candidates.append(numcodecs.lz4.__file__)
+        candidates.append(ctypes.util.find_library("lz4"))
+        for path in filter(None, candidates):
+            try:
+                lib = ctypes.CDLL(path)
+                compress, bound = lib.LZ4_compress_fast, lib.LZ4_compressBound
+            except (OSError, AttributeError):
+                continue
+            compress.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int)
+            compress.restype = ctypes.c_int
+            bound.argtypes = (ctypes.c_int,)
+            bound.restype = ctypes.c_int
+            if _lz4_round_trip(compress, bound):
+                _lz4_api = (compress, bound)
+                break
+    return _lz4_api or None
+
+
+def _lz4_round_trip(compress: Any, bound: Any) -> bool:
+    src = np.frombuffer(
+        np.random.default_rng(0).integers(0, 16, 1 << 16, dtype=np.uint8).tobytes() * 2, np.uint8
+    )
+    dst = np.empty(4 + bound(src.size), dtype=np.uint8)
+    try:
+        n = _lz4_into(compress, 1, src, dst.__array_interface__["data"][0], dst.size)
+        return bytes(numcodecs.LZ4().decode(dst[:n].tobytes())) == src.tobytes()
+    except Exception:  # noqa: BLE001 - any failure: this library is not used
+        return False
+
+
+def _lz4_into(compress: Any, acceleration: int, a: np.ndarray, addr: int, cap: int) -> int:
+    """``numcodecs.LZ4``'s chunk format at ``addr``: the source size (uint32, little-endian), then the LZ4 block."""
+    n = a.nbytes
+    ctypes.memmove(addr, struct.pack("<I", n), 4)
+    k = compress(a.__array_interface__["data"][0], addr + 4, n, cap - 4, acceleration)
+    if k <= 0:
+        raise RuntimeError(f"LZ4 compression of {n} bytes into {cap} failed")
+    return k + 4
+
+
+def _raw_into(a: np.ndarray, addr: int, cap: int) -> int:
+    if a.nbytes > cap:
+        raise ValueError(f"{a.nbytes} bytes do not fit {cap}")
+    ctypes.memmove(addr, a.__array_interface__["data"][0], a.nbytes)
+    return a.nbytes
+
+
+def _direct_compressor(
+    nc: numcodecs.abc.Codec | None, frame_nbytes: int
+) -> tuple[Callable[[np.ndarray, int, int], int], int] | None:
+    """``(compress_into, capacity)`` for frames of ``frame_nbytes`` bytes and compressor ``nc`` (None: raw
+    bytes): ``compress_into(frame, address, capacity)`` writes exactly the bytes ``nc.encode(frame)`` gives at
+    ``address`` and returns their count; ``capacity`` is what a frame may need. None for other codecs (Blosc,
+    Zstd: they have no API that writes into given memory) or where the LZ4 C library is unavailable."""
+    if nc is None:
+        return _raw_into, frame_nbytes
+    if type(nc) is numcodecs.LZ4 and 0 < frame_nbytes <= _LZ4_MAX_INPUT:
+        api = _lz4_c_api()
+        if api is None:
+            return None
+        compress, bound = api
+        accel = int(nc.acceleration)
+        return (lambda a, addr, cap: _lz4_into(compress, accel, a, addr, cap)), 4 + int(bound(frame_nbytes))
+    return None
 
 
 _fallocate: Callable[..., int] | None | bool = None
@@ -565,9 +768,11 @@ def shard_encoder(arr: zarr.Array) -> ShardEncoder | None:
     chunk_shape = sc.chunk_shape
     if shard_shape is None or chunk_shape[0] != 1 or tuple(chunk_shape[1:]) != tuple(shard_shape[1:]):
         return None
+    frame_nbytes = int(np.prod(shard_shape[1:])) * np.dtype(arr.dtype).itemsize
+    direct = _direct_compressor(nc, frame_nbytes)
     if nc is None:
-        return ShardEncoder(arr, lambda a: a.tobytes())
-    return ShardEncoder(arr, lambda a: bytes(nc.encode(a)))
+        return ShardEncoder(arr, lambda a: a.tobytes(), direct)
+    return ShardEncoder(arr, lambda a: bytes(nc.encode(a)), direct)
 
 
 def shard_writer(arr: zarr.Array) -> Callable[[tuple[int, ...], np.ndarray], None] | None:

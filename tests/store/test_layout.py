@@ -287,7 +287,8 @@ def _tmpfs_dir():
 @pytest.mark.parametrize("io", ["direct", "buffered", "tmpfs"])
 @pytest.mark.parametrize("codec", ["lz4", "none"])
 def test_streamed_shard_equals_one_pass_shard_and_abort_leaves_nothing(tmp_path, codec, io, monkeypatch):
-    """``open_shard`` (frames appended to the shard's temporary file) writes the same bytes as ``write``; an
+    """``open_shard`` (frames appended to the shard's temporary file, or compressed straight into its staging
+    memory by ``append_to``) writes the same bytes as ``write``; an
     aborted shard leaves no file (not even the temporary one), a closed one no temporary file. With direct
     I/O (where the file system takes it), with it turned off, and on tmpfs (which, before Linux 6.6, refuses
     O_DIRECT: the writer falls back to the page cache)."""
@@ -308,8 +309,11 @@ def test_streamed_shard_equals_one_pass_shard_and_abort_leaves_nothing(tmp_path,
         sink = streamed.open_shard((s0 // 4, 1, 0, 0, 0))
         assert isinstance(sink, ShardSink)
         assert sink._f.direct == (io != "buffered" and _supports_direct_io(tmp_path))
-        for x in frames:
-            sink.append(streamed.encode(x))
+        for i, x in enumerate(frames):  # compressed in place into the file's staging memory, or appended
+            if i % 2:
+                sink.append(streamed.encode(x))
+            else:
+                streamed.append_to(sink, x)
         sink.close()
         sink.abort()  # no-op once closed
     aborted = streamed.open_shard((0, 0, 0, 0, 0))
@@ -361,9 +365,9 @@ def test_direct_io_is_the_default_and_can_be_turned_off(tmp_path, monkeypatch, v
 
 
 def test_direct_file_stages_aligned_blocks_and_keeps_exact_bytes(tmp_path, monkeypatch):
-    """Unaligned appends of every size, across the 8 MiB staging buffers and around their ring (> 4 x 8 MiB),
-    give exactly the bytes written."""
-    from ava256.store.shards import _STAGE_BUFFERS, DIRECT_IO_ENV, _open_shard_file
+    """Unaligned appends of every size, across the 8 MiB segments of the staging ring and around it (> 4 x 8 MiB,
+    twice), give exactly the bytes written."""
+    from ava256.store.shards import _RING, _SLACK, DIRECT_IO_ENV, _open_shard_file
 
     if not _supports_direct_io(tmp_path):
         pytest.skip("the file system here refuses O_DIRECT")
@@ -374,11 +378,79 @@ def test_direct_file_stages_aligned_blocks_and_keeps_exact_bytes(tmp_path, monke
         for n in (1, 4095, 4097, 3 << 20, 7 << 20, 12345, 0, 9 << 20, 7, 21 << 20, 5)
     ]
     f = _open_shard_file(tmp_path / "x", reserve=64 << 20)
-    assert f.direct and len(f._bufs) == _STAGE_BUFFERS
-    for part in parts:
+    assert f.direct and len(f._ring) == _RING + _SLACK
+    for part in parts + parts:
         f.write(part)
     f.finish()
-    assert (tmp_path / "x").read_bytes() == b"".join(parts)  # preallocated tail and padding truncated away
+    assert (tmp_path / "x").read_bytes() == b"".join(parts + parts)  # padding truncated away
+
+
+@pytest.mark.parametrize("io", ["direct", "slow-direct", "buffered"])
+def test_reserved_appends_land_in_place_around_the_ring(tmp_path, monkeypatch, io):
+    """``reserve`` + ``commit`` (how frames are compressed in place), mixed with plain writes: bytes written at the
+    reserved address, fewer than reserved, across the ring's segments and its end, or larger than its slack
+    (the scratch buffer), give exactly the bytes committed. A direct file hands out ring memory for up to
+    ``_SLACK`` bytes. ``slow-direct``: every background write starts late, so a segment reused before its
+    write ended would corrupt the file."""
+    import ctypes
+    import time
+
+    from ava256.store import shards
+    from ava256.store.shards import _RING, _SLACK, DIRECT_IO_ENV, _open_shard_file
+
+    if io != "buffered" and not _supports_direct_io(tmp_path):
+        pytest.skip("the file system here refuses O_DIRECT")
+    monkeypatch.setenv(DIRECT_IO_ENV, "0" if io == "buffered" else "1")
+    if io == "slow-direct":
+        real = shards._pwrite_all
+
+        def slow(fd, view, offset):
+            time.sleep(0.05)
+            real(fd, view, offset)
+
+        monkeypatch.setattr(shards, "_pwrite_all", slow)
+    rng = np.random.default_rng(11)
+    # first exactly onto segment boundaries (the next frame starts a fresh segment), then anywhere: ~4 x the ring
+    sizes = [_SLACK] * 10 + [1, 1_587_139, 4096, 3 << 20, _SLACK, 1_500_000, _SLACK + 1, 7, 2_000_001] * 7
+    f = _open_shard_file(tmp_path / "x", reserve=0)
+    assert f.direct == (io != "buffered")
+    want = [rng.integers(0, 255, n, dtype=np.uint8).tobytes() for n in sizes]
+    for i, (n, part) in enumerate(zip(sizes, want, strict=True)):
+        if i % 3 == 2:
+            f.write(part)
+            continue
+        addr, cap = f.reserve(n + 100 * (i % 2))  # may reserve more than it commits
+        assert cap >= n
+        if f.direct and n + 100 * (i % 2) <= _SLACK:
+            assert f._addr <= addr and addr + cap <= f._addr + _RING + _SLACK
+        ctypes.memmove(addr, part, n)
+        f.commit(n)
+    f.finish()
+    assert (tmp_path / "x").read_bytes() == b"".join(want)
+
+
+def test_append_to_without_the_lz4_c_library_appends_numcodecs_bytes(tmp_path, monkeypatch):
+    """Where the LZ4 C library cannot be loaded, ``append_to`` falls back to ``numcodecs.LZ4.encode`` + append:
+    the same shard bytes."""
+    from ava256.store import shards
+
+    kw = dict(shape=(3, 16, 24, 3), dtype="uint8", chunks=(1, 16, 24, 3), shards=(3, 16, 24, 3),
+              compressors=L.picture_compressors("lz4"), fill_value=0)  # fmt: skip
+    data = np.random.default_rng(3).integers(0, 60, kw["shape"]).astype("uint8")
+    fast = shards.shard_encoder(zarr.create_array(str(tmp_path / "fast.zarr"), **kw))
+    assert fast._direct is not None  # numcodecs' lz4 extension exports the C API (or liblz4 is installed)
+    monkeypatch.setattr(shards, "_lz4_api", False)
+    slow = shards.shard_encoder(zarr.create_array(str(tmp_path / "slow.zarr"), **kw))
+    assert slow._direct is None
+    for enc in (fast, slow):
+        sink = enc.open_shard((0, 0, 0, 0))
+        for x in data:
+            enc.append_to(sink, x)
+        sink.close()
+        sink.wait()
+    key = "c/0/0/0/0"
+    assert (tmp_path / "fast.zarr" / key).read_bytes() == (tmp_path / "slow.zarr" / key).read_bytes()
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "slow.zarr"), mode="r")[...], data)
 
 
 @pytest.mark.parametrize("refuse", ["open", "write"])
