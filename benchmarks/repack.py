@@ -2,13 +2,14 @@
 AVIF bytes; (2) repack vs. pure decode of the same AVIF files, same Dask LocalCluster (worker processes),
 one run, images/s; plus peak RSS per worker.
 
-    python benchmarks/repack.py [--quick] [--workers 2] [--cameras 4] [--frames 256] [--io direct,buffered]
+    python benchmarks/repack.py [--quick] [--workers 2] [--cameras 8] [--frames 256] [--io direct,buffered]
 
-The default workload is 4 cameras x 256 frames: one task per camera of repack's real task size
-(``TASK_TARGET_FRAMES`` = 256 frames = 8 shards of 32 images). Real captures have ~5,000 frames per camera, so
-real tasks are full-size and a run's fixed driver cost (probe, array creation, manifests, ~0.1 s) is spread
-over 10^5 images; the former 64-frame default made every task a quarter of that size and that fixed cost ~10 %
-of the timed run. The pure-decode baseline is the same task code with ``write=False`` (same decoder, same
+The default workload is 8 cameras x 256 frames (2,048 images): one task per camera of repack's real task size
+(``TASK_TARGET_FRAMES`` = 256 frames = 8 shards of 32 images), four per worker of a 2-core machine. Real
+captures have ~80 cameras and ~5,000 frames per camera, so real tasks are full-size and a run's fixed driver
+cost (probe, array creation, manifests: ~80 ms) is spread over 10^5 images. In a small run it is not: the
+former 64-frame default made every task a quarter of the real size and that fixed cost ~10 % of the timed run,
+and with 4 cameras (two tasks per worker) the fixed cost plus the two workers' uneven finish still took ~3-5 %. The pure-decode baseline is the same task code with ``write=False`` (same decoder, same
 malloc settings, same workers). The 'before' row decodes the same files as the code before the AVIF fast path
 and the malloc tuning did (Pillow ``Image`` path, Dask's default worker malloc settings), on a separate
 cluster of the same size, for the absolute speed-up.
@@ -336,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small run (2 cameras x 24 frames)")
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="Dask worker processes")
-    ap.add_argument("--cameras", type=int, default=4)
+    ap.add_argument("--cameras", type=int, default=8, help="cameras (one 256-frame task each)")
     ap.add_argument("--frames", type=int, default=256, help="frames per camera (256 = one real-size task)")
     ap.add_argument("--distinct", type=int, default=24, help="distinct AVIF images (reused cyclically)")
     ap.add_argument("--codecs", default=",".join(L.CODECS), help="codecs to run the full repack with")
