@@ -589,14 +589,16 @@ class _DirectFile(_BufferedFile):
         super().finish()
 
     def discard(self) -> None:
-        for i in range(_STAGE_BUFFERS):
-            with contextlib.suppress(OSError):
-                self._wait(i)
-        self._release()
+        self._release()  # lets the writes in flight end first
         super().discard()
 
     def _release(self) -> None:
+        """Give the ring back, once no write from it is in flight (after a failed write, the others are let
+        end first: the ring may be reused at once)."""
         if self._ring is not None:
+            for i in range(_STAGE_BUFFERS):
+                with contextlib.suppress(Exception):  # the failure that got us here is already on its way
+                    self._wait(i)
             self._view.release()
             _give_ring(self._ring)
             self._ring, self._addr = None, 0
@@ -638,7 +640,8 @@ def _give_ring(buf: mmap.mmap) -> None:
         if _ring_pool is not None and _ring_pool[0] == os.getpid() and len(_ring_pool[1]) < _RING_KEEP:
             _ring_pool[1].append(buf)
             return
-    buf.close()
+    with contextlib.suppress(BufferError):  # a view still alive somewhere: unmapped when it goes
+        buf.close()
 
 
 _scratch_local = threading.local()

@@ -429,6 +429,45 @@ def test_reserved_appends_land_in_place_around_the_ring(tmp_path, monkeypatch, i
     assert (tmp_path / "x").read_bytes() == b"".join(want)
 
 
+def test_a_failed_background_write_fails_the_shard_and_the_ring_is_reused(tmp_path, monkeypatch):
+    """A background write that fails (here: the second 8 MiB segment, "no space left") is raised by a later
+    append or by ``wait``, the shard leaves no file, and the ring it used serves the next file correctly."""
+    import errno
+
+    from ava256.store import shards
+
+    if not _supports_direct_io(tmp_path):
+        pytest.skip("the file system here refuses O_DIRECT")
+    monkeypatch.setenv(shards.DIRECT_IO_ENV, "1")
+    real = shards._pwrite_all
+
+    def failing(fd, view, offset):
+        if offset == shards._STAGE:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, view, offset)
+
+    monkeypatch.setattr(shards, "_pwrite_all", failing)
+    data = np.random.default_rng(4).integers(0, 255, (12, 1024, 1024, 3)).astype("uint8")  # 3 MiB frames
+    kw = dict(shape=data.shape, dtype="uint8", chunks=(1, 1024, 1024, 3), shards=(12, 1024, 1024, 3),
+              compressors=[], fill_value=0)  # fmt: skip
+    enc = shards.shard_encoder(zarr.create_array(str(tmp_path / "a.zarr"), **kw))
+    sink = enc.open_shard((0, 0, 0, 0))
+    with pytest.raises(OSError, match="No space left"):
+        for x in data:
+            enc.append_to(sink, x)
+        sink.close()
+        sink.wait()
+    sink.abort()
+    assert not [p for p in (tmp_path / "a.zarr").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    monkeypatch.setattr(shards, "_pwrite_all", real)
+    sink = enc.open_shard((0, 0, 0, 0))
+    for x in data:
+        enc.append_to(sink, x)
+    sink.close()
+    sink.wait()
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "a.zarr"), mode="r")[...], data)
+
+
 def test_append_to_without_the_lz4_c_library_appends_numcodecs_bytes(tmp_path, monkeypatch):
     """Where the LZ4 C library cannot be loaded, ``append_to`` falls back to ``numcodecs.LZ4.encode`` + append:
     the same shard bytes."""
