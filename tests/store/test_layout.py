@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -477,7 +478,9 @@ def test_append_to_without_the_lz4_c_library_appends_numcodecs_bytes(tmp_path, m
               compressors=L.picture_compressors("lz4"), fill_value=0)  # fmt: skip
     data = np.random.default_rng(3).integers(0, 60, kw["shape"]).astype("uint8")
     fast = shards.shard_encoder(zarr.create_array(str(tmp_path / "fast.zarr"), **kw))
-    assert fast._direct is not None  # numcodecs' lz4 extension exports the C API (or liblz4 is installed)
+    if fast._direct is None:  # numcodecs' Linux wheels export the LZ4 C API from their lz4 extension
+        assert not sys.platform.startswith("linux"), "LZ4 C API not found (numcodecs' lz4 extension, liblz4)"
+        pytest.skip("no LZ4 C library loadable here")
     monkeypatch.setattr(shards, "_lz4_api", False)
     slow = shards.shard_encoder(zarr.create_array(str(tmp_path / "slow.zarr"), **kw))
     assert slow._direct is None
