@@ -444,7 +444,7 @@ class _DirectFile(_BufferedFile):
     """Appends to a file opened with ``O_DIRECT`` through a staging ring: one page-aligned mapping of
     :data:`_STAGE_BUFFERS` consecutive 8 MiB segments (plus :data:`_SLACK` bytes past its end). File bytes
     ``[o, o + 1)`` live at ring offset ``o % ring``; a full segment is written straight from the ring to the
-    device by a background thread (the write blocks until the device has the data) while the next fill, so a
+    device by a background thread (the write blocks until the device has the data) while the next fills, so a
     slow write holds up the frames only once every earlier segment is still in flight; the last block is
     zero-padded and the file truncated to its true size at :meth:`finish`.
 
@@ -609,7 +609,7 @@ class _DirectFile(_BufferedFile):
 _direct_devices: set[int] = set()
 _ring_pool: tuple[int, list[mmap.mmap]] | None = None
 _ring_lock = threading.Lock()
-# staging rings kept per process (a file being committed while the next fills; two more with an encode thread)
+# staging rings kept per process (one file's tail being committed while the next file fills)
 _RING_KEEP = 2
 
 
