@@ -9,8 +9,9 @@ The default workload is 8 cameras x 256 frames (2,048 images): one task per came
 captures have ~80 cameras and ~5,000 frames per camera, so real tasks are full-size and a run's fixed driver
 cost (probe, array creation, manifests: ~80 ms) is spread over 10^5 images. In a small run it is not: the
 former 64-frame default made every task a quarter of the real size and that fixed cost ~10 % of the timed run,
-and with 4 cameras (two tasks per worker) the fixed cost plus the two workers' uneven finish still took ~3-5 %. The pure-decode baseline is the same task code with ``write=False`` (same decoder, same
-malloc settings, same workers). The 'before' row decodes the same files as the code before the AVIF fast path
+and with 4 cameras (two tasks per worker) the fixed cost plus the two workers' uneven finish still took ~3-5 %.
+The pure-decode baseline is the same task code with ``write=False`` (same decoder, same malloc settings, same
+workers). The 'before' row decodes the same files as the code before the AVIF fast path
 and the malloc tuning did (Pillow ``Image`` path, Dask's default worker malloc settings), on a separate
 cluster of the same size, for the absolute speed-up.
 

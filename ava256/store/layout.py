@@ -138,7 +138,7 @@ CODECS: tuple[str, ...] = ("lz4", "blosclz", "blosc-lz4", "zstd", "blosc-zstd", 
 DEFAULT_CODEC = "lz4"
 
 #: LZ4 ``acceleration`` of the ``lz4`` codec (1 = plain LZ4; higher trades ratio for speed). On AVIF-decoded
-#: 667 x 1024 photos (one core, 8 frames cycled, the current AMD EPYC VM): 64 -> 0.65 ms, 0.725 x raw; 256 ->
+#: 667 x 1024 photos (one core, 8 frames cycled, the 2-core AMD EPYC VM): 64 -> 0.65 ms, 0.725 x raw; 256 ->
 #: 0.54 ms, 0.761; 1024 -> 0.31 ms, 0.868; 4096 -> 0.20 ms, 0.922 (the earlier Intel VM: 0.48 / 0.36 / 0.23 /
 #: 0.14 ms). Beyond 256 the CPU saved is paid in bytes (+14 % at 1024): through the page cache whole repacks
 #: ran slower (images/s ratio 0.81 at 256, 0.79 at 1024, 0.77 at 4096), and where the disk is the limit every

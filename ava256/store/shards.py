@@ -250,7 +250,7 @@ class _LocalShardFile(ShardSink):
         self.closed = False
         self._commit_future: Future | None = None  # the background commit of a closed direct-I/O file
         path.parent.mkdir(parents=True, exist_ok=True)
-        frame_bytes = int(np.prod(enc.frame_shape)) * enc.dtype.itemsize
+        frame_bytes = enc._frame_size * enc.dtype.itemsize
         self._f = _open_shard_file(self._tmp, enc.frames_per_shard * (frame_bytes + frame_bytes // 128 + 64))
 
     def append(self, part: bytes) -> None:
@@ -750,8 +750,6 @@ def _preallocate(fd: int, nbytes: int) -> bool:
     global _fallocate
     if _fallocate is None:
         try:
-            import ctypes
-
             f = ctypes.CDLL(None, use_errno=True).fallocate
             f.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
             f.restype = ctypes.c_int
