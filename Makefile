@@ -1,6 +1,6 @@
 .PHONY: install test lint fmt bench demo
 install:
-	pip install torch==2.13.0 -e ".[test]"
+	pip install torch==2.13.0 -e ".[test]" -c constraints.txt
 test:
 	pytest
 lint:
