@@ -36,8 +36,11 @@ class ModelConfig:
     volradius: float = 256.0
     dt: float = 1.0 / 256.0
     alpha_steps: float = 2.0
+    alpha_bias: float = 0.5
     prim_size: float = 1.5
     bg_res: list[int] = field(default_factory=lambda: [64, 48])
+    bg_init: float = 100.0
+    pixel_lr_mult: float = 1.0
     n_cameras: int = 1
     n_identities: int = 1
 
@@ -93,7 +96,16 @@ class Autoencoder(nn.Module):
             cfg.enc_res, cfg.code_res, cfg.expr_dim, cfg.expr_features, cfg.ch_min
         )
         self.colourcal = ColourCalibration(cfg.n_cameras, cfg.n_identities)
-        self.background = Background(cfg.n_cameras, tuple(cfg.bg_res))
+        self.background = Background(cfg.n_cameras, tuple(cfg.bg_res), init=cfg.bg_init)
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimizer groups: parameters in 0..255 pixel units (background image, colour-calibration biases)
+        learn at ``lr * pixel_lr_mult``. Adam steps ~lr in a parameter's own units: 2e-4 of a pixel value per
+        step would leave them at their init for thousands of iterations."""
+        pixel = [self.background.image, self.colourcal.cam_bias, self.colourcal.id_bias]
+        ids = {id(p) for p in pixel}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        return [{"params": rest, "lr": lr}, {"params": pixel, "lr": lr * self.cfg.pixel_lr_mult}]
 
     # --- encoders --------------------------------------------------------------------------------------
     def _uv_input(self, verts: torch.Tensor, tex: torch.Tensor) -> torch.Tensor:
@@ -120,22 +132,30 @@ class Autoencoder(nn.Module):
         id_bias: dict[int, torch.Tensor],
         neut_verts: torch.Tensor,
         campos: torch.Tensor,
+        guide_verts: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Decode primitives. Returns fp32 ``verts`` (B, V, 3) normalised, ``primpos`` (B, K, 3),
         ``primrot`` (B, K, 3, 3), ``primscale`` (B, K, 3) (normalised volume units), ``template``
-        (B, K, 4, D, D, D)."""
+        (B, K, 4, D, D, D).
+
+        ``guide_verts`` (B, V, 3) normalised: place the primitives on this mesh (the tracked one) with zero
+        residual transforms instead of on the decoded mesh; the decoded ``verts`` are still returned, so the
+        geometry branch keeps learning (the original's warm-up for its first iterations)."""
         cfg = self.cfg
         viewdir = nn.functional.normalize(campos, dim=-1)
         dec = self.decoder(code, id_bias, viewdir)
         dec = {k: v.float() for k, v in dec.items()}
         verts = neut_verts.float() + self.uv.sample_vertices(dec["geometry"])
-        verts_vol = (verts * self.vertstd + self.vertmean) / cfg.volradius
+        place = verts if guide_verts is None else guide_verts.float()
+        verts_vol = (place * self.vertstd + self.vertmean) / cfg.volradius
         pos, rot, cell = self.uv.surface_frames(verts_vol, cfg.prim_res)
         # the primitives ride on the mesh (positions stay differentiable); their base orientation and size
         # follow the mesh without gradients, which would otherwise let the image loss shear the mesh apart
         rot, cell = rot.detach(), cell.detach()
         b, k = pos.shape[:2]
         tr = dec["transform"].permute(0, 2, 3, 1).reshape(b, k, 9)
+        if guide_verts is not None:
+            tr = torch.zeros_like(tr)
         half = (0.5 * cfg.prim_size * cell)[..., None]  # (B, K, 1)
         # bounded deltas: offset within one primitive size, rotation small, size x0.5..x2
         dpos = 2.0 * torch.tanh(tr[..., 0:3])
@@ -144,7 +164,7 @@ class Autoencoder(nn.Module):
         primpos = pos + torch.einsum("bkji,bkj->bki", rot, dpos * half)
         primrot = axis_angle_to_matrix(drot) @ rot
         primscale = 1.0 / (half * torch.exp(dscale)).clamp_min(1e-6)
-        alpha = dec["alpha"] / (cfg.alpha_steps * cfg.dt)
+        alpha = torch.relu(dec["alpha"] + cfg.alpha_bias) / (cfg.alpha_steps * cfg.dt)
         template = torch.cat([dec["rgb"], alpha], 2)
         return {
             "verts": verts,
@@ -196,11 +216,17 @@ class Autoencoder(nn.Module):
         return image, acc
 
     def forward(
-        self, batch: dict[str, torch.Tensor], *, sample: bool = True, code: torch.Tensor | None = None
+        self,
+        batch: dict[str, torch.Tensor],
+        *,
+        sample: bool = True,
+        code: torch.Tensor | None = None,
+        guide: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Full pass on a loader batch (contract dict). ``sample``: draw z ~ N(mu, std) (training) or use mu.
 
         ``code``: use this expression code (B, E, S, S) instead of encoding the batch's expression (transfer).
+        ``guide``: place the primitives on the batch's tracked mesh ``verts`` (:meth:`decode`'s warm-up).
         Returns image (B, 3, H, W), alpha (B, 1, H, W), verts (B, V, 3), mu, logstd, primscale, code.
         """
         id_bias = self.encode_identity(batch["neut_verts"], batch["neut_tex"])
@@ -209,7 +235,8 @@ class Autoencoder(nn.Module):
             mu, logstd = self.encode_expression(batch["verts"], batch["tex"])
             mu, logstd = mu.float(), logstd.float()
             code = mu + torch.randn_like(mu) * torch.exp(logstd) if sample else mu
-        prims = self.decode(code, id_bias, batch["neut_verts"], batch["campos"])
+        guide_verts = batch["verts"] if guide else None
+        prims = self.decode(code, id_bias, batch["neut_verts"], batch["campos"], guide_verts)
         image, alpha = self.render(
             prims,
             batch["camrot"],

@@ -12,7 +12,8 @@ face); ``head_pose`` maps head -> world; the registration meshes are in the head
 reference loader uses them: it composes only the cameras with the head pose); keypoints are in world
 coordinates. Lens distortion is written to the calibration but not applied when rendering.
 
-Everything is a function of ``seed`` and the capture id (stable hashing), independent of ``workers``.
+Everything is a function of ``seed`` and the capture id (stable hashing), independent of ``workers``: each
+view and frame texture draws from its own stream, so frames render in any order, in any process.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import hashlib
 import logging
 import os
 import zipfile
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -654,6 +656,92 @@ class _ZipSet:
                 tmp.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class _RenderSpec:
+    """What a process needs to render frames of one capture (hashable: its context is cached per process)."""
+
+    seed: int
+    capture: CaptureId
+    cameras: int
+    frames: int
+    width: int
+    height: int
+    tsize: int
+    quality: int
+    texture: bool  # write uv textures
+    image: bool
+    segmentation: bool
+
+
+@dataclass
+class _FrameOut:
+    """One frame's encoded files: the uv texture (AVIF) and its pixels (for the mean), and per camera the
+    image (AVIF) and labels (PNG), None where the view is dropped or the asset not chosen."""
+
+    texture: bytes | None = None
+    pixels: np.ndarray | None = None
+    views: list[tuple[bytes | None, bytes | None]] = field(default_factory=list)
+
+
+@lru_cache(maxsize=2)
+def _render_context(spec: _RenderSpec) -> tuple:
+    scene = _scene(spec.seed, spec.capture, spec.cameras, spec.frames)
+    base_tex = _identity_texture(spec.seed, spec.capture, scene, spec.tsize)
+    cal = scene.calibration
+    render = spec.image or spec.segmentation
+    pixels = _pixel_grid(spec.width, spec.height) if render else None
+    cams = [_Camera(cal, ci, pixels) for ci in range(len(cal))] if render else []
+    bgs = (
+        [_background(spec.seed, spec.capture, c, spec.width, spec.height) for c in cal.camera_ids]
+        if render
+        else []
+    )
+    return scene, base_tex, cams, bgs
+
+
+def _render_frames(spec: _RenderSpec, frames: list[tuple[int, frozenset[str]]]) -> list[_FrameOut]:
+    """Render frames given as (frame index, camera ids dropped at that frame)."""
+    scene, base_tex, cams, bgs = _render_context(spec)
+    cal, folder = scene.calibration, spec.capture.folder
+    outs = []
+    for i, dropped in frames:
+        fid = int(scene.frame_list.frame_ids[i])
+        tex = frame_texture(base_tex, scene.expr[i], _rng(spec.seed, folder, "frame-texture", fid))
+        out = _FrameOut()
+        if spec.texture:
+            out.texture, out.pixels = encode_avif(tex, spec.quality, speed=AVIF_SPEED), tex
+        for ci, cid in enumerate(cal.camera_ids if (spec.image or spec.segmentation) else ()):
+            if cid in dropped:
+                out.views.append((None, None))
+                continue
+            rng = _rng(spec.seed, folder, "image", cid, fid)
+            rgb, lab = render_view(cams[ci], scene.head_pose[i], tex, scene.expr[i], scene, bgs[ci], rng)
+            out.views.append(
+                (
+                    encode_avif(rgb, spec.quality, speed=AVIF_SPEED) if spec.image else None,
+                    encode_png(lab) if spec.segmentation else None,
+                )
+            )
+        outs.append(out)
+    return outs
+
+
+def _ordered(pool: Executor | None, fn: Callable, items: Iterable, window: int) -> Iterator:
+    """``fn(*item)`` for each item, results in order; with a pool at most ``window`` calls in flight (the
+    results of a long capture never pile up in memory)."""
+    if pool is None:
+        for item in items:
+            yield fn(*item)
+        return
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, *item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def _per_frame_keys(chosen: set[str], camera_ids: Sequence[str]) -> list[str]:
     keys = []
     for asset, key in (
@@ -689,6 +777,8 @@ def generate_capture(
     texture_size: int | None = None,
     drop_rate: float = 0.001,
     encoder_size: int | None = None,
+    pool: Executor | None = None,
+    window: int = 32,
 ) -> dict:
     """Write one synthetic capture to ``capture_root/{capture.folder}/`` (decoder/..., encoder/...).
 
@@ -701,7 +791,8 @@ def generate_capture(
     exactly ``floor(rate * n)`` plus one more with the remaining probability, so a rate >= 1/n forces
     drops. Returns a summary dict: ``capture``, ``path``, ``camera_ids``, ``frame_ids``, ``segments``,
     ``encoder_frame_ids``, ``dropped`` ({"image": {camera_id: [frame_id, ...]}, "head_pose": [...], ...}),
-    ``files`` (keys relative to the capture folder) and ``bytes``.
+    ``files`` (keys relative to the capture folder) and ``bytes``. ``pool``: render and encode frames in
+    this executor's processes (at most ``window`` frames in flight); the files do not depend on it.
     """
     rel = parse_size_dims(size, image_size)
     width, height = rel
@@ -752,25 +843,24 @@ def generate_capture(
     put(cap.FRAME_LIST_KEY, write_frame_list(fl))
     put(cap.ENCODER_FRAME_LIST_KEY, write_frame_list(efl))
 
-    # one pass over the frames with every per-frame archive open: memory stays bounded by one frame
+    # one pass over the frames with every per-frame archive open; frames are rendered (in ``pool`` when
+    # given) at most ``window`` ahead of the writer, so memory stays bounded
     zips = _ZipSet(root)
     kv = _keypoint_vertices(seed)
     krng = _rng(seed, capture.folder, "keypoints")
-    trng = _rng(seed, capture.folder, "frame-textures")
-    need_tex = bool(chosen & {"uv_texture", "image", "segmentation"})
-    base_tex = _identity_texture(seed, capture, scene, tsize) if need_tex else None
-    render = bool(chosen & {"image", "segmentation"})
-    pixels = _pixel_grid(width, height) if render else None
-    cams = [_Camera(cal, ci, pixels) for ci in range(len(cal))] if render else []
-    backgrounds = (
-        {cid: _background(seed, capture, cid, width, height) for cid in cal.camera_ids} if render else {}
-    )
-    irngs = {cid: _rng(seed, capture.folder, "image", cid) for cid in cal.camera_ids}
+    spec = _RenderSpec(
+        seed, capture, cameras, frames, width, height, tsize, quality,
+        "uv_texture" in chosen, "image" in chosen, "segmentation" in chosen,
+    )  # fmt: skip
+    need_frames = spec.texture or spec.image or spec.segmentation
+    per_frame = [(i, frozenset(c for c in cal.camera_ids if fids[i] in image_drop[c])) for i in range(n)]
+    rendered = _ordered(pool, _render_frames, ((spec, [f]) for f in per_frame), window)
     vsum = vsq = None
     tsum = None
-    tsq = 0.0
+    tsq = 0
     with zips:
         for i, fid in enumerate(fids):
+            fo = next(rendered)[0] if need_frames else _FrameOut()
             if "head_pose" in chosen and i not in frame_drop["head_pose"]:
                 zips.add(cap.HEAD_POSE_KEY, cap.head_pose_member(fid), write_head_pose(scene.head_pose[i]))
             if chosen & {"vertices", "keypoints_3d"}:
@@ -795,32 +885,17 @@ def generate_capture(
                     )
                     if i not in frame_drop["keypoints_3d"]:
                         zips.add(cap.KEYPOINTS_KEY, cap.keypoints_member(fid), write_keypoints(rows))
-            if need_tex:
-                tex = frame_texture(base_tex, scene.expr[i], trng)
-                if "uv_texture" in chosen:
-                    t64 = tex.astype(np.float64)
-                    tsum = t64 if tsum is None else tsum + t64
-                    tsq += float(np.sum(t64**2))
-                    if i not in frame_drop["uv_texture"]:
-                        zips.add(
-                            cap.TEXTURE_KEY,
-                            cap.texture_member(fid),
-                            encode_avif(tex, quality, speed=AVIF_SPEED),
-                        )
-            for ci, cid in enumerate(cal.camera_ids if render else ()):
-                if fid in image_drop[cid]:
-                    continue
-                rgb, lab = render_view(
-                    cams[ci], scene.head_pose[i], tex, scene.expr[i], scene, backgrounds[cid], irngs[cid]
-                )
-                if "image" in chosen:
-                    zips.add(
-                        cap.image_key(cid),
-                        cap.image_member(cid, fid),
-                        encode_avif(rgb, quality, speed=AVIF_SPEED),
-                    )
-                if "segmentation" in chosen:
-                    zips.add(cap.segmentation_key(cid), cap.segmentation_member(fid), encode_png(lab))
+            if fo.pixels is not None:
+                t64 = fo.pixels.astype(np.int64)  # exact integer sums: the mean is order-independent
+                tsum = t64 if tsum is None else tsum + t64
+                tsq += int(np.sum(t64 * t64))
+                if i not in frame_drop["uv_texture"]:
+                    zips.add(cap.TEXTURE_KEY, cap.texture_member(fid), fo.texture)
+            for cid, (img, lab) in zip(cal.camera_ids, fo.views):
+                if img is not None:
+                    zips.add(cap.image_key(cid), cap.image_member(cid, fid), img)
+                if lab is not None:
+                    zips.add(cap.segmentation_key(cid), cap.segmentation_member(fid), lab)
         if "encoder_image" in chosen:
             expr_e = scene.expr[np.minimum(np.arange(len(efl)), n - 1)]
             erngs = {name: _rng(seed, capture.folder, "encoder", name) for name in ENCODER_CAMERAS}
@@ -874,10 +949,6 @@ def parse_size_dims(size: str, image_size: tuple[int, int] | None) -> tuple[int,
     return w, h
 
 
-def _generate_one(kwargs: dict) -> dict:
-    return generate_capture(**kwargs)
-
-
 def generate_bucket(
     out: Path,
     *,
@@ -896,8 +967,8 @@ def generate_bucket(
 ) -> list[CaptureId]:
     """Write a bucket-shaped tree ``out/{prefix}/{size}/{capture.folder}/...`` of synthetic captures.
 
-    Capture ids default to the first ``captures`` of the release's list. ``workers`` > 1 generates captures
-    in parallel processes (the result does not depend on it). Returns the capture ids written."""
+    Capture ids default to the first ``captures`` of the release's list. ``workers`` > 1 renders frames of
+    all captures in that many processes (the files do not depend on it). Returns the capture ids written."""
     rel = cap.parse_size(size)
     ids = list(capture_ids) if capture_ids is not None else list(cap.release_capture_ids()[:captures])
     if not ids:
@@ -919,12 +990,15 @@ def generate_bucket(
         )
         for c in ids
     ]
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-            list(pool.map(_generate_one, jobs))
-    else:
+    if workers <= 1:
         for j in jobs:
-            _generate_one(j)
+            generate_capture(**j)
+        return ids
+    # frames of every capture share one process pool; one writer thread per capture keeps it busy
+    with ProcessPoolExecutor(max_workers=workers) as pool, ThreadPoolExecutor(len(jobs)) as writers:
+        window = max(4, 2 * workers // len(jobs))
+        for fut in [writers.submit(generate_capture, **j, pool=pool, window=window) for j in jobs]:
+            fut.result()
     return ids
 
 

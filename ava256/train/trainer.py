@@ -234,7 +234,7 @@ def train(
     seed_everything(int(tc["seed"]) + dd.rank)
 
     model = build_model(cfg["model"], info).to(dd.device)
-    opt = torch.optim.Adam(model.parameters(), lr=float(tc["lr"]))
+    opt = torch.optim.Adam(model.param_groups(float(tc["lr"])))
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=int(tc["lr_step"]), gamma=float(tc["lr_gamma"]))
     sampler = ResumableSampler(len(train_ds), seed=int(tc["seed"]), rank=dd.rank, world=dd.world)
     iteration = 0
@@ -322,7 +322,7 @@ def train(
             t0 = time.perf_counter()
             batch = prepare_batch(batch, dd.device, train_ds)
             with torch.autocast(device_type=dd.device.type, dtype=torch.bfloat16, enabled=amp):
-                outs = net(batch)
+                outs = net(batch, guide=iteration < int(tc["guide_iters"]))
             terms = losses(outs, batch, weights)
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
