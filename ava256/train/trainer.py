@@ -313,6 +313,8 @@ def train(
     )
     ran = 0
     t_loop = time.perf_counter()
+    paused = 0.0  # seconds of checkpoints and validation inside the loop (not training time)
+    max_seconds = float(tc.get("max_seconds", 0) or 0)
     samples_seen = 0
     stopped = False
     model.train()
@@ -341,6 +343,7 @@ def train(
                 dt_step = time.perf_counter() - t0
                 row = {
                     "iter": iteration,
+                    "time_s": time.perf_counter() - t_loop - paused,
                     "lr": sched.get_last_lr()[0],
                     "grad_norm": float(gnorm),
                     "step_s": dt_step,
@@ -361,10 +364,14 @@ def train(
                 bar.set_postfix(loss=f"{total:.3f}", samples_s=f"{samples_seen / max(el, 1e-9):.1f}")
             if on_iteration is not None:
                 on_iteration(iteration, total)
+            t_pause = time.perf_counter()
             if _due(iteration, tc["ckpt_every"]) and iteration < iters:
                 save(iteration)
             if val_ds is not None and _due(iteration, tc["val_every"]) and iteration < iters:
                 result.val = _validate(model, val_ds, dc, dd, amp, writer, metrics, iteration, out, info)
+            paused += time.perf_counter() - t_pause
+            if max_seconds > 0 and _out_of_time(t_loop, paused, max_seconds, dd):
+                iters = iteration  # a time-limited run ends here as if this were its last iteration
             if iteration >= iters or (stop_after is not None and ran >= stop_after):
                 stopped = stop_after is not None and ran >= stop_after and iteration < iters
                 epoch_done = False
@@ -384,6 +391,17 @@ def train(
     result.seconds = time.perf_counter() - t_start
     result.samples_per_s = samples_seen / max(elapsed, 1e-9)
     return result
+
+
+def _out_of_time(t_loop: float, paused: float, max_seconds: float, dd: _Dist) -> bool:
+    """Whether ``max_seconds`` of training time (checkpoints and validation excluded) have passed; under
+    DDP rank 0 decides for all, so every rank stops at the same iteration."""
+    done = time.perf_counter() - t_loop - paused >= max_seconds
+    if dd.world == 1:
+        return done
+    flag = torch.tensor([float(done)], device=dd.device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 def _validate(
