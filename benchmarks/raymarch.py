@@ -5,6 +5,9 @@
 
 Reference configuration (MVP): N=4 images of 512x333 rays, K=16384 primitives of 8^3 RGBA on a head-sized
 surface, volume radius 256 mm (normalised volume [-1, 1]^3), dt = 1/256; also K/2 and 2K (and K with a warp).
+All rows use raymarch's defaults (MVP's border fade 8/8, termination 1) except the fade table, which times the
+reference configuration with the fade on and off (and both termination thresholds) against the hard-edged
+raymarcher with termination 1 - 1e-4 ("hard, 0.9999": the behaviour before the fade existed).
 Times are medians of CUDA-event-timed runs after warm-up, including the acceleration-grid build and all the glue
 the autograd Function does. "Bytes" is the compulsory traffic (every input read once, every output
 written once; for the backward also the gradients written once), so "achieved" is a lower bound on the
@@ -14,7 +17,8 @@ row runs the PyTorch reference and the CUDA path on one small configuration on t
 CPU table (``--cpu``, or when there is no CUDA device): the step-by-step reference vs. the vectorised path
 (``ava256.kernels.vectorized``, the CPU default) at a tiny-training-like configuration (the ``tiny`` train
 config: N=2 images of 96x144 rays, K=256 primitives of 4^3 on a head-sized surface, volume radius 160 mm,
-dt = 0.05, the head filling most of the frame), wall-clock medians with torch's current CPU threads.
+dt = 0.05, the head filling most of the frame), wall-clock medians with torch's current CPU threads; the
+vectorised path also with the fade off (fadescale=0, termination 1 - 1e-4) for the fade's cost on the CPU.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ava256.kernels import function, raymarch  # noqa: E402
+from ava256.kernels.reference import FADEEXP, FADESCALE, TERMINATION  # noqa: E402
 from ava256.kernels.scenes import head_scene, pinhole_rays  # noqa: E402
 
 
@@ -54,6 +59,16 @@ def copy_bandwidth_gbs(nbytes: int = 1 << 30) -> float:
     dst = torch.empty_like(src)
     ms = _time_ms(lambda: dst.copy_(src), warmup=3, reps=20)
     return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+#: Border fade / termination settings of the fade table: (name, raymarch keywords); the first is the baseline.
+FADE_ROWS = (
+    ("hard, 0.9999", {"fadescale": 0.0, "termination": 1.0 - 1e-4}),
+    ("hard, 1", {"fadescale": 0.0, "termination": 1.0}),
+    ("fade 8/8, 0.9999", {"termination": 1.0 - 1e-4}),
+    ("fade 8/8, 1", {}),
+    ("fade 8/7.5, 1", {"fadeexp": 7.5}),
+)
 
 
 def _scene(n, h, w, k, d, warp, seed=0):
@@ -83,7 +98,8 @@ def _bytes(s, backward: bool) -> int:
     return fwd + 4 * (2 * grids + 2 * prims + n * h * w * (8 + 4))
 
 
-def bench_config(n, h, w, k, d, dt, warp, reps):
+def bench_config(n, h, w, k, d, dt, warp, reps, **march):
+    """Timings of one configuration; ``march``: raymarch's fadescale / fadeexp / termination keywords."""
     s = _scene(n, h, w, k, d, warp)
     args = s.args()
     leaves = [t.clone().requires_grad_(True) for t in args[3:] if t is not None]
@@ -91,14 +107,14 @@ def bench_config(n, h, w, k, d, dt, warp, reps):
 
     def fwd():
         with torch.no_grad():
-            return raymarch(*args, dt=dt)
+            return raymarch(*args, dt=dt, **march)
 
     grad = torch.randn(n, h, w, 4, device="cuda")
 
     def fwd_bwd():
         for t in leaves:  # fresh gradients each time, as for the decoder outputs in training
             t.grad = None
-        out = raymarch(*full, dt=dt)
+        out = raymarch(*full, dt=dt, **march)
         torch.autograd.backward(out, grad)
 
     out = fwd()
@@ -121,7 +137,8 @@ def bench_config(n, h, w, k, d, dt, warp, reps):
 
 def breakdown(n, h, w, k, d, dt, reps):
     """Pieces of one forward+backward at one configuration: the grid build and the kernels alone (forward at
-    several grid cell sizes and two launch shapes; backward variants, one with its atomics left out)."""
+    several grid cell sizes and two launch shapes; backward variants, one with its atomics left out; the default
+    variants with the border fade off: ``*_hard``)."""
     from ava256.kernels._build import load_extension
 
     ext = load_extension()
@@ -130,11 +147,11 @@ def breakdown(n, h, w, k, d, dt, reps):
     rays = [function._aligned(t) for t in (s.raypos, s.raydir, s.tminmax)]
     prim = function._pack_prims(s.primpos, s.primrot, s.primscale)
     tmpl = function._aligned(s.template)
-    term = 1.0 - 1e-4
+    march = (dt, FADESCALE, FADEEXP, TERMINATION)
     out = {}
     for cf in (0.35, 0.5, 1.0):
         grid = function.build_grid(s.primpos, s.primrot, s.primscale, cell_factor=cf)
-        gargs = (grid.gridinfo, grid.cell_start, grid.cell_prims, list(grid.res), dt, term)
+        gargs = (grid.gridinfo, grid.cell_start, grid.cell_prims, list(grid.res), *march)
         out[f"grid@cf{cf}"] = _time_ms(
             lambda cf=cf: function.build_grid(s.primpos, s.primrot, s.primscale, cell_factor=cf), reps=reps
         )
@@ -142,7 +159,7 @@ def breakdown(n, h, w, k, d, dt, reps):
             lambda gargs=gargs: ext.forward(*rays, prim, tmpl, None, *gargs, stream, 0), reps=reps
         )
     grid = function.build_grid(s.primpos, s.primrot, s.primscale, cell_factor=0.5)
-    gargs = (grid.gridinfo, grid.cell_start, grid.cell_prims, list(grid.res), dt, term)
+    gargs = (grid.gridinfo, grid.cell_start, grid.cell_prims, list(grid.res), *march)
     out["fwd_kernel_8x16"] = _time_ms(
         lambda: ext.forward(*rays, prim, tmpl, None, *gargs, stream, 8), reps=reps
     )
@@ -162,6 +179,17 @@ def breakdown(n, h, w, k, d, dt, reps):
         )
         grads[flags] = ext.backward(*rays, prim, tmpl, None, *gargs, aux, g, stream, flags)
     out["aggregated_vs_plain_rel_err"] = float((grads[4][2] - grads[0][2]).norm() / grads[0][2].norm())
+    # the default launch/backward variants with the fade on (as above) and off, same termination
+    hard = (grid.gridinfo, grid.cell_start, grid.cell_prims, list(grid.res), dt, 0.0, FADEEXP, TERMINATION)
+    lf, bf = function.LAUNCH_FLAGS, function.BACKWARD_FLAGS | function.LAUNCH_FLAGS
+    for name, ga in (("", gargs), ("_hard", hard)):
+        out[f"fwd_kernel_default{name}"] = _time_ms(
+            lambda ga=ga: ext.forward(*rays, prim, tmpl, None, *ga, stream, lf), reps=reps
+        )
+        rgba, aux = ext.forward(*rays, prim, tmpl, None, *ga, stream, lf)
+        out[f"bwd_kernel_default{name}"] = _time_ms(
+            lambda ga=ga, aux=aux: ext.backward(*rays, prim, tmpl, None, *ga, aux, g, stream, bf), reps=reps
+        )
     return out
 
 
@@ -210,21 +238,24 @@ def cpu_table(quick: bool) -> None:
     args = s.args()
     reps = 3 if quick else 7
     results, outs = {}, {}
-    for backend in ("reference", "vectorized"):
+    hard = FADE_ROWS[0][1]
+    runs = (("reference", "reference", {}), ("vectorized", "vectorized", {}))
+    runs += (("vectorized", "vectorized, " + FADE_ROWS[0][0], hard),)
+    for backend, name, march in runs:
 
-        def fwd(backend=backend):
+        def fwd(backend=backend, march=march):
             with torch.no_grad():
-                return raymarch(*args, dt=dt, backend=backend)
+                return raymarch(*args, dt=dt, backend=backend, **march)
 
-        def fwd_bwd(backend=backend):
+        def fwd_bwd(backend=backend, march=march):
             leaves = [t.clone().requires_grad_(True) for t in args[3:7]]
-            out = raymarch(*args[:3], *leaves, None, dt=dt, backend=backend)
+            out = raymarch(*args[:3], *leaves, None, dt=dt, backend=backend, **march)
             out.sum().backward()
             return out
 
-        outs[backend] = fwd()
+        outs[name] = fwd()
         n_ref = 1 if backend == "reference" else 2
-        results[backend] = (
+        results[name] = (
             _wall_ms(fwd, n_ref, max(2, reps // (4 if backend == "reference" else 1))),
             _wall_ms(fwd_bwd, n_ref, max(2, reps // (4 if backend == "reference" else 1))),
         )
@@ -236,10 +267,16 @@ def cpu_table(quick: bool) -> None:
         f"{s.template.shape[-1]}^3, dt={dt}; {100 * float((alpha > 0).float().mean()):.0f}% rays hit, "
         f"{100 * float((alpha > 0.99).float().mean()):.0f}% opaque; max |vectorized - reference| = {err:.1e}"
     )
-    print(f"{'backend':>11} {'fwd ms':>9} {'fwd+bwd ms':>11} {'fwd x':>7} {'fwd+bwd x':>10}")
+    print("rows: raymarch's defaults (fade 8/8, termination 1) unless named; x = speed-up vs the reference")
+    print(f"{'backend':>24} {'fwd ms':>9} {'fwd+bwd ms':>11} {'fwd x':>7} {'fwd+bwd x':>10}")
     rf, rfb = results["reference"]
     for name, (f_ms, fb_ms) in results.items():
-        print(f"{name:>11} {f_ms:>9.1f} {fb_ms:>11.1f} {rf / f_ms:>6.1f}x {rfb / fb_ms:>9.1f}x")
+        print(f"{name:>24} {f_ms:>9.1f} {fb_ms:>11.1f} {rf / f_ms:>6.1f}x {rfb / fb_ms:>9.1f}x")
+    (vf, vfb), (hf, hfb) = results["vectorized"], results["vectorized, " + FADE_ROWS[0][0]]
+    print(
+        f"vectorized time, defaults / {FADE_ROWS[0][0]} (the pre-fade raymarcher): fwd {vf / hf:.2f}x, "
+        f"fwd+bwd {vfb / hfb:.2f}x"
+    )
 
 
 def main(argv=None) -> int:
@@ -286,6 +323,11 @@ def main(argv=None) -> int:
         r = bench_config(n, h, w, k, d, dt, warp, reps)
         rows.append(r)
         print(r, flush=True)
+    fade_rows = []
+    for name, march in FADE_ROWS:
+        r = bench_config(n, h, w, 16384, d, dt, False, reps, **march)
+        fade_rows.append((name, r))
+        print(name, r, flush=True)
     parts = breakdown(n, h, w, 16384, d, dt, reps)
     print(parts, flush=True)
     ref_ms, cuda_small_ms, rel = bench_reference(1, 84, 128, 1024, d, dt)
@@ -301,6 +343,21 @@ def main(argv=None) -> int:
             f"{r['fwd_ms']:>8.2f} {r['fwd_gbs']:>9.0f} {100 * r['fwd_gbs'] / copy_gbs:>5.1f}% "
             f"{r['fb_ms']:>10.2f} {r['fb_gbs']:>7.0f} {100 * r['fb_gbs'] / copy_gbs:>5.1f}%"
         )
+    print()
+    print("border fade at K=16384, no warp (x = time / time of the first row, the pre-fade raymarcher)")
+    print(
+        f"{'fade, termination':>18} {'hit%':>5} {'opaque%':>8} {'fwd ms':>8} {'fwd x':>6} {'fwd+bwd ms':>10} {'x':>6}"
+    )
+    base_f, base_fb = fade_rows[0][1]["fwd_ms"], fade_rows[0][1]["fb_ms"]
+    for name, r in fade_rows:
+        print(
+            f"{name:>18} {100 * r['hit']:>5.1f} {100 * r['opaque']:>8.1f} {r['fwd_ms']:>8.2f} "
+            f"{r['fwd_ms'] / base_f:>5.2f}x {r['fb_ms']:>10.2f} {r['fb_ms'] / base_fb:>5.2f}x"
+        )
+    kf = parts["fwd_kernel_default"] / parts["fwd_kernel_default_hard"]
+    kb = parts["bwd_kernel_default"] / parts["bwd_kernel_default_hard"]
+    print(f"kernels alone, fade 8/8 vs off (termination 1): forward {kf:.2f}x, backward {kb:.2f}x")
+    print()
     print("breakdown at K=16384 (ms): " + ", ".join(f"{a}={b:.3g}" for a, b in parts.items()))
     print(
         f"baseline (N=1, 128x84 rays, K=1024, fwd+bwd): PyTorch reference {ref_ms:.0f} ms, CUDA "

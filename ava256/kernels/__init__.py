@@ -17,7 +17,7 @@ import os
 
 from torch import Tensor
 
-from .reference import raymarch_reference
+from .reference import FADEEXP, FADESCALE, TERMINATION, check_march_params, raymarch_reference
 from .vectorized import raymarch_vectorized
 
 __all__ = ["raymarch", "raymarch_reference", "raymarch_vectorized", "cuda_available"]
@@ -45,7 +45,9 @@ def raymarch(
     warp: Tensor | None = None,
     *,
     dt: float,
-    termination: float = 1.0 - 1e-4,
+    fadescale: float = FADESCALE,
+    fadeexp: float = FADEEXP,
+    termination: float = TERMINATION,
     backend: str | None = None,
 ) -> Tensor:
     """Differentiable MVP raymarch; returns (N, H, W, 4) float32 accumulated (r, g, b, alpha).
@@ -61,13 +63,20 @@ def raymarch(
         warp: optional (N, K, 3, D, D, D): sampled at ``y`` first; the template is then sampled at the warped
             coordinate (clamped to ``[-1, 1]``).
         dt: step size (world units); samples at ``t = tmin + i * dt`` while ``t < tmax``.
-        termination: a ray stops once its accumulated alpha reaches this.
+        fadescale, fadeexp: the sampled opacity is multiplied by ``exp(-fadescale * (|y_x|^fadeexp +
+            |y_y|^fadeexp + |y_z|^fadeexp))`` of the local ``y`` (before the warp): primitives fade out towards
+            their borders (MVP's defaults 8, 8: ``exp(-8)`` at a face). ``fadescale=0``: hard edges.
+            Needs ``fadescale >= 0`` and ``fadeexp >= 1``.
+        termination: a ray stops once its accumulated alpha reaches this, in ``(0, 1]`` (default 1: at the
+            sample that saturates it, as MVP).
         backend: ``"cuda"``, ``"vectorized"``, ``"reference"`` or None (auto: CUDA tensors -> extension,
             anything else -> vectorized; the environment variable ``AVA256_RAYMARCH`` (same names) overrides
             auto).
 
-    Gradients flow to template, warp, primpos, primrot and primscale (not to the rays).
+    Gradients flow to template, warp, primpos, primrot and primscale (not to the rays); with the fade on, also
+    from the opacity to the transforms through ``y``.
     """
+    check_march_params(dt, fadescale, fadeexp, termination)
     choice = backend or os.environ.get(_ENV_BACKEND, "auto")
     if choice not in _BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, _BACKENDS))}, got {choice!r}")
@@ -85,9 +94,22 @@ def raymarch(
             template,
             warp,
             dt=dt,
+            fadescale=fadescale,
+            fadeexp=fadeexp,
             termination=termination,
         )
     impl = raymarch_reference if choice == "reference" else raymarch_vectorized
     return impl(
-        raypos, raydir, tminmax, primpos, primrot, primscale, template, warp, dt=dt, termination=termination
+        raypos,
+        raydir,
+        tminmax,
+        primpos,
+        primrot,
+        primscale,
+        template,
+        warp,
+        dt=dt,
+        fadescale=fadescale,
+        fadeexp=fadeexp,
+        termination=termination,
     )

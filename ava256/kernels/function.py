@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .reference import FADEEXP, FADESCALE, TERMINATION, check_march_params
+
 __all__ = ["AccelGrid", "build_grid", "raymarch_cuda"]
 
 #: Largest grid resolution along an axis, and the most (primitive, cell) entries allowed.
@@ -197,7 +199,21 @@ def _aligned(t: Tensor) -> Tensor:
 
 class _RaymarchCUDA(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, raypos, raydir, tminmax, primpos, primrot, primscale, template, warp, dt, termination):
+    def forward(
+        ctx,
+        raypos,
+        raydir,
+        tminmax,
+        primpos,
+        primrot,
+        primscale,
+        template,
+        warp,
+        dt,
+        fadescale,
+        fadeexp,
+        termination,
+    ):
         from ._build import load_extension
 
         ext = load_extension()
@@ -216,6 +232,8 @@ class _RaymarchCUDA(torch.autograd.Function):
             grid.cell_prims,
             list(grid.res),
             float(dt),
+            float(fadescale),
+            float(fadeexp),
             float(termination),
             stream,
             LAUNCH_FLAGS,
@@ -224,7 +242,7 @@ class _RaymarchCUDA(torch.autograd.Function):
             *rays, prim, template, warp, grid.gridinfo, grid.cell_start, grid.cell_prims, aux
         )
         ctx.res = grid.res
-        ctx.dt, ctx.termination = float(dt), float(termination)
+        ctx.params = (float(dt), float(fadescale), float(fadeexp), float(termination))
         ctx.dtypes = (primpos.dtype, primrot.dtype, primscale.dtype, template.dtype)
         return rgba
 
@@ -249,8 +267,7 @@ class _RaymarchCUDA(torch.autograd.Function):
             cell_start,
             cell_prims,
             list(ctx.res),
-            ctx.dt,
-            ctx.termination,
+            *ctx.params,
             aux,
             _aligned(grad_rgba),
             stream,
@@ -263,7 +280,7 @@ class _RaymarchCUDA(torch.autograd.Function):
         g_pos = g_prim[..., 0:3].to(dpos)
         g_scale = g_prim[..., 3:6].to(dscale)
         g_rot = g_prim[..., 6:15].reshape(n, k, 3, 3).to(drot)
-        return None, None, None, g_pos, g_rot, g_scale, g_template, g_w, None, None
+        return None, None, None, g_pos, g_rot, g_scale, g_template, g_w, None, None, None, None
 
 
 def raymarch_cuda(
@@ -277,9 +294,12 @@ def raymarch_cuda(
     warp: Tensor | None = None,
     *,
     dt: float,
-    termination: float = 1.0 - 1e-4,
+    fadescale: float = FADESCALE,
+    fadeexp: float = FADEEXP,
+    termination: float = TERMINATION,
 ) -> Tensor:
     """The CUDA raymarcher (same contract as :func:`ava256.kernels.raymarch`); all tensors on one CUDA device."""
+    check_march_params(dt, fadescale, fadeexp, termination)
     n, h, w, _ = raypos.shape
     k = primpos.shape[1]
     d = template.shape[-1]
@@ -303,5 +323,16 @@ def raymarch_cuda(
         raise ValueError("voxel grids need D >= 2")
     with torch.cuda.device(raypos.device):
         return _RaymarchCUDA.apply(
-            raypos, raydir, tminmax, primpos, primrot, primscale, template, warp, dt, termination
+            raypos,
+            raydir,
+            tminmax,
+            primpos,
+            primrot,
+            primscale,
+            template,
+            warp,
+            dt,
+            fadescale,
+            fadeexp,
+            termination,
         )

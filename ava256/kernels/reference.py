@@ -7,9 +7,13 @@ This is the readable oracle for the CUDA extension and the CPU path. It implemen
 * RGBA (and the optional warp) are sampled trilinearly at ``y`` with ``align_corners=True`` semantics, grids
   indexed ``[z, y, x]``. With a warp, the warp field is sampled at ``y`` first, its output clamped to
   ``[-1, 1]`` (border padding), and the template is sampled at the warped coordinate.
+* The sampled opacity is faded towards the primitive's border (as in MVP): ``alpha' = alpha * fade(y)`` with
+  ``fade(y) = exp(-fadescale * ((|y_x|^fadeexp + |y_y|^fadeexp) + |y_z|^fadeexp))`` of the primitive-local ``y``
+  (before the warp), so gradients also reach the transforms through the fade. ``fadescale = 0`` turns it off
+  (``alpha' = alpha`` exactly).
 * Rays march ``t = tmin + i * dt`` while ``t < tmax``. At each step, for every primitive containing the point in
-  ascending ``k``: ``a = min(1 - A, alpha * dt)``, ``C += rgb * a``, ``A += a``; a ray stops as soon as
-  ``A >= termination`` (checked after every sample).
+  ascending ``k``: ``a = min(1 - A, alpha' * dt)``, ``C += rgb * a``, ``A += a``; a ray stops as soon as
+  ``A >= termination`` (checked after every sample; the default 1 stops it at the sample that saturates it).
 
 Work is chunked over rays so memory is bounded: for each chunk the ray/box intersection with every primitive's
 oriented box gives, per ray, the primitives it can hit and the ``t`` interval in which it is inside each; only
@@ -17,7 +21,10 @@ those (ray, primitive) pairs are evaluated at each step.
 
 Floating-point conventions shared with the CUDA kernel (so that the discrete "is the point inside" decisions
 agree bit for bit): ``t = tmin + float(i) * dt``; ``x = o + t * d``; ``y_j = (((R_j0 * dx) + R_j1 * dy) + R_j2
-* dz) * s_j`` with ``d? = x? - p?``, each op rounded separately (no fused multiply-add).
+* dz) * s_j`` with ``d? = x? - p?``, each op rounded separately (no fused multiply-add). The fade is a smooth
+factor and need not agree bit for bit: the kernel squares for ``fadeexp = 8`` and uses ``powf``/``expf``
+otherwise, and torch's CPU ``pow``/``exp`` round a SIMD batch and a scalar tail differently (last ulp), so with
+the fade on, results depend on the chunking at that level.
 """
 
 from __future__ import annotations
@@ -28,7 +35,22 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["raymarch_reference", "ray_box_intervals", "local_coords", "trilinear"]
+__all__ = [
+    "raymarch_reference",
+    "ray_box_intervals",
+    "local_coords",
+    "trilinear",
+    "fade",
+    "check_march_params",
+    "FADESCALE",
+    "FADEEXP",
+    "TERMINATION",
+]
+
+#: Defaults of the opacity border fade and the termination threshold (those of the original MVP raymarcher).
+FADESCALE = 8.0
+FADEEXP = 8.0
+TERMINATION = 1.0
 
 #: Relative padding of the ray/box intersection intervals, so that the cull never drops a sample that the
 #: exact containment test on ``y`` would keep.
@@ -54,6 +76,33 @@ def local_coords(x: Tensor, pos: Tensor, rot: Tensor, scale: Tensor) -> Tensor:
         acc = acc + rot[..., j, 2] * dz
         rows.append(acc * scale[..., j])
     return torch.stack(rows, dim=-1)
+
+
+def fade(y: Tensor, fadescale: float, fadeexp: float) -> Tensor:
+    """Opacity border fade ``exp(-fadescale * ((|y_x|^e + |y_y|^e) + |y_z|^e))``, ``e = fadeexp``.
+
+    Args:
+        y: (..., 3) primitive-local coordinates. fadescale >= 0, fadeexp >= 1.
+
+    Returns:
+        (...) factors in ``(0, 1]`` (``exp(-3 * fadescale)`` at a corner of the box), differentiable w.r.t. ``y``.
+    """
+    p = y.abs().pow(fadeexp)
+    return torch.exp(-fadescale * ((p[..., 0] + p[..., 1]) + p[..., 2]))
+
+
+def check_march_params(dt: float, fadescale: float, fadeexp: float, termination: float) -> None:
+    """ValueError (naming the argument) unless ``dt > 0``, ``fadescale >= 0``, ``fadeexp >= 1`` (so that the
+    fade's derivative is bounded) and ``0 < termination <= 1``, all finite."""
+    checks = (
+        ("dt", dt, dt > 0, "> 0"),
+        ("fadescale", fadescale, fadescale >= 0, ">= 0"),
+        ("fadeexp", fadeexp, fadeexp >= 1, ">= 1"),
+        ("termination", termination, 0 < termination <= 1, "in (0, 1]"),
+    )
+    for name, value, ok, want in checks:
+        if not (ok and math.isfinite(value)):
+            raise ValueError(f"{name} must be finite and {want}, got {value!r}")
 
 
 def ray_box_intervals(
@@ -127,6 +176,8 @@ def _march_chunk(
     warp_flat: Tensor | None,
     size: int,
     dt: float,
+    fadescale: float,
+    fadeexp: float,
     termination: float,
 ) -> Tensor:
     """March one chunk of R rays of one image against its K primitives; returns (R, 4) RGBA."""
@@ -165,9 +216,11 @@ def _march_chunk(
         if not bool(inside.any()):
             continue
         rs, ks, y = rs[inside], ks[inside], y[inside]
+        fd = fade(y, fadescale, fadeexp) if fadescale != 0 else None  # of the local y, before the warp
         if warp_flat is not None:
             y = trilinear(warp_flat, ks, y, size).clamp(-1.0, 1.0)
         rgba = trilinear(tmpl_flat, ks, y, size)
+        alpha = rgba[:, 3] if fd is None else rgba[:, 3] * fd
         # Rank of each sample among the samples of its ray at this step (pairs are sorted by ray, then k).
         first = torch.ones_like(rs, dtype=torch.bool)
         first[1:] = rs[1:] != rs[:-1]
@@ -177,7 +230,7 @@ def _march_chunk(
             m = rank == j
             rj = rs[m]
             a_prev = acc[rj]
-            w = rgba[m, 3] * dt
+            w = alpha[m] * dt
             a = torch.where(a_prev < termination, torch.minimum(1.0 - a_prev, w), torch.zeros_like(w))
             color = color.index_add(0, rj, rgba[m, :3] * a[:, None])
             acc = acc.index_add(0, rj, a)
@@ -195,7 +248,9 @@ def raymarch_reference(
     warp: Tensor | None = None,
     *,
     dt: float,
-    termination: float = 1.0 - 1e-4,
+    fadescale: float = FADESCALE,
+    fadeexp: float = FADEEXP,
+    termination: float = TERMINATION,
     chunk_elems: int = 1 << 22,
 ) -> Tensor:
     """Raymarch N images of H x W rays through K volumetric primitives (reference implementation).
@@ -207,13 +262,17 @@ def raymarch_reference(
             world->local scales (the box is ``[-1, 1]^3`` in local coordinates).
         template: (N, K, 4, D, D, D) RGBA voxel grids, channels (r, g, b, alpha), grid indexed [z, y, x].
         warp: optional (N, K, 3, D, D, D) warp fields (local -> template coordinates).
-        dt: step size in world units. termination: a ray stops once its accumulated alpha reaches this.
+        dt: step size in world units.
+        fadescale, fadeexp: opacity border fade ``exp(-fadescale * sum_j |y_j|^fadeexp)`` (module docstring);
+            ``fadescale = 0``: hard-edged primitives.
+        termination: a ray stops once its accumulated alpha reaches this (in ``(0, 1]``).
         chunk_elems: bound on (rays x primitives) evaluated at once by the ray/box culling.
 
     Returns:
         (N, H, W, 4) accumulated (r, g, b, alpha), differentiable (autograd) w.r.t. template, warp, primpos,
         primrot and primscale.
     """
+    check_march_params(dt, fadescale, fadeexp, termination)
     k, d = check_grid_shapes(raypos, primpos, template, warp)
 
     def march_image(b: int, tmpl_flat: Tensor, warp_flat: Tensor | None) -> ChunkMarcher:
@@ -230,6 +289,8 @@ def raymarch_reference(
                 warp_flat,
                 d,
                 dt,
+                fadescale,
+                fadeexp,
                 termination,
             )
 

@@ -11,7 +11,7 @@ Python loop over march steps. Per chunk of rays:
    rounded operations.
 2. **Sample** the warp (if any) and the RGBA template for all kept samples at once (one gather each).
 3. **Composite in closed form.** Samples are stably sorted by (ray, step) (k stays ascending within a step).
-   With ``w_n = alpha_n * dt >= 0`` and ``S_n`` the ray's inclusive prefix sum of ``w`` (float64), the
+   With ``w_n = alpha_n * fade(y_n) * dt >= 0`` (the reference's border fade, of the pre-warp local ``y_n``) and ``S_n`` the ray's inclusive prefix sum of ``w`` (float64), the
    sequential rule ``a = min(1 - A, w); A += a`` with termination checked after every sample gives
    ``A_n = min(1, S_n)`` while the ray is live, hence ``a_n = [min(1, S_{n-1}) < termination] * (min(1, S_n)
    - min(1, S_{n-1}))``; ``C = sum_n rgb_n a_n`` and ``A = sum_n a_n`` are two ``index_add`` calls.
@@ -30,8 +30,13 @@ import torch
 from torch import Tensor
 
 from .reference import (
+    FADEEXP,
+    FADESCALE,
+    TERMINATION,
     ChunkMarcher,
     check_grid_shapes,
+    check_march_params,
+    fade,
     local_coords,
     march_images,
     ray_box_intervals,
@@ -211,6 +216,8 @@ def _march_chunk(
     warp_flat: Tensor | None,
     size: int,
     dt: float,
+    fadescale: float,
+    fadeexp: float,
     termination: float,
     max_samples: int,
 ) -> Tensor:
@@ -252,6 +259,8 @@ def _march_chunk(
                 warp_flat,
                 size,
                 dt,
+                fadescale,
+                fadeexp,
                 termination,
                 ray_idx[p0:p1] - r0,
                 prim_idx[p0:p1],
@@ -350,6 +359,8 @@ def _march_group(
     warp_flat: Tensor | None,
     size: int,
     dt: float,
+    fadescale: float,
+    fadeexp: float,
     termination: float,
     ray_idx: Tensor,
     prim_idx: Tensor,
@@ -407,7 +418,10 @@ def _march_group(
                     if warp_flat is None
                     else trilinear_gather(warp_flat.detach(), ks, y, size).clamp(-1.0, 1.0)
                 )
-                w = (trilinear_gather(alpha_flat, ks, yw, size)[:, 0] * dt).double().clamp(max=1.0)
+                alpha = trilinear_gather(alpha_flat, ks, yw, size)[:, 0]
+                if fadescale != 0:
+                    alpha = alpha * fade(y, fadescale, fadeexp)
+                w = (alpha * dt).double().clamp(max=1.0)
                 first, seg_start = _segments(rs)
                 _, s_excl = _segment_prefix(w, first, seg_start)
                 live = ((_take(carry, rs) + s_excl).clamp(max=1.0) < termination).nonzero().squeeze(1)
@@ -430,12 +444,15 @@ def _march_group(
         first, seg_start = _segments(rs)
 
     y = local_coords(x, *_take_prims(pos, rot, scale, ks))  # differentiable w.r.t. pos, rot, scale
+    fd = fade(y, fadescale, fadeexp) if fadescale != 0 else None  # of the local y, before the warp
     if warp_flat is not None:
         y = trilinear_gather(warp_flat, ks, y, size).clamp(-1.0, 1.0)
     rgba = trilinear_gather(tmpl_flat, ks, y, size)
-    # Closed-form compositing (float64), gated again in case rounding moved a termination by a sample. w >= 1 saturates A in one sample, so
-    # clamping w at 1 changes neither values nor gradients but keeps the running sums small.
-    w = (rgba[:, 3] * dt).double().clamp(max=1.0)
+    alpha = rgba[:, 3] if fd is None else rgba[:, 3] * fd
+    # Closed-form compositing (float64), gated again in case rounding moved a termination by a sample. w >= 1
+    # saturates A in one sample, so clamping w at 1 changes neither values nor gradients but keeps the running
+    # sums small.
+    w = (alpha * dt).double().clamp(max=1.0)
     s_incl, s_excl = _segment_prefix(w, first, seg_start)
     s_excl = s_excl.clamp(max=1.0)
     a = torch.where(s_excl < termination, s_incl.clamp(max=1.0) - s_excl, 0.0)
@@ -455,7 +472,9 @@ def raymarch_vectorized(
     warp: Tensor | None = None,
     *,
     dt: float,
-    termination: float = 1.0 - 1e-4,
+    fadescale: float = FADESCALE,
+    fadeexp: float = FADEEXP,
+    termination: float = TERMINATION,
     chunk_elems: int = 1 << 22,
     max_samples: int = 1 << 21,
 ) -> Tensor:
@@ -466,6 +485,7 @@ def raymarch_vectorized(
     (ray, step, primitive) processed at once (a group always holds at least one whole ray). Peak memory is
     roughly ``max_samples`` x 0.5 KB plus, when gradients are needed, what autograd keeps per kept sample.
     """
+    check_march_params(dt, fadescale, fadeexp, termination)
     k, d = check_grid_shapes(raypos, primpos, template, warp)
     if template.numel() and bool((template[:, :, 3] < 0).any()):
         log.debug("negative template alpha: the closed-form compositing does not apply, using the reference")
@@ -479,6 +499,8 @@ def raymarch_vectorized(
             template,
             warp,
             dt=dt,
+            fadescale=fadescale,
+            fadeexp=fadeexp,
             termination=termination,
             chunk_elems=chunk_elems,
         )
@@ -489,7 +511,7 @@ def raymarch_vectorized(
         def march(o: Tensor, dv: Tensor, tmin: Tensor, tmax: Tensor) -> Tensor:
             return _march_chunk(
                 o, dv, tmin, tmax, primpos[b], primrot[b], primscale[b], tmpl_flat, alpha_flat, warp_flat,
-                d, dt, termination, max_samples,
+                d, dt, fadescale, fadeexp, termination, max_samples,
             )  # fmt: skip
 
         return march

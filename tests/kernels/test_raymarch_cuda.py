@@ -20,6 +20,15 @@ CASES = {
     "head": (lambda: head_scene(1, 24, 32, k=512, d=4, alpha_max=64.0, seed=6), 1.0 / 256),
 }
 
+#: Border fade settings (raymarch keywords): MVP's defaults (fadescale 8, fadeexp 8: the kernel's squaring
+#: path), off (hard-edged), a non-integer exponent (the kernel's powf path), and an early termination.
+FADES = {
+    "mvp": {},
+    "hard": {"fadescale": 0.0},
+    "soft": {"fadescale": 3.0, "fadeexp": 2.5},
+    "mvp_term0.5": {"termination": 0.5},
+}
+
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_grid_lists_every_primitive_containing_a_point(device):
@@ -52,15 +61,33 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
-def _run(scene: Scene, dt: float, backend: str, device: str, grad_out: torch.Tensor):
+def _run(scene: Scene, dt: float, backend: str, device: str, grad_out: torch.Tensor, **fade):
     s = scene.to(device)
     leaves = [s.primpos, s.primrot, s.primscale, s.template] + ([s.warp] if s.warp is not None else [])
     leaves = [t.clone().requires_grad_(True) for t in leaves]
     pos, rot, scale, tmpl = leaves[:4]
     warp = leaves[4] if s.warp is not None else None
-    out = raymarch(s.raypos, s.raydir, s.tminmax, pos, rot, scale, tmpl, warp, dt=dt, backend=backend)
+    out = raymarch(s.raypos, s.raydir, s.tminmax, pos, rot, scale, tmpl, warp, dt=dt, backend=backend, **fade)
     (out * grad_out.to(device)).sum().backward()
     return out.detach().cpu(), [t.grad.detach().cpu() for t in leaves]
+
+
+def _check_cuda_against_reference(case: str, fade: dict) -> None:
+    scene, dt = CASES[case][0](), CASES[case][1]
+    g = torch.Generator().manual_seed(123)
+    grad_out = torch.randn(*scene.raypos.shape[:3], 4, generator=g)
+    ref, ref_grads = _run(scene, dt, "reference", "cpu", grad_out, **fade)
+    got, got_grads = _run(scene, dt, "cuda", "cuda", grad_out, **fade)
+    assert (ref[..., 3] > 0).float().mean() > 0.05, "scene too sparse"
+    assert torch.isfinite(got).all()
+    # Containment decisions are bit-exact; only rounding of sums (and of the fade's exp/pow) may differ, and,
+    # rarely, a termination decision right at the threshold.
+    assert _rel(got, ref) < 1e-5
+    assert ((got - ref).abs() > 1e-4).float().mean() < 2e-3
+    names = ["primpos", "primrot", "primscale", "template", "warp"]
+    for name, a, b in zip(names, got_grads, ref_grads):
+        assert b.abs().max() > 0, f"reference gradient of {name} is zero: the case tests nothing"
+        assert _rel(a, b) < 1e-3, f"{case}: gradient of {name} differs: rel {_rel(a, b):.2e}"
 
 
 @pytest.mark.gpu
@@ -71,23 +98,38 @@ def _run(scene: Scene, dt: float, backend: str, device: str, grad_out: torch.Ten
 )
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_cuda_matches_reference(case, flags, monkeypatch):
+    """Every kernel variant, at the default border fade (MVP's) and termination."""
     monkeypatch.setattr(function, "BACKWARD_FLAGS", flags[0])
     monkeypatch.setattr(function, "LAUNCH_FLAGS", flags[1])
-    scene, dt = CASES[case][0](), CASES[case][1]
-    g = torch.Generator().manual_seed(123)
-    grad_out = torch.randn(*scene.raypos.shape[:3], 4, generator=g)
-    ref, ref_grads = _run(scene, dt, "reference", "cpu", grad_out)
-    got, got_grads = _run(scene, dt, "cuda", "cuda", grad_out)
-    assert (ref[..., 3] > 0).float().mean() > 0.05, "scene too sparse"
-    assert torch.isfinite(got).all()
-    # Containment decisions are bit-exact; only rounding of sums may differ (and, rarely, a termination
-    # decision right at the threshold, which moves a pixel by at most 1 - termination).
-    assert _rel(got, ref) < 1e-5
-    assert ((got - ref).abs() > 1e-4).float().mean() < 2e-3
-    names = ["primpos", "primrot", "primscale", "template", "warp"]
-    for name, a, b in zip(names, got_grads, ref_grads):
-        assert b.abs().max() > 0, f"reference gradient of {name} is zero: the case tests nothing"
-        assert _rel(a, b) < 1e-3, f"{case}: gradient of {name} differs: rel {_rel(a, b):.2e}"
+    _check_cuda_against_reference(case, FADES["mvp"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fade", [f for f in FADES if f != "mvp"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_cuda_matches_reference_fade_settings(case, fade):
+    """The default kernel variant with the fade off, with a non-integer exponent and an early termination."""
+    _check_cuda_against_reference(case, FADES[fade])
+
+
+@pytest.mark.gpu
+def test_cuda_fade_gives_transform_gradients_on_a_constant_template():
+    """A constant template: the transforms' gradients come only through the fade (zero with fadescale=0)."""
+    scene = random_scene(1, 16, 16, k=12, d=3, seed=13)
+    scene.template[:, :, :3] = 0.5
+    scene.template[:, :, 3] = 2.0
+    g = torch.randn(*scene.raypos.shape[:3], 4, generator=torch.Generator().manual_seed(1))
+    runs = {}
+    for fadescale in (0.0, 8.0):
+        ref, ref_grads = _run(scene, 0.02, "reference", "cpu", g, fadescale=fadescale)
+        got, got_grads = _run(scene, 0.02, "cuda", "cuda", g, fadescale=fadescale)
+        assert _rel(got, ref) < 1e-5
+        runs[fadescale] = (got_grads[:3], ref_grads[:3])  # primpos, primrot, primscale
+    for (hard_cuda, hard_ref), (cuda, ref) in zip(zip(*runs[0.0]), zip(*runs[8.0])):
+        scale = float(ref.abs().max())
+        assert scale > 0 and _rel(cuda, ref) < 1e-3
+        # hard-edged: zero up to the rounding of the cancelling trilinear corner terms
+        assert float(hard_cuda.abs().max()) < 1e-4 * scale and float(hard_ref.abs().max()) < 1e-4 * scale
 
 
 @pytest.mark.gpu

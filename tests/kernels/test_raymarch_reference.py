@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from ava256.kernels import raymarch
 from ava256.kernels.reference import local_coords, raymarch_reference, trilinear
 from ava256.kernels.scenes import random_scene
+from ava256.kernels.vectorized import raymarch_vectorized
+
+#: Border fade settings: off (hard-edged primitives), MVP's defaults, and a non-integer exponent.
+FADES = {"hard": (0.0, 8.0), "mvp": (8.0, 8.0), "soft": (3.0, 2.5)}
 
 
-def _naive(scene, dt: float, termination: float) -> torch.Tensor:
+def _naive(scene, dt: float, termination: float, fadescale: float, fadeexp: float) -> torch.Tensor:
     """Literal transcription of the contract: every ray, every step, every primitive (no culling)."""
     raypos, raydir, tminmax, pos, rot, scale, template, warp = scene.args()
     n, h, w, _ = raypos.shape
@@ -35,10 +41,11 @@ def _naive(scene, dt: float, termination: float) -> torch.Tensor:
                         if bool((y.abs() <= 1).all()) and a_acc < termination:
                             idx = torch.tensor([kk])
                             yy = y[None]
+                            fade = math.exp(-fadescale * sum(abs(float(v)) ** fadeexp for v in y))
                             if wflat is not None:
                                 yy = trilinear(wflat, idx, yy, d).clamp(-1, 1)
                             rgba = trilinear(tflat, idx, yy, d)[0]
-                            a = torch.minimum(1 - a_acc, rgba[3] * dt)
+                            a = torch.minimum(1 - a_acc, rgba[3] * fade * dt)
                             c = c + rgba[:3] * a
                             a_acc = a_acc + a
                     step += 1
@@ -46,21 +53,27 @@ def _naive(scene, dt: float, termination: float) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("warp", [False, True])
-def test_reference_matches_naive_loop(warp):
+@pytest.mark.parametrize(("warp", "fade"), [(False, "hard"), (False, "mvp"), (False, "soft"), (True, "mvp")])
+def test_reference_matches_naive_loop(warp, fade):
     scene = random_scene(1, 6, 5, k=5, d=3, warp=warp, alpha_max=6.0, seed=3)
     dt = 0.07
-    got = raymarch_reference(*scene.args(), dt=dt, termination=0.9)
-    want = _naive(scene, dt, 0.9)
+    fs, fe = FADES[fade]
+    got = raymarch_reference(*scene.args(), dt=dt, fadescale=fs, fadeexp=fe, termination=0.9)
+    want = _naive(scene, dt, 0.9, fs, fe)
     assert (want[..., 3] > 0).sum() > 5, "scene too sparse to test anything"
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_reference_chunking_does_not_change_result():
+@pytest.mark.parametrize("fade", ["hard", "mvp"])
+def test_reference_chunking_does_not_change_result(fade):
     scene = random_scene(2, 9, 7, k=6, d=4, seed=5)
-    a = raymarch_reference(*scene.args(), dt=0.05)
-    b = raymarch_reference(*scene.args(), dt=0.05, chunk_elems=13)
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    fs, fe = FADES[fade]
+    a = raymarch_reference(*scene.args(), dt=0.05, fadescale=fs, fadeexp=fe)
+    b = raymarch_reference(*scene.args(), dt=0.05, fadescale=fs, fadeexp=fe, chunk_elems=13)
+    assert (a[..., 3] > 0).sum() > 10
+    # torch's CPU exp/pow round a SIMD batch and a scalar tail differently (last ulp): exact only without fade
+    tol = 0.0 if fs == 0 else 1e-6
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
 def _axis_box_scene(alpha: float, rgb=(0.2, 0.5, 0.9), half=0.5, d=2, res=9):
@@ -85,7 +98,7 @@ def _axis_box_scene(alpha: float, rgb=(0.2, 0.5, 0.9), half=0.5, d=2, res=9):
 
 def test_opaque_primitive_silhouette_and_misses():
     args, inside = _axis_box_scene(alpha=1e4)
-    out = raymarch(*args, dt=0.01, backend="reference")[0]
+    out = raymarch(*args, dt=0.01, fadescale=0.0, backend="reference")[0]
     assert inside.any() and (~inside).any()
     torch.testing.assert_close(out[..., 3][inside], torch.ones(int(inside.sum())))
     assert (out[~inside] == 0).all(), "rays missing every primitive must stay exactly 0"
@@ -98,7 +111,7 @@ def test_constant_density_closed_form():
     """A = min(1, n * alpha * dt) with n the number of samples inside the cube, C = rgb * A."""
     dt, alpha = 0.01, 0.8
     args, inside = _axis_box_scene(alpha=alpha)
-    out = raymarch(*args, dt=dt, backend="reference")[0]
+    out = raymarch(*args, dt=dt, fadescale=0.0, backend="reference")[0]
     z = torch.tensor(-2.0) + torch.arange(400, dtype=torch.float32) * torch.tensor(dt)
     n = int(((z - 0.0).abs() * 2.0 <= 1.0).sum())  # samples with |z| <= 0.5
     want = min(1.0, n * alpha * dt)
@@ -106,6 +119,129 @@ def test_constant_density_closed_form():
     torch.testing.assert_close(
         out[..., 3][inside], torch.full((int(inside.sum()),), want), rtol=1e-4, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("fade", ["mvp", "soft"])
+def test_constant_density_with_fade_closed_form(fade):
+    """A = sum_i alpha * dt * fade(y_i) over the samples in the cube, y_i = (x, y, z_i) / half, C = rgb * A;
+    the fade makes the silhouette soft: rays near the cube's edge get much less than the centre ray."""
+    fs, fe = FADES[fade]
+    dt, alpha, half = 0.01, 0.8, 0.5
+    args, inside = _axis_box_scene(alpha=alpha, half=half)
+    out = raymarch(*args, dt=dt, fadescale=fs, fadeexp=fe, backend="reference")[0]
+    z = torch.tensor(-2.0) + torch.arange(400, dtype=torch.float32) * torch.tensor(dt)
+    zs = [float(v) / half for v in z if abs(float(v)) / half <= 1.0]
+    px, py = args[0][0, ..., 0], args[0][0, ..., 1]
+    want = torch.zeros_like(px)
+    for i, j in inside.nonzero().tolist():
+        u, v = float(px[i, j]) / half, float(py[i, j]) / half
+        fades = [math.exp(-fs * (abs(u) ** fe + abs(v) ** fe + abs(w) ** fe)) for w in zs]
+        want[i, j] = alpha * dt * sum(fades)
+    assert float(want.max()) < 1.0
+    torch.testing.assert_close(out[..., 3], want, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        out[..., :3], torch.tensor([0.2, 0.5, 0.9]) * want[..., None], rtol=1e-4, atol=1e-6
+    )
+    hard = raymarch(*args, dt=dt, fadescale=0.0, backend="reference")[0, ..., 3]
+    assert (out[..., 3][inside] < hard[inside]).all()
+    assert float(out[..., 3][inside].min()) < 0.5 * float(out[..., 3][inside].max())
+
+
+def test_fade_gives_transform_gradients_on_a_constant_template():
+    """With a constant template the sampled values do not depend on y, so hard-edged primitives give the
+    transforms no gradient; with the fade they get one, equal to a finite difference."""
+    args, inside = _axis_box_scene(alpha=0.8, half=0.5, res=5)
+    raypos, raydir, tminmax, pos, rot, scale, template = (t.double() for t in args)
+
+    def alpha_sum(p: torch.Tensor, fadescale: float) -> torch.Tensor:
+        out = raymarch_reference(
+            raypos, raydir, tminmax, p, rot, scale, template, dt=0.01, fadescale=fadescale
+        )
+        return out[..., 3].sum()
+
+    shift = torch.tensor([[[0.013, -0.021, 0.0]]], dtype=torch.float64)
+    for fadescale in (0.0, 8.0):
+        p = shift.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(alpha_sum(p, fadescale), p)
+        if fadescale == 0:
+            assert (g == 0).all()
+            continue
+        assert float(g[0, 0, :2].abs().min()) > 1e-3
+        eps = 1e-6
+        for j in range(2):
+            e = torch.zeros_like(shift)
+            e[0, 0, j] = eps
+            fd = (alpha_sum(shift + e, fadescale) - alpha_sum(shift - e, fadescale)) / (2 * eps)
+            torch.testing.assert_close(g[0, 0, j], fd, rtol=1e-5, atol=1e-9)
+
+
+#: Weighted sums of the output and of the gradients (weights: torch.rand, seed 5) on a float64 scene, as the
+#: hard-edged raymarcher computed them before the border fade existed (commit d71d184): fadescale=0 keeps them.
+_HARD_EDGED = {
+    (False, 0.9): [
+        11.5308530506813,
+        -1.665322625762466,
+        0.86156487614574717,
+        -0.40093578749357944,
+        7.3206984039273095,
+    ],
+    (True, 0.9): [
+        11.7838507007651,
+        -9.1907805381427785,
+        0.7893704569056923,
+        -0.076878188013882173,
+        7.0096667407980018,
+        1.5738581695149112,
+    ],
+    (False, 1.0): [
+        11.566113014691183,
+        -1.4314327346380595,
+        1.2142602965883311,
+        -0.11062514195296239,
+        7.3186005651852408,
+    ],
+    (True, 1.0): [
+        11.877297499628149,
+        -0.84616386303319602,
+        0.44758043816684195,
+        -0.12754867229013475,
+        6.9518551619143132,
+        0.50454171098685119,
+    ],
+}
+
+
+@pytest.mark.parametrize("impl", [raymarch_reference, raymarch_vectorized], ids=["reference", "vectorized"])
+@pytest.mark.parametrize(("warp", "termination"), list(_HARD_EDGED))
+def test_fadescale_zero_reproduces_the_hard_edged_raymarcher(impl, warp, termination):
+    scene = random_scene(1, 5, 4, k=4, d=3, warp=warp, alpha_max=40.0, seed=21).to(dtype=torch.float64)
+    leaves = [t.clone().requires_grad_(True) for t in scene.args()[3:] if t is not None]
+    args = list(scene.args()[:3]) + leaves + ([None] if not warp else [])
+    out = impl(*args, dt=0.07, fadescale=0.0, termination=termination)
+    g = torch.Generator().manual_seed(5)
+    w = torch.rand(out.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((out * w).sum(), leaves)
+    got = [float((out.detach() * w).sum())]
+    got += [float((gr * torch.rand(gr.shape, generator=g, dtype=torch.float64)).sum()) for gr in grads]
+    assert got == pytest.approx(_HARD_EDGED[(warp, termination)], rel=1e-12, abs=1e-13)
+
+
+@pytest.mark.parametrize(
+    ("kw", "name"),
+    [
+        ({"dt": 0.0}, "dt"),
+        ({"fadescale": -1.0}, "fadescale"),
+        ({"fadeexp": 0.5}, "fadeexp"),
+        ({"fadeexp": float("nan")}, "fadeexp"),
+        ({"termination": 0.0}, "termination"),
+        ({"termination": 1.5}, "termination"),
+    ],
+)
+def test_bad_march_parameters_are_refused(kw, name):
+    scene = random_scene(1, 2, 2, k=2, d=2, seed=1)
+    for backend in ("reference", "vectorized"):
+        with pytest.raises(ValueError, match=name):
+            raymarch(*scene.args(), **({"dt": 0.05} | kw), backend=backend)
 
 
 def test_termination_stops_accumulating():
@@ -133,6 +269,7 @@ def test_missing_rays_and_empty_intervals_are_zero():
 
 @pytest.mark.parametrize("warp", [False, True])
 def test_gradcheck_float64(warp):
+    """With the border fade on (the default): gradients through the fade to the transforms included."""
     scene = random_scene(1, 3, 3, k=3, d=2, warp=warp, alpha_max=12.0, seed=11).to(dtype=torch.float64)
     dt = 0.1
     ins = [scene.primpos, scene.primrot, scene.primscale, scene.template] + ([scene.warp] if warp else [])

@@ -19,7 +19,8 @@ RaymarchParams make_params(const torch::Tensor& raypos, const torch::Tensor& ray
                            const torch::Tensor& prim, const torch::Tensor& tmpl,
                            const c10::optional<torch::Tensor>& warp, const torch::Tensor& gridinfo,
                            const torch::Tensor& cell_start, const torch::Tensor& cell_prims,
-                           std::vector<int64_t> grid_res, double dt, double termination) {
+                           std::vector<int64_t> grid_res, double dt, double fadescale, double fadeexp,
+                           double termination) {
   check(raypos, "raypos", torch::kFloat32);
   check(raydir, "raydir", torch::kFloat32);
   check(tminmax, "tminmax", torch::kFloat32);
@@ -46,6 +47,9 @@ RaymarchParams make_params(const torch::Tensor& raypos, const torch::Tensor& ray
   TORCH_CHECK(cell_start.numel() == (int64_t)p.N * p.Gx * p.Gy * p.Gz + 1, "cell_start has the wrong size");
   p.dt = (float)dt;
   p.termination = (float)termination;
+  p.fadescale = (float)fadescale;
+  p.fadeexp = (float)fadeexp;
+  TORCH_CHECK(p.fadescale >= 0.f && p.fadeexp >= 1.f, "need fadescale >= 0 and fadeexp >= 1");
   p.raypos = raypos.data_ptr<float>();
   p.raydir = raydir.data_ptr<float>();
   p.tminmax = tminmax.data_ptr<float>();
@@ -70,9 +74,10 @@ std::vector<torch::Tensor> forward(const torch::Tensor& raypos, const torch::Ten
                                    const torch::Tensor& tmpl, const c10::optional<torch::Tensor>& warp,
                                    const torch::Tensor& gridinfo, const torch::Tensor& cell_start,
                                    const torch::Tensor& cell_prims, std::vector<int64_t> grid_res, double dt,
-                                   double termination, int64_t stream, int64_t flags) {
+                                   double fadescale, double fadeexp, double termination, int64_t stream,
+                                   int64_t flags) {
   RaymarchParams p = make_params(raypos, raydir, tminmax, prim, tmpl, warp, gridinfo, cell_start, cell_prims,
-                                 grid_res, dt, termination);
+                                 grid_res, dt, fadescale, fadeexp, termination);
   p.flags = (int)flags;
   auto opts = raypos.options();
   torch::Tensor rgba = torch::empty({p.N, p.H, p.W, 4}, opts);
@@ -89,10 +94,11 @@ std::vector<torch::Tensor> backward(const torch::Tensor& raypos, const torch::Te
                                     const torch::Tensor& tmpl, const c10::optional<torch::Tensor>& warp,
                                     const torch::Tensor& gridinfo, const torch::Tensor& cell_start,
                                     const torch::Tensor& cell_prims, std::vector<int64_t> grid_res, double dt,
-                                    double termination, const torch::Tensor& aux, const torch::Tensor& grad_rgba,
-                                    int64_t stream, int64_t flags) {
+                                    double fadescale, double fadeexp, double termination,
+                                    const torch::Tensor& aux, const torch::Tensor& grad_rgba, int64_t stream,
+                                    int64_t flags) {
   RaymarchParams p = make_params(raypos, raydir, tminmax, prim, tmpl, warp, gridinfo, cell_start, cell_prims,
-                                 grid_res, dt, termination);
+                                 grid_res, dt, fadescale, fadeexp, termination);
   p.flags = (int)flags;
   check(aux, "aux", torch::kFloat32);
   check(grad_rgba, "grad_rgba", torch::kFloat32);
@@ -183,12 +189,13 @@ std::vector<torch::Tensor> cell_ranges(const torch::Tensor& bounds, const torch:
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "MVP raymarch forward (CUDA)", py::arg("raypos"), py::arg("raydir"),
         py::arg("tminmax"), py::arg("prim"), py::arg("tmpl"), py::arg("warp"), py::arg("gridinfo"),
-        py::arg("cell_start"), py::arg("cell_prims"), py::arg("grid_res"), py::arg("dt"), py::arg("termination"),
-        py::arg("stream"), py::arg("flags") = 0);
+        py::arg("cell_start"), py::arg("cell_prims"), py::arg("grid_res"), py::arg("dt"), py::arg("fadescale"),
+        py::arg("fadeexp"), py::arg("termination"), py::arg("stream"), py::arg("flags") = 0);
   m.def("backward", &backward, "MVP raymarch backward (CUDA)", py::arg("raypos"), py::arg("raydir"),
         py::arg("tminmax"), py::arg("prim"), py::arg("tmpl"), py::arg("warp"), py::arg("gridinfo"),
-        py::arg("cell_start"), py::arg("cell_prims"), py::arg("grid_res"), py::arg("dt"), py::arg("termination"),
-        py::arg("aux"), py::arg("grad_rgba"), py::arg("stream"), py::arg("flags") = 0);
+        py::arg("cell_start"), py::arg("cell_prims"), py::arg("grid_res"), py::arg("dt"), py::arg("fadescale"),
+        py::arg("fadeexp"), py::arg("termination"), py::arg("aux"), py::arg("grad_rgba"), py::arg("stream"),
+        py::arg("flags") = 0);
   m.def("prim_bounds", &prim_bounds, "padded primitive bounds and per-image stats (CUDA)");
   m.def("cell_ranges", &cell_ranges, "primitive cell ranges and counts (CUDA)");
   m.def("cell_starts", &cell_starts, "cell offsets from sorted cell indices (CUDA)");

@@ -6,6 +6,7 @@ struct RaymarchParams {
   int N, H, W, K, D;
   int Gx, Gy, Gz;            // acceleration grid resolution (same for every image)
   float dt, termination;
+  float fadescale, fadeexp;  // opacity border fade exp(-fadescale * sum_j |y_j|^fadeexp); fadescale 0: off
   int flags;                 // FLAG_* below (variants and diagnostics)
   const float* raypos;       // (N, H, W, 3)
   const float* raydir;       // (N, H, W, 3)

@@ -8,6 +8,8 @@
 // exit. The semantics are exactly those of the PyTorch reference (ava256/kernels/reference.py); the
 // positions x and the local coordinates y are computed with explicitly rounded operations (no FMA
 // contraction) in the reference's order, so the discrete "is x inside primitive k" decisions agree bit for bit.
+// The sampled opacity is multiplied by the border fade exp(-fadescale * ((|y0|^e + |y1|^e) + |y2|^e)) of the
+// pre-warp local y (e = fadeexp) before the dt multiply and the min(1 - A, .) clamp, as in MVP.
 //
 // Backward recomputes the forward march of each ray, and for every sample scatters gradients into the
 // template/warp and the primitive transforms (atomics; the transforms' summed across the warp first), using the per-ray record of
@@ -82,6 +84,26 @@ __device__ __forceinline__ void corner_dweight(const Trilerp& t, int c, float ou
   out[2] = sz * wy * wx;
 }
 
+// |v|^e of a local coordinate for the border fade: three squarings for the default e = 8, else powf.
+__device__ __forceinline__ float fade_pow(float v, float e) {
+  const float a = fabsf(v);
+  if (e == 8.f) {
+    const float a2 = a * a, a4 = a2 * a2;
+    return a4 * a4;
+  }
+  return powf(a, e);
+}
+
+// d(|v|^e)/dv = e * |v|^(e-1) * sign(v) (0 at v = 0, as autograd's abs), for e >= 1.
+__device__ __forceinline__ float fade_dpow(float v, float e) {
+  if (e == 8.f) {
+    const float v2 = v * v, v4 = v2 * v2;
+    return 8.f * (v4 * v2 * v);
+  }
+  if (v == 0.f) return 0.f;
+  return e * copysignf(powf(fabsf(v), e - 1.f), v);
+}
+
 // Add a sample's 15 transform gradients to its primitive. With `aggregate`, lanes of the warp that are adding
 // to the same primitive at the same time first sum their values with shuffles (a tree over the group's ranks),
 // and one lane per group issues the atomics: fewer same-address atomics when neighbouring rays hit a primitive
@@ -151,6 +173,8 @@ __global__ void __launch_bounds__(TILE_X* TILE_Y, OCC ? (BACKWARD ? (WARP ? 3 : 
   const int D = p.D;
   const int D3 = D * D * D;
   const float half_span = 0.5f * (float)(D - 1);
+  const bool fading = p.fadescale != 0.f;
+  const float fadescale = p.fadescale, fadeexp = p.fadeexp;
 
   float cr = 0.f, cg = 0.f, cb = 0.f, A = 0.f;
   float4 clamp_rec = make_float4(0.f, 0.f, 0.f, 0.f);  // rgb of the clamped sample, w = 1 if any
@@ -280,6 +304,8 @@ __global__ void __launch_bounds__(TILE_X* TILE_Y, OCC ? (BACKWARD ? (WARP ? 3 : 
     if (!found) break;
 
     // ---- One sample of primitive k at local coordinates y (optionally through the warp).
+    float fade = 1.f;  // border fade of the opacity, of the pre-warp y
+    if (fading) fade = expf(-fadescale * ((fade_pow(y0, fadeexp) + fade_pow(y1, fadeexp)) + fade_pow(y2, fadeexp)));
     float w0 = y0, w1 = y1, w2 = y2;
     Trilerp tw;
     float4 wv[8];
@@ -298,7 +324,8 @@ __global__ void __launch_bounds__(TILE_X* TILE_Y, OCC ? (BACKWARD ? (WARP ? 3 : 
     float4 tv[8];
     const float4 rgba = sample_planes<4>(tmpl + (int64_t)k * 4 * D3, D3, tt, tv);
 
-    const float wgt = rgba.w * dt;
+    const float alpha = rgba.w * fade;  // exact (= rgba.w) when not fading
+    const float wgt = alpha * dt;
     const float rem = 1.0f - A;
     const bool clamped = wgt > rem;
     const float a = clamped ? rem : wgt;
@@ -306,7 +333,8 @@ __global__ void __launch_bounds__(TILE_X* TILE_Y, OCC ? (BACKWARD ? (WARP ? 3 : 
     if (BACKWARD) {
       // dL/d(alpha*dt): direct term, minus the clamped last sample's dependence on this one (corr).
       const float ga_w = clamped ? 0.f : rgba.x * gcr + rgba.y * gcg + rgba.z * gcb + gA - corr;
-      const float4 g4 = make_float4(a * gcr, a * gcg, a * gcb, ga_w * dt);
+      const float g_alpha = ga_w * dt;  // dL/d(faded alpha); the sampled alpha's gradient is this * fade
+      const float4 g4 = make_float4(a * gcr, a * gcg, a * gcb, g_alpha * fade);
       float* gt = p.grad_tmpl + ((int64_t)n * p.K + k) * 4 * D3;
       float gu0 = 0.f, gu1 = 0.f, gu2 = 0.f;
 #pragma unroll
@@ -353,6 +381,14 @@ __global__ void __launch_bounds__(TILE_X* TILE_Y, OCC ? (BACKWARD ? (WARP ? 3 : 
         gy0 = gv0 * half_span;
         gy1 = gv1 * half_span;
         gy2 = gv2 * half_span;
+      }
+      if (fading && g_alpha != 0.f) {
+        // through the fade: d(alpha * fade)/dy_j = alpha * fade * (-fadescale) * d(|y_j|^e)/dy_j, with y
+        // recomputed from l and s (the same rounded values as y0..y2)
+        const float gf = -fadescale * (g_alpha * alpha);
+        gy0 += gf * fade_dpow(__fmul_rn(l0, q0.w), fadeexp);
+        gy1 += gf * fade_dpow(__fmul_rn(l1, q1.x), fadeexp);
+        gy2 += gf * fade_dpow(__fmul_rn(l2, q1.y), fadeexp);
       }
       // y_j = l_j * s_j, l_j = R_j . (x - pos)
       const float r00 = q1.z, r01 = q1.w, r02 = q2.x;
