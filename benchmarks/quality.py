@@ -43,6 +43,7 @@ ABLATIONS: dict[str, list[str]] = {
     "background lr x1": ["--model.pixel_lr_mult=1"],
     "opaque init (alpha_bias 0.5)": ["--model.alpha_bias=0.5"],
     "background init 0": ["--model.bg_init=0"],
+    "primitive colour init 50": ["--model.rgb_init=50"],
     "primitive size 1.0": ["--model.prim_size=1.0"],
     "lr 1e-3": ["--train.lr=0.001"],
     "image loss / 255": ["--loss.image=0.00392157"],

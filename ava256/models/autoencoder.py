@@ -21,7 +21,11 @@ class ModelConfig:
 
     Units: ``volradius`` mm per normalised volume unit; ``dt`` raymarching step in normalised units;
     ``prim_size`` primitive side as a multiple of one uv cell's side on the surface; ``alpha_steps``: a raw
-    opacity of 1 makes a ray opaque in about this many steps.
+    opacity of 1 makes a ray opaque in about this many steps; ``alpha_bias``: the opacity logits' offset, so
+    a ray starts at about ``alpha_bias / alpha_steps`` opacity per step; ``fadescale``, ``fadeexp``: the
+    raymarcher's opacity fade at primitive borders, ``termination``: accumulated opacity that ends a ray
+    (the original MVP's 8, 8 and 1); ``bg_init``, ``rgb_init``: initial background and primitive grey (0..255); ``pixel_lr_mult``: the
+    learning-rate multiplier of the parameters in pixel units (:meth:`Autoencoder.param_groups`).
     """
 
     prim_res: int = 128
@@ -36,11 +40,15 @@ class ModelConfig:
     volradius: float = 256.0
     dt: float = 1.0 / 256.0
     alpha_steps: float = 2.0
-    alpha_bias: float = 0.5
+    alpha_bias: float = 0.1
     prim_size: float = 1.5
+    fadescale: float = 8.0
+    fadeexp: float = 8.0
+    termination: float = 1.0
     bg_res: list[int] = field(default_factory=lambda: [64, 48])
     bg_init: float = 100.0
-    pixel_lr_mult: float = 1.0
+    rgb_init: float = 100.0
+    pixel_lr_mult: float = 2500.0
     n_cameras: int = 1
     n_identities: int = 1
 
@@ -165,7 +173,7 @@ class Autoencoder(nn.Module):
         primrot = axis_angle_to_matrix(drot) @ rot
         primscale = 1.0 / (half * torch.exp(dscale)).clamp_min(1e-6)
         alpha = torch.relu(dec["alpha"] + cfg.alpha_bias) / (cfg.alpha_steps * cfg.dt)
-        template = torch.cat([dec["rgb"], alpha], 2)
+        template = torch.cat([dec["rgb"] + cfg.rgb_init, alpha], 2)
         return {
             "verts": verts,
             "primpos": primpos,
@@ -207,6 +215,9 @@ class Autoencoder(nn.Module):
                 prims["primscale"].float().contiguous(),
                 prims["template"].float().contiguous(),
                 dt=self.cfg.dt,
+                fadescale=self.cfg.fadescale,
+                fadeexp=self.cfg.fadeexp,
+                termination=self.cfg.termination,
             )
             rgba = rgba.permute(0, 3, 1, 2)
             colour, acc = rgba[:, :3], rgba[:, 3:4]

@@ -65,7 +65,7 @@ class PrimitiveDecoder(nn.Module):
     Inputs: expression code (B, E, S, S), identity biases ``{res: (B, ch, res, res)}``, view direction (B, 3).
     Outputs: dict with ``geometry`` (B, 3, P, P) uv image of normalised vertex offsets, ``transform``
     (B, 9, P, P) per-primitive deltas (position 3, rotation 3 axis-angle, log-scale 3), ``rgb``
-    (B, P*P, 3, D, D, D) colours 0..255-ish, ``alpha`` (B, P*P, 1, D, D, D) opacity logits (the autoencoder
+    (B, P*P, 3, D, D, D) colour offsets (0..255 units, the autoencoder adds ``rgb_init``), ``alpha`` (B, P*P, 1, D, D, D) opacity logits (the autoencoder
     offsets and rectifies them).
     """
 
@@ -118,6 +118,6 @@ class PrimitiveDecoder(nn.Module):
         return {
             "geometry": self.geometry(h),
             "transform": self.transform(h),
-            "rgb": tiles_to_voxels(rgb, 3, p, d) * 25.0 + 100.0,
+            "rgb": tiles_to_voxels(rgb, 3, p, d) * 25.0,
             "alpha": tiles_to_voxels(alpha, 1, p, d),
         }
