@@ -206,7 +206,9 @@ def print_table(results: list[dict], device: str) -> None:
             )
     if len(results) > 1:
         print("\nablation (final validation of each variant)")
-        print(f"  {'variant':<30} {'iters':>7} {'L1@100':>7} {'train L1':>9} {'val PSNR':>9} {'SSIM':>6}")
+        print(
+            f"  {'variant':<30} {'iters':>7} {'it/s':>6} {'L1@100':>7} {'train L1':>9} {'val PSNR':>9} {'SSIM':>6}"
+        )
         for r in results:
             f = (
                 r["rows"][-1]
@@ -214,7 +216,7 @@ def print_table(results: list[dict], device: str) -> None:
                 else {"train_l1": float("nan"), "psnr": float("nan"), "ssim": float("nan")}
             )
             print(
-                f"  {r['variant']:<30} {r['iterations']:>7} {r['l1_at_100']:>7.1f} {f['train_l1']:>9.2f} "
+                f"  {r['variant']:<30} {r['iterations']:>7} {r['it_s']:>6.1f} {r['l1_at_100']:>7.1f} {f['train_l1']:>9.2f} "
                 f"{f['psnr']:>9.2f} {f['ssim']:>6.3f}"
             )
 

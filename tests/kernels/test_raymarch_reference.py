@@ -10,7 +10,6 @@ import torch
 from ava256.kernels import raymarch
 from ava256.kernels.reference import local_coords, raymarch_reference, trilinear
 from ava256.kernels.scenes import random_scene
-from ava256.kernels.vectorized import raymarch_vectorized
 
 #: Border fade settings: off (hard-edged primitives), MVP's defaults, and a non-integer exponent.
 FADES = {"hard": (0.0, 8.0), "mvp": (8.0, 8.0), "soft": (3.0, 2.5)}
@@ -173,57 +172,6 @@ def test_fade_gives_transform_gradients_on_a_constant_template():
             e[0, 0, j] = eps
             fd = (alpha_sum(shift + e, fadescale) - alpha_sum(shift - e, fadescale)) / (2 * eps)
             torch.testing.assert_close(g[0, 0, j], fd, rtol=1e-5, atol=1e-9)
-
-
-#: Weighted sums of the output and of the gradients (weights: torch.rand, seed 5) on a float64 scene, as the
-#: hard-edged raymarcher computed them before the border fade existed (commit d71d184): fadescale=0 keeps them.
-_HARD_EDGED = {
-    (False, 0.9): [
-        11.5308530506813,
-        -1.665322625762466,
-        0.86156487614574717,
-        -0.40093578749357944,
-        7.3206984039273095,
-    ],
-    (True, 0.9): [
-        11.7838507007651,
-        -9.1907805381427785,
-        0.7893704569056923,
-        -0.076878188013882173,
-        7.0096667407980018,
-        1.5738581695149112,
-    ],
-    (False, 1.0): [
-        11.566113014691183,
-        -1.4314327346380595,
-        1.2142602965883311,
-        -0.11062514195296239,
-        7.3186005651852408,
-    ],
-    (True, 1.0): [
-        11.877297499628149,
-        -0.84616386303319602,
-        0.44758043816684195,
-        -0.12754867229013475,
-        6.9518551619143132,
-        0.50454171098685119,
-    ],
-}
-
-
-@pytest.mark.parametrize("impl", [raymarch_reference, raymarch_vectorized], ids=["reference", "vectorized"])
-@pytest.mark.parametrize(("warp", "termination"), list(_HARD_EDGED))
-def test_fadescale_zero_reproduces_the_hard_edged_raymarcher(impl, warp, termination):
-    scene = random_scene(1, 5, 4, k=4, d=3, warp=warp, alpha_max=40.0, seed=21).to(dtype=torch.float64)
-    leaves = [t.clone().requires_grad_(True) for t in scene.args()[3:] if t is not None]
-    args = list(scene.args()[:3]) + leaves + ([None] if not warp else [])
-    out = impl(*args, dt=0.07, fadescale=0.0, termination=termination)
-    g = torch.Generator().manual_seed(5)
-    w = torch.rand(out.shape, generator=g, dtype=torch.float64)
-    grads = torch.autograd.grad((out * w).sum(), leaves)
-    got = [float((out.detach() * w).sum())]
-    got += [float((gr * torch.rand(gr.shape, generator=g, dtype=torch.float64)).sum()) for gr in grads]
-    assert got == pytest.approx(_HARD_EDGED[(warp, termination)], rel=1e-12, abs=1e-13)
 
 
 @pytest.mark.parametrize(
