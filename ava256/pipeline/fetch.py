@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ava256.atomic import atomic_write_text
@@ -400,7 +400,7 @@ def _row(spec: ObjectSpec, src: Source, status: str, error: str = "", **kw: obje
         "resumed_from": 0,
         "seconds": 0.0,
         "mtime_ns": None,
-        "time": datetime.now(timezone.utc),
+        "time": datetime.now(UTC),
         "transferred": 0,  # not in the manifest: bytes moved over the network by this call
     }
     row.update(kw)

@@ -27,6 +27,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -464,7 +465,7 @@ def _apply_results(
 
 
 def _base_row(capture: str, task_id: str, source_hash: str) -> dict[str, Any]:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     return {
         "capture": capture,
@@ -485,7 +486,7 @@ def _base_row(capture: str, task_id: str, source_hash: str) -> dict[str, Any]:
         "peak_rss_mb": 0.0,
         "source_hash": source_hash,
         "worker": "driver",
-        "finished_at": datetime.now(timezone.utc),
+        "finished_at": datetime.now(UTC),
     }
 
 

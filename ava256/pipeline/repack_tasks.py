@@ -16,7 +16,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -678,7 +678,7 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
         "peak_rss_mb": peak_rss_mb(),
         "source_hash": task.source_hash,
         "worker": f"{socket.gethostname()}:{os.getpid()}",
-        "finished_at": datetime.now(timezone.utc),
+        "finished_at": datetime.now(UTC),
         "valid": valid.tolist(),
     }
 

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ava256.manifests.fetch import (
@@ -130,7 +130,7 @@ def _run(client, out: Path, todo: list[dict], rows: dict, summary: VerifySummary
             summary.checked += 1
             summary.bytes_read += n
             bar.update(row["bytes"] or 0)
-            row["status"], row["error"], row["time"] = status, error, datetime.now(timezone.utc)
+            row["status"], row["error"], row["time"] = status, error, datetime.now(UTC)
             if mtime_ns is not None:
                 row["mtime_ns"] = mtime_ns
             if status == STATUS_OK:
