@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
 
 import imageio.v3 as iio
 import numpy as np
@@ -143,6 +146,14 @@ def test_cli_train_lowers_loss_and_render_writes_files(tiny_store, tmp_path):
 
 
 def test_resume_refuses_a_changed_override_and_applies_a_run_length_change(tiny_store, tmp_path):
+    old_umask = os.umask(0o002)  # a shared group folder: the run's files must be group-writable
+    try:
+        _resume_checks(tiny_store, tmp_path)
+    finally:
+        os.umask(old_umask)
+
+
+def _resume_checks(tiny_store, tmp_path):
     out = tmp_path / "run"
     base = [
         "train",
@@ -159,6 +170,15 @@ def test_resume_refuses_a_changed_override_and_applies_a_run_length_change(tiny_
     assert r.exit_code == 0, r.output
     assert "train: device cpu" in r.stderr and "world size 1" in r.stderr and "precision fp32" in r.stderr
     assert r.output.strip().splitlines()[-1].startswith("next: ava256 render")
+    assert re.search(r"^train: 2/2 \(100%\)", r.stderr, re.M)  # not a terminal: plain progress lines
+    assert "\r" not in r.stderr
+    files = [
+        out / "config.yaml",
+        out / "metrics.jsonl",
+        out / "val.json",
+        *list_checkpoints(out / "checkpoints"),
+    ]
+    assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {f.name: 0o664 for f in files}
     config = (out / "config.yaml").read_text()
     r = CliRunner().invoke(cli, base + ["--train.iters=2", "--train.lr=0.01"])
     assert r.exit_code == 2 and "train.lr: 0.001 -> 0.01" in r.stderr, r.output
