@@ -213,6 +213,8 @@ def fetch_cmd(
     Exits 1 if any object failed (they are listed, and a re-run retries them)."""
     from ava256.pipeline.fetch import fetch
 
+    if source and "://" not in source and not source.startswith("s3:") and not os.path.isdir(source):
+        raise BadUsage(f"--source {source}: no such directory")
     try:
         summary = fetch(
             out, size, n=n, captures=captures, assets=assets, cameras=cameras, workers=workers,
@@ -300,9 +302,11 @@ def repack_cmd(raw, store, captures, downsample, codec, workers, scheduler, prog
     """Decode the raw tree RAW (as written by `ava256 fetch`) into sharded Zarr v3 stores under STORE:
     STORE/<capture>.zarr plus STORE/_manifests/{repack,samples}.parquet. Re-running skips finished work;
     a capture whose raw files changed is redone."""
-    from ava256.pipeline.repack import repack
+    from ava256.pipeline.repack import discover_captures, parse_captures_arg, repack
 
     try:
+        if not discover_captures(raw, parse_captures_arg(captures)):  # before the store (and its lock) exists
+            raise ValueError(f"no capture folders (mcd--mct--sid) under {raw}")
         summary = repack(
             raw,
             store,

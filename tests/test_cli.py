@@ -22,6 +22,7 @@ def _tree(root):
         (["verify", "{tmp}/no-raw"], 2, "no-raw"),
         (["info", "{tmp}/no-store"], 2, "no-store"),
         (["fetch", "{tmp}/raw", "--size", "5TB"], 2, "5TB"),
+        (["fetch", "{tmp}/raw", "--source", "{tmp}/no-bucket", "-n", "1"], 2, "no-bucket"),
         (["train", "{tmp}", "--split", "s", "--config", "tiny", "--train.iters=abc"], 2, "train.iters"),
         (["train", "{tmp}", "--split", "s", "--config", "tiny", "--train.lrr=1"], 2, "lrr"),
         (["train", "{tmp}", "--split", "s", "--config", "{tmp}/no.yaml"], 2, "no.yaml"),

@@ -966,8 +966,8 @@ def fetch(
     if wanted_cameras and not any(a in ("image", "segmentation") for a in chosen_assets):
         log.info("--cameras given but no per-camera asset selected (%s)", ",".join(chosen_assets))
     out = Path(out).expanduser().resolve()
+    src = resolve_source(size, source, endpoint_url, unsigned)  # first: a bad source creates nothing
     _prepare_out(out)
-    src = resolve_source(size, source, endpoint_url, unsigned)
     policy = RetryPolicy(attempts=max(1, retries), base_delay=retry_base_delay)
     rows = read_fetch_manifest(out)
     summary = FetchSummary(out=out, source=src.describe(), captures=len(ids))

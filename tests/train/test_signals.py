@@ -52,6 +52,8 @@ def test_a_signal_saves_the_current_iteration_and_the_printed_command_resumes(ti
     assert proc.returncode == 128 + sig, stderr
     n = _stopped_at(stdout)
     assert f"stopped by {sig.name} at iteration {n} of 2000" in stdout and "Traceback" not in stderr
+    assert "arning" not in stderr, stderr  # no warning on the documented install (TensorBoard included)
+    assert "train: device cpu" in stderr and "world size 1" in stderr
     ckpt = list_checkpoints(out / "checkpoints")
     assert [p.name for p in ckpt] == [f"ckpt_{n:08d}.pt"] and f"checkpoint {ckpt[0]}" in stdout
     assert load_checkpoint(ckpt[0])["iteration"] == n
