@@ -1,11 +1,12 @@
 """Atomic file writes, the one implementation every stage uses: write to a temp file beside the target,
 flush + fsync, then ``os.replace`` onto it. Readers see the old file or the whole new one, never a torn one;
-a crash leaves at most a hidden ``.<name>.*.tmp`` beside it (removed on any error we see)."""
+a crash leaves at most a hidden ``.<name>.*.tmp`` beside it (removed on any error we see). The file gets the
+mode the umask gives (0o666 masked, like ``open``), not ``tempfile.mkstemp``'s 0o600."""
 
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +21,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", *, fsync: bool 
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
@@ -31,6 +32,20 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", *, fsync: bool 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new, exclusively created temp file beside ``path``; the kernel applies the umask (and a default ACL)
+    to its 0o666, as for any file ``open`` creates."""
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666
+            ), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp name beside {path}")
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> Path:

@@ -1,15 +1,62 @@
 """Command line: argument parsing only; each command calls one library function (imported lazily so that
-``ava256 --help`` stays fast and importing the CLI never needs a GPU)."""
+``ava256 --help`` stays fast and importing the CLI never needs a GPU).
+
+Exit codes, the same for every command (README): 0 done; 1 the work ran and some items failed, or the input
+data (a raw tree, a store, a run folder) is bad; 2 a usage error (an unknown option or key, a bad value, a
+path that does not exist, a resume the run folder refuses); 130 / 143 stopped by SIGINT / SIGTERM (train
+saves a checkpoint first). Errors are one line naming the key or path, never a traceback."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shlex
+import signal
+import sys
+import warnings
 
 import click
 
+SIZES = ("4TB", "8TB", "16TB", "32TB")  # the release's sizes (ava256.capture.parse_size)
+# Pipeline order for `ava256 --help` (click would sort them by name).
+COMMAND_ORDER = ("fetch", "verify", "repack", "info", "split", "train", "render", "demo", "synth")
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+
+class BadUsage(click.ClickException):
+    """A usage error reported like any other: one line, exit 2 (click's own prints its usage block)."""
+
+    exit_code = 2
+
+
+class _Group(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        rest = sorted(set(self.commands) - set(COMMAND_ORDER))
+        return [c for c in COMMAND_ORDER if c in self.commands] + rest
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:  # click's parse errors: one line too, with where to look
+            cmd = e.ctx.command_path if e.ctx is not None else "ava256"
+            click.echo(f"Error: {e.format_message()} (see '{cmd} --help')", err=True)
+            sys.exit(2)
+        except click.ClickException as e:
+            click.echo(f"Error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _next(line: str) -> None:
+    """Each stage's last line: what to run next."""
+    click.echo(f"next: {line}")
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.version_option(package_name="ava256")
 def cli(verbose: int) -> None:
@@ -20,6 +67,8 @@ def cli(verbose: int) -> None:
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # zarr warns on every open of a store using numcodecs' LZ4 (our default, chosen knowingly: README)
+    warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr", category=UserWarning)
 
 
 # --- commands, one block per stage; each block sits under its marker ---------------------------------------
@@ -43,7 +92,10 @@ def _parse_wxh(value: str | None) -> tuple[int, int] | None:
 @click.option("--cameras", default=8, type=click.IntRange(1, 200), help="Dome cameras per capture.")
 @click.option("--frames", default=40, type=click.IntRange(1), help="Frames per capture.")
 @click.option(
-    "--size", default="4TB", help="Release size to imitate: 4TB, 8TB (667x1024) or 16TB, 32TB (1334x2048)."
+    "--size",
+    default="4TB",
+    type=click.Choice(SIZES, case_sensitive=False),
+    help="Release size to imitate: 4TB, 8TB (667x1024) or 16TB, 32TB (1334x2048).",
 )
 @click.option("--seed", default=0, type=int, help="Random seed; the output is a pure function of it.")
 @click.option(
@@ -97,6 +149,7 @@ def synth_cmd(
         f"wrote {len(ids)} capture(s), {nfiles} files, {nbytes / 1e6:.1f} MB under {root} "
         f"in {time.perf_counter() - t0:.1f} s"
     )
+    _next(f"ava256 fetch RAW --source {root} (or serve {out} from an S3 server and fetch from it)")
 
 
 # [cli:fetch] ------------------------------------------------------------------------------------------
@@ -104,7 +157,12 @@ def synth_cmd(
 
 @cli.command("fetch")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--size", default="4TB", help="Release size: 4TB, 8TB (1024x667), 16TB, 32TB (2048x1334).")
+@click.option(
+    "--size",
+    default="4TB",
+    type=click.Choice(SIZES, case_sensitive=False),
+    help="Release size: 4TB, 8TB (1024x667), 16TB, 32TB (2048x1334).",
+)
 @click.option("-n", "n", type=click.IntRange(min=1), default=None, help="Only the first N captures.")
 @click.option(
     "--captures",
@@ -155,6 +213,8 @@ def fetch_cmd(
     Exits 1 if any object failed (they are listed, and a re-run retries them)."""
     from ava256.pipeline.fetch import fetch
 
+    if source and "://" not in source and not source.startswith("s3:") and not os.path.isdir(source):
+        raise BadUsage(f"--source {source}: no such directory")
     try:
         summary = fetch(
             out, size, n=n, captures=captures, assets=assets, cameras=cameras, workers=workers,
@@ -166,7 +226,11 @@ def fetch_cmd(
     for line in summary.lines():
         click.echo(line)
     if not summary.ok:
+        _next(f"ava256 fetch {shlex.quote(out)} ... again (the same options) retries the failed objects")
         raise SystemExit(1)
+    _next(
+        f"ava256 repack {shlex.quote(out)} STORE (ava256 verify {shlex.quote(out)} re-hashes the files first)"
+    )
 
 
 # [cli:verify] ------------------------------------------------------------------------------------------
@@ -190,12 +254,14 @@ def verify_cmd(out: str, workers: int, processes: bool, scheduler: str | None, p
     for line in summary.lines():
         click.echo(line)
     if not summary.clean:
+        _next(f"ava256 fetch {shlex.quote(out)} ... (the same options as before) downloads them again")
         raise SystemExit(1)
+    _next(f"ava256 repack {shlex.quote(out)} STORE")
 
 
 # [cli:repack] ------------------------------------------------------------------------------------------
 @cli.command("repack")
-@click.argument("raw", type=click.Path(file_okay=False, path_type=str))
+@click.argument("raw", type=click.Path(exists=True, file_okay=False, path_type=str))
 @click.argument("store", type=click.Path(file_okay=False, path_type=str))
 @click.option(
     "--captures",
@@ -229,14 +295,18 @@ def verify_cmd(out: str, workers: int, processes: bool, scheduler: str | None, p
     default=None,
     help="Address of a running Dask scheduler (tcp://host:8786) instead of a local cluster.",
 )
-@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def repack_cmd(raw, store, captures, downsample, codec, workers, scheduler, no_progress):
+@click.option(
+    "--progress/--no-progress", default=True, help="Show progress (a bar, or plain lines in a log)."
+)
+def repack_cmd(raw, store, captures, downsample, codec, workers, scheduler, progress):
     """Decode the raw tree RAW (as written by `ava256 fetch`) into sharded Zarr v3 stores under STORE:
     STORE/<capture>.zarr plus STORE/_manifests/{repack,samples}.parquet. Re-running skips finished work;
     a capture whose raw files changed is redone."""
-    from ava256.pipeline.repack import repack
+    from ava256.pipeline.repack import discover_captures, parse_captures_arg, repack
 
     try:
+        if not discover_captures(raw, parse_captures_arg(captures)):  # before the store (and its lock) exists
+            raise ValueError(f"no capture folders (mcd--mct--sid) under {raw}")
         summary = repack(
             raw,
             store,
@@ -245,7 +315,7 @@ def repack_cmd(raw, store, captures, downsample, codec, workers, scheduler, no_p
             codec=codec,
             workers=workers,
             scheduler=scheduler,
-            progress=not no_progress,
+            progress=progress,
         )
     except (ValueError, FileNotFoundError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -253,7 +323,11 @@ def repack_cmd(raw, store, captures, downsample, codec, workers, scheduler, no_p
     for cap, reason in summary.failed_captures.items():
         click.echo(f"  FAILED {cap}: {reason}", err=True)
     if summary.failed_captures or summary.tasks_failed:
+        _next(
+            f"fix or re-fetch the inputs named above, then ava256 repack {shlex.quote(raw)} {shlex.quote(store)} redoes them"
+        )
         raise SystemExit(1)
+    _next(f"ava256 split {shlex.quote(store)} --protocol free-face")
 
 
 # [cli:info] ------------------------------------------------------------------------------------------
@@ -270,7 +344,7 @@ def info_cmd(store, as_json):
     from ava256.store.info import format_store_info, store_info
 
     if "://" not in store and not os.path.isdir(store):
-        raise click.ClickException(f"store {store} does not exist (or is not a folder)")
+        raise BadUsage(f"store {store} does not exist (or is not a folder)")
     try:
         info = store_info(store)
     except (ValueError, FileNotFoundError) as exc:
@@ -282,7 +356,7 @@ def info_cmd(store, as_json):
 
 
 @cli.command("split")
-@click.argument("store", type=click.Path(file_okay=False))
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
 @click.option(
     "--protocol",
     required=True,
@@ -320,6 +394,7 @@ def split_cmd(store: str, protocol: str, seed: int, name: str | None, held_out_c
             f"{info['captures'][part]:>10}{info['cameras'][part]:>9}"
         )
     click.echo(f"  invalid samples excluded: {info['invalid_excluded']} of {info['samples']}")
+    _next(f"ava256 train {shlex.quote(store)} --split {info['name']}")
 
 
 # [cli:train] ------------------------------------------------------------------------------------------
@@ -342,24 +417,57 @@ def split_cmd(store: str, protocol: str, seed: int, name: str | None, held_out_c
 @click.option(
     "--out", "out", type=click.Path(file_okay=False), default=None, help="Run folder [runs/<split>]."
 )
+@click.option(
+    "--progress/--no-progress", default=True, help="Show progress (a bar, or plain lines in a log)."
+)
 @click.pass_context
-def train_cmd(ctx: click.Context, store: str, split: str, config: str, out: str | None) -> None:
+def train_cmd(
+    ctx: click.Context, store: str, split: str, config: str, out: str | None, progress: bool
+) -> None:
     """Train the universal decoder on STORE's split (resumes from OUT's newest checkpoint).
 
-    Any config key can be overridden with --section.key=value, e.g. --train.lr=1e-4 --data.batch_size=8.
+    Any config key can be overridden with --section.key=value, e.g. --train.lr=1e-4 --data.batch_size=8; on
+    resume only run-length, logging and loader keys may change (others are refused, exit 2).
     Multi-GPU: torchrun --nproc_per_node=N -m ava256.cli train ... (DDP is detected from the environment).
+    SIGINT / SIGTERM save a checkpoint at the current iteration and exit 130 / 143.
     Writes OUT/checkpoints/ckpt_*.pt, OUT/metrics.jsonl, OUT/tb/ (TensorBoard), OUT/val.json, OUT/config.yaml.
     """
     from pathlib import Path
 
-    from ava256.train.config import apply_overrides, load_config
+    from ava256.train.config import ConfigError, apply_overrides, load_config
+    from ava256.train.control import ResumeConflict
     from ava256.train.trainer import train
 
+    run = Path(out) if out else Path("runs") / split
     try:
         cfg = apply_overrides(load_config(config), ctx.args)
-        res = train(store, split, cfg, Path(out) if out else Path("runs") / split)
+    except (ConfigError, FileNotFoundError) as e:
+        raise BadUsage(str(e)) from e
+    try:
+        res = train(store, split, cfg, run, progress=progress, echo=lambda m: click.echo(m, err=True))
+    except ResumeConflict as e:
+        raise BadUsage(str(e)) from e
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise click.ClickException(str(e)) from e
+    if not res.main:  # DDP: rank 0 reports
+        if res.stopped_by:
+            sys.exit(128 + res.stopped_by)
+        return
+    if res.stopped_by:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun may signal again while we report
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        argv = ["ava256", "train", store, "--split", split, "--config", config, "--out", str(run), *ctx.args]
+        world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if world > 1:
+            nodes = [f"--nnodes={world // local}"] if world > local else []  # + the job's rendezvous options
+            argv = ["torchrun", *nodes, f"--nproc_per_node={local}", "-m", "ava256.cli", *argv[1:]]
+        name = signal.Signals(res.stopped_by).name
+        click.echo(
+            f"stopped by {name} at iteration {res.iteration} of {cfg['train']['iters']}; "
+            f"checkpoint {res.checkpoint}"
+        )
+        click.echo(f"resume with: {shlex.join(argv)}")
+        sys.exit(128 + res.stopped_by)
     if res.iteration > res.start_iteration or res.val:
         click.echo(
             f"trained iterations {res.start_iteration}..{res.iteration} in {res.seconds:.1f} s "
@@ -368,6 +476,9 @@ def train_cmd(ctx: click.Context, store: str, split: str, config: str, out: str 
         )
     else:
         click.echo(f"nothing to do: {res.out} is already at iteration {res.iteration}")
+    _next(
+        f"ava256 render {shlex.quote(str(run))} {shlex.quote(store)} --out {shlex.quote(str(run / 'render'))}"
+    )
 
 
 # [cli:render] ------------------------------------------------------------------------------------------
@@ -420,6 +531,7 @@ def render_cmd(
     click.echo(
         f"{len(res.files)} files in {out}: {res.frames} frames, identities {res.identities}, recon PSNR {res.psnr:.2f} dB"
     )
+    _next(f"open {os.path.join(out, 'transfer.gif')} (summary in {os.path.join(out, 'render.json')})")
 
 
 # [cli:demo] ------------------------------------------------------------------------------------------

@@ -97,6 +97,8 @@ def run_mode(mode: str, store: Path, split: str, args: argparse.Namespace) -> di
         f"--data.batch_size={args.batch_size}",
     ] + list(args.override)
     cfg = apply_overrides(load_config(args.config), over)
+    if mode == "memory":  # held samples must be complete (float, normalised): a compact one needs its store
+        cfg["data"]["compact"] = False
     train_ds, _, info = open_datasets(store, split, cfg["data"])
     if mode == "memory":  # samples already on the GPU: no I/O, no decoding, no host->device copies
         dev = "cuda" if torch.cuda.is_available() else None

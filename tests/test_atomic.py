@@ -1,6 +1,11 @@
+import os
+import stat
+
+import pyarrow as pa
 import pytest
 
 from ava256.atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from ava256.manifests.atomic import write_table_atomic
 
 
 def test_writes_whole_file_and_creates_parents(tmp_path):
@@ -29,3 +34,19 @@ def test_text_mode_and_bad_mode(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         with atomic_write(tmp_path / "t.txt", "a"):
             pass
+
+
+@pytest.fixture(params=[0o022, 0o002], ids=["umask022", "umask002"])
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def test_files_get_the_mode_the_umask_gives(tmp_path, umask):
+    p = atomic_write_bytes(tmp_path / "x.bin", b"1")
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask
+    write_table_atomic(pa.table({"a": [1]}), tmp_path / "m.parquet")
+    assert stat.S_IMODE((tmp_path / "m.parquet").stat().st_mode) == 0o666 & ~umask
+    atomic_write_text(p, "replaced")  # replacing a file gives the new file the umask's mode too
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask

@@ -966,8 +966,8 @@ def fetch(
     if wanted_cameras and not any(a in ("image", "segmentation") for a in chosen_assets):
         log.info("--cameras given but no per-camera asset selected (%s)", ",".join(chosen_assets))
     out = Path(out).expanduser().resolve()
+    src = resolve_source(size, source, endpoint_url, unsigned)  # first: a bad source creates nothing
     _prepare_out(out)
-    src = resolve_source(size, source, endpoint_url, unsigned)
     policy = RetryPolicy(attempts=max(1, retries), base_delay=retry_base_delay)
     rows = read_fetch_manifest(out)
     summary = FetchSummary(out=out, source=src.describe(), captures=len(ids))
@@ -1087,12 +1087,11 @@ def _run(client, out, src, ids, to_plan, assets, cameras, rows, policy, summary,
         )
 
     # 3. download
-    from tqdm.auto import tqdm
+    from ava256.progress import Progress
 
-    bar = tqdm(
-        total=sum(s.size for s in specs), unit="B", unit_scale=True, unit_divisor=1000,
-        desc=f"fetch {len(specs)} objects", disable=not progress, smoothing=0.1,
-    )  # fmt: skip
+    bar = Progress(
+        f"fetch {len(specs)} objects", sum(s.size for s in specs), unit="B", unit_scale=True, enabled=progress
+    )
     last_flush = time.monotonic()
     failed = 0
     futs = client.map(fetch_object, specs, out=str(out), src=src, policy=policy, fsync=fsync, pure=False)
@@ -1109,7 +1108,7 @@ def _run(client, out, src, ids, to_plan, assets, cameras, rows, policy, summary,
             tally(row)
             if row["status"] != STATUS_OK:
                 failed += 1
-                bar.set_postfix(failed=failed, refresh=False)
+                bar.set_postfix(failed=failed)
             bar.update(row["bytes"] or 0)
             record(row)
             if row.get("_fatal") and not summary.fatal:

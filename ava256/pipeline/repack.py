@@ -272,7 +272,8 @@ def repack(
     overlapping decoding; default: only for a local cluster with at least two cores per worker thread (with
     one core per worker it costs more CPU than it hides)."""
     from distributed import as_completed
-    from tqdm import tqdm
+
+    from ava256.progress import Progress
 
     t0 = time.perf_counter()
     if codec not in L.CODECS:
@@ -353,16 +354,21 @@ def repack(
                         and _shards_present(path, rt.task_shard_keys(task, specs))
                     ):
                         summary.tasks_skipped += 1
+                        bar.skip(1)
                         continue
-                    bar.total = (bar.total or 0) + 1
-                    bar.refresh()
                     yield dataclasses.replace(task, decode_threads=dthreads, encode_thread=bool(ethread))
 
         window = 4 * n_workers
         pending: list[dict[str, Any]] = []
         by_id: dict[str, rt.RepackTask] = {}  # tasks in flight or with results not yet applied
         last_flush = time.monotonic()
-        bar = tqdm(total=0, desc="repack", unit="task", disable=not progress)
+        # the total is fixed before the first task runs (a first, cheap planning pass that keeps only a
+        # count), so the percentage never goes back; finished tasks that are skipped count as done
+        n_tasks = sum(
+            len(rt.plan_tasks(plan, L.capture_store_path(store, f), specs_by_capture[f], task_target_frames))
+            for f, plan in plans.items()
+        )
+        bar = Progress("repack", n_tasks, unit="task", enabled=progress)
         it = todo()
         ac = as_completed()
         for task in _take(it, window):

@@ -116,13 +116,14 @@ def verify(
 
 def _run(client, out: Path, todo: list[dict], rows: dict, summary: VerifySummary, progress: bool) -> None:
     from distributed import as_completed
-    from tqdm.auto import tqdm
+
+    from ava256.progress import Progress
 
     futs = {
         client.submit(verify_file, str(out), r["path"], r["bytes"], r["sha256"], pure=False): r for r in todo
     }
-    with tqdm(total=sum(r["bytes"] or 0 for r in todo), unit="B", unit_scale=True, unit_divisor=1000,
-              desc=f"verify {len(todo)} files", disable=not progress) as bar:  # fmt: skip
+    total = sum(r["bytes"] or 0 for r in todo)
+    with Progress(f"verify {len(todo)} files", total, unit="B", unit_scale=True, enabled=progress) as bar:
         for fut, result in as_completed(futs, with_results=True):  # results arrive in batches
             row = dict(futs[fut])
             status, error, mtime_ns, n = result

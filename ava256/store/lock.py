@@ -150,7 +150,7 @@ class StoreLock:
         if self.local:
             os.makedirs(os.path.dirname(self._fpath), exist_ok=True)
             try:
-                fd = os.open(self._fpath, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                fd = os.open(self._fpath, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             except FileExistsError:
                 return False
             with os.fdopen(fd, "wb") as f:

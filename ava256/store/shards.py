@@ -376,13 +376,13 @@ def _open_shard_file(path: Path, reserve: int) -> _BufferedFile | _DirectFile:
     fd = -1
     if direct_io_enabled():
         try:
-            fd = os.open(path, flags | os.O_DIRECT, 0o644)
+            fd = os.open(path, flags | os.O_DIRECT, 0o666)
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
     if fd >= 0:
         return _DirectFile(fd)
-    f = _BufferedFile(os.open(path, flags, 0o644))
+    f = _BufferedFile(os.open(path, flags, 0o666))
     try:
         _preallocate(f.fd, reserve)
     except BaseException:

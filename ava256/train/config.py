@@ -12,6 +12,10 @@ import yaml
 CONFIG_NAMES = ("tiny", "reference")
 
 
+class ConfigError(ValueError):
+    """A config file or override is wrong: an unknown key, a value of the wrong type, bad syntax."""
+
+
 def load_config(path_or_name: str | Path | None = None) -> dict[str, Any]:
     """A config dict from a YAML file, or a packaged config by name (``tiny``, ``reference``; default
     ``reference``). Every file is read on top of the packaged ``reference.yaml``, so a user file only needs
@@ -28,7 +32,7 @@ def load_config(path_or_name: str | Path | None = None) -> dict[str, Any]:
         text = p.read_text()
     user = yaml.safe_load(text) or {}
     if not isinstance(user, dict):
-        raise ValueError(f"config {path_or_name}: top level must be a mapping")
+        raise ConfigError(f"config {path_or_name}: top level must be a mapping")
     return merge(base, user, where=str(path_or_name))
 
 
@@ -37,12 +41,36 @@ def merge(base: dict[str, Any], update: dict[str, Any], where: str = "config") -
     out = copy.deepcopy(base)
     for k, v in update.items():
         if k not in out:
-            raise ValueError(f"{where}: unknown key {k!r} (known: {', '.join(sorted(out))})")
+            raise ConfigError(f"{where}: unknown key {k!r} (known: {', '.join(sorted(out))})")
         if isinstance(out[k], dict) and isinstance(v, dict):
             out[k] = merge(out[k], v, where=f"{where}.{k}")
+        elif isinstance(out[k], dict):
+            raise ConfigError(f"{where}.{k} is a section, not a value (use --{k}.KEY=VALUE)")
         else:
-            out[k] = v
+            out[k] = _typed(out[k], v, f"{where}.{k}")
     return out
+
+
+def _typed(default: Any, value: Any, key: str) -> Any:
+    """``value`` checked against the type of the key's default (ints stay ints, floats take ints, bools are
+    bools); a default of None takes anything."""
+    if default is None:
+        return value
+    kind = type(default)
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise ConfigError(f"{key.removeprefix('override.')}: expected {kind.__name__}, got {value!r}")
+    return value
 
 
 def parse_overrides(args: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -53,15 +81,15 @@ def parse_overrides(args: list[str] | tuple[str, ...]) -> dict[str, Any]:
     while i < len(items):
         a = items[i]
         if not a.startswith("--") or len(a) < 3:
-            raise ValueError(f"override {a!r}: expected --section.key=value")
+            raise ConfigError(f"override {a!r}: expected --section.key=value")
         key, eq, val = a[2:].partition("=")
         if not eq:
             if i + 1 >= len(items):
-                raise ValueError(f"override {a!r} has no value")
+                raise ConfigError(f"override {a!r} has no value")
             i += 1
             val = items[i]
         if "." not in key:
-            raise ValueError(f"override {a!r}: expected --section.key=value")
+            raise ConfigError(f"override {a!r}: expected --section.key=value")
         node = out
         *parents, leaf = key.split(".")
         for p in parents:

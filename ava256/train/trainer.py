@@ -21,13 +21,16 @@ from torch.utils.data import DataLoader, Dataset
 from ava256.atomic import atomic_write_text
 from ava256.data import ResumableSampler, batch_size_of, collate_samples, make_loader
 from ava256.models import Autoencoder, ModelConfig, losses, psnr, ssim
+from ava256.progress import Progress
 from ava256.train.checkpoint import (
+    checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
+from ava256.train.control import StopSignals, check_resume, cpu_time_warning, isolated_rng, start_banner
 from ava256.train.data import DataInfo, open_datasets
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,9 @@ class TrainResult:
     val: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     samples_per_s: float = 0.0
+    stopped_by: int = 0  # the signal (SIGINT, SIGTERM) that stopped the run after saving, 0 if none
+    checkpoint: Path | None = None  # the newest checkpoint this call saved
+    main: bool = True  # rank 0 (the rank that reports)
 
 
 @dataclass
@@ -149,24 +155,9 @@ def evaluate(
     return {k: v / max(count, 1) for k, v in sums.items()} | {"samples": float(count)}
 
 
-class _NullWriter:
-    """Stands in for TensorBoard's SummaryWriter where tensorboard is not installed."""
-
-    def add_scalar(self, *a: Any, **k: Any) -> None:
-        pass
-
-    add_image = add_scalar
-
-    def close(self) -> None:
-        pass
-
-
 def _summary_writer(folder: Path, iteration: int) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        log.warning("tensorboard is not installed: no TensorBoard logs (metrics.jsonl is still written)")
-        return _NullWriter()
+    from torch.utils.tensorboard import SummaryWriter  # tensorboard is a dependency
+
     return SummaryWriter(str(folder), purge_step=iteration + 1 if iteration else None)
 
 
@@ -202,6 +193,7 @@ def train(
     stop_after: int | None = None,
     on_iteration: Callable[[int, float], None] | None = None,
     progress: bool = True,
+    echo: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train (or resume) the autoencoder.
 
@@ -213,9 +205,33 @@ def train(
         datasets: (train, val, info) to use instead of opening ``store`` (in-memory benchmarks, tests).
         stop_after: stop after this many iterations of this call (as if killed; no final checkpoint).
         on_iteration: callback(iteration, loss) after each step (tests use it to simulate a crash).
+        echo: where rank 0 reports the start banner, a resume and warnings (default: logging at INFO).
+
+    SIGINT and SIGTERM stop the run at the same iteration on every rank after a checkpoint of it is saved
+    (``TrainResult.stopped_by``). A resume may change only ``control.RESUMABLE_KEYS`` (with a warning); any
+    other change raises ``control.ResumeConflict`` before anything in ``out`` is written.
     """
+    with StopSignals() as signals:
+        return _train(
+            store, split, cfg, out, datasets=datasets, stop_after=stop_after, on_iteration=on_iteration,
+            progress=progress, echo=echo, signals=signals,
+        )  # fmt: skip
+
+
+def _train(
+    store: str | os.PathLike[str] | None,
+    split: str | None,
+    cfg: dict[str, Any],
+    out: str | os.PathLike[str],
+    *,
+    datasets: tuple[Dataset, Dataset | None, DataInfo] | None = None,
+    stop_after: int | None = None,
+    on_iteration: Callable[[int, float], None] | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = None,
+    signals: StopSignals,
+) -> TrainResult:
     import yaml
-    from tqdm import tqdm
 
     t_start = time.perf_counter()
     dd = _setup_distributed()
@@ -228,9 +244,7 @@ def train(
         train_ds, val_ds, info = open_datasets(store, split, dc)
     else:
         train_ds, val_ds, info = datasets
-    if dd.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    say = (echo or log.info) if dd.main else (lambda msg: None)
     seed_everything(int(tc["seed"]) + dd.rank)
 
     model = build_model(cfg["model"], info).to(dd.device)
@@ -241,6 +255,8 @@ def train(
     ckpt = latest_checkpoint(ckpt_dir)
     if ckpt is not None:
         state = load_checkpoint(ckpt, map_location=dd.device)
+        for line in check_resume(str(out), state, cfg, split):
+            say(line)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -248,8 +264,11 @@ def train(
         iteration = int(state["iteration"])
         rngs = state["rng"]
         set_rng_state(rngs[dd.rank] if dd.rank < len(rngs) else rngs[0])
-        log.info("resumed from %s at iteration %d", ckpt, iteration)
+        say(f"resuming {out} from iteration {iteration} ({ckpt.name})")
     start_iteration = iteration
+    if dd.main:  # only now: a refused run leaves the run folder as it was
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
 
     net: torch.nn.Module = model
     if dd.world > 1:
@@ -260,6 +279,7 @@ def train(
     weights = {k: float(v) for k, v in cfg["loss"].items()}
     bs = int(dc["batch_size"])
     iters = int(tc["iters"])
+    say(start_banner(dd.device, amp, dd.world, iters, bs))
 
     writer = None
     metrics = None
@@ -267,7 +287,7 @@ def train(
         writer = _summary_writer(out / "tb", iteration)
         metrics = _Metrics(out / "metrics.jsonl", iteration)
 
-    def save(it: int) -> None:
+    def save(it: int) -> Path:
         rngs = [rng_state()]
         if dd.world > 1:
             rngs = [None] * dd.world
@@ -292,11 +312,11 @@ def train(
             )
         if dd.world > 1:
             dist.barrier()
+        result.checkpoint = checkpoint_path(ckpt_dir, it)
+        return result.checkpoint
 
-    result = TrainResult(out=out, start_iteration=start_iteration, iteration=iteration)
-    bar = tqdm(
-        total=iters, initial=iteration, disable=not (progress and dd.main), unit="it", dynamic_ncols=True
-    )
+    result = TrainResult(out=out, start_iteration=start_iteration, iteration=iteration, main=dd.main)
+    bar = Progress("train", iters, unit="it", initial=iteration, enabled=progress and dd.main)
     # the loader draws its workers' base seed from its own generator, never from the global RNG (exact resume)
     loader_gen = torch.Generator().manual_seed(int(tc["seed"]) * 7919 + dd.rank)
     nw = int(dc["num_workers"])
@@ -317,6 +337,8 @@ def train(
     max_seconds = float(tc.get("max_seconds", 0) or 0)
     samples_seen = 0
     stopped = False
+    saved_at = start_iteration if ckpt is not None else -1
+    signals.device, signals.world, signals.echo = dd.device, dd.world, say
     model.train()
     while iteration < iters and not stopped:
         epoch_done = True
@@ -356,22 +378,35 @@ def train(
                             writer.add_scalar(k, v, iteration)
                     writer.add_scalar("perf/step_s", dt_step, iteration)
                 if _due(iteration, tc["image_every"]):
-                    writer.add_image(
-                        "train/gt_vs_recon", image_grid(batch["image"], outs["image"]), iteration
-                    )
+                    with isolated_rng():
+                        writer.add_image(
+                            "train/gt_vs_recon", image_grid(batch["image"], outs["image"]), iteration
+                        )
                 bar.update(1)
                 el = time.perf_counter() - t_loop
                 bar.set_postfix(loss=f"{total:.3f}", samples_s=f"{samples_seen / max(el, 1e-9):.1f}")
+                if ran == 3:  # three measured steps: warn now if this CPU run would take days
+                    warning = cpu_time_warning(dd.device, el / ran, iters - iteration)
+                    if warning:
+                        say(warning)
             if on_iteration is not None:
                 on_iteration(iteration, total)
             t_pause = time.perf_counter()
             if _due(iteration, tc["ckpt_every"]) and iteration < iters:
                 save(iteration)
+                saved_at = iteration
             if val_ds is not None and _due(iteration, tc["val_every"]) and iteration < iters:
                 result.val = _validate(model, val_ds, dc, dd, amp, writer, metrics, iteration, out, info)
             paused += time.perf_counter() - t_pause
             if max_seconds > 0 and _out_of_time(t_loop, paused, max_seconds, dd):
                 iters = iteration  # a time-limited run ends here as if this were its last iteration
+            result.stopped_by = signals.agree() if iteration < iters else 0
+            if result.stopped_by:
+                if saved_at != iteration:
+                    save(iteration)
+                stopped = True
+                epoch_done = False
+                break
             if iteration >= iters or (stop_after is not None and ran >= stop_after):
                 stopped = stop_after is not None and ran >= stop_after and iteration < iters
                 epoch_done = False
@@ -410,7 +445,8 @@ def _validate(
     """Validation on the main rank; the others wait."""
     res: dict[str, float] = {}
     if dd.main and len(val_ds) > 0:
-        res = evaluate(model, val_ds, int(dc["batch_size"]), int(dc["val_batches"]), dd.device, amp)
+        with isolated_rng():  # validation draws nothing from training's RNG streams (exact resume)
+            res = evaluate(model, val_ds, int(dc["batch_size"]), int(dc["val_batches"]), dd.device, amp)
         for k, v in res.items():
             writer.add_scalar(f"val/{k}", v, iteration)
         metrics.write({"iter": iteration} | {f"val/{k}": v for k, v in res.items()})

@@ -338,12 +338,14 @@ def test_store_opens_with_xarray_and_info_cli(repacked):
 
 def test_cli_errors_are_clean(tmp_path):
     res = CliRunner().invoke(cli, ["repack", str(tmp_path / "nope"), str(tmp_path / "store")])
-    assert res.exit_code == 1 and "does not exist" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "does not exist" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "store").exists()  # a failed command creates nothing
     (tmp_path / "empty").mkdir()
     res = CliRunner().invoke(
         cli, ["repack", str(tmp_path / "empty"), str(tmp_path / "store"), "--workers", "1"]
     )
     assert res.exit_code == 1 and "no capture folders" in res.output
+    assert not (tmp_path / "store").exists()
 
 
 def test_cli_repack_runs_a_local_cluster(raw, tmp_path):

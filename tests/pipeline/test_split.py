@@ -241,4 +241,4 @@ def test_cli_split(tmp_path):
     res = runner.invoke(cli, ["split", str(tmp_path), "--protocol", "holdout-20"])
     assert res.exit_code == 1 and "cannot be met" in res.output and "Traceback" not in res.output
     res = runner.invoke(cli, ["split", str(tmp_path / "missing"), "--protocol", "free-face"])
-    assert res.exit_code == 1 and "samples.parquet does not exist" in res.output
+    assert res.exit_code == 2 and "does not exist" in res.output  # a usage error: the path is wrong
