@@ -7,8 +7,9 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-# what Pillow raises for data it cannot open or decode
-_PIL_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError)
+# what Pillow raises for data it cannot open or decode (its AVIF plugin raises RuntimeError for what libavif
+# rejects, e.g. "Failed to decode image: Not implemented" for a damaged item)
+_PIL_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, RuntimeError)
 # Pillow modes decode_labels accepts (single-channel images)
 _LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
 
