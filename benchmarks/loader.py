@@ -133,8 +133,6 @@ KINDS = {
     "zarr-processes": ("store", "compact", "processes"),
     "zarr-no-checksum": ("store-no-checksum", "compact", "threads"),
     "zarr-via-zarr": ("store-via-zarr", "compact", "threads"),
-    # TEMPORARY (one run before it is deleted): the previous private chunk reader, on the previous format
-    "zarr-private": ("store-private", "compact", "threads"),
     "zarr-float": ("store", "float", "threads"),
     "legacy": ("raw", "float", "processes"),
     "legacy-threads": ("raw", "float", "threads"),
@@ -150,9 +148,7 @@ def build_dataset(kind: str, work: Path, downsample: int):
     data, form, _ = KINDS[kind]
     df = read_samples(work / "store")
     if data.startswith("store"):
-        store = work / ("store-no-checksum" if data in ("store-no-checksum", "store-private") else "store")
-        if data == "store-private":
-            os.environ["AVA256_LEGACY_FASTPATHS"] = "1"
+        store = work / ("store-no-checksum" if data == "store-no-checksum" else "store")
         fast = data != "store-via-zarr"
         return ZarrSampleDataset(store, df, downsample=downsample, normalize=form == "float", fast_reads=fast)
     raw = work / ("raw-5k" if data == "raw-5k" else "bucket/ava-256/4TB")

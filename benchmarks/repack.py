@@ -56,8 +56,6 @@ VARIANTS: dict[str, tuple[str, dict[str, str], bool]] = {
     "no-checksum": ("without the chunk crc32c", {}, False),
     "zarr-write": ("zarr's arr[s0:s1, c] = shard write", {"AVA256_SHARD_WRITER": "0"}, True),
     "buffered": ("page-cache writes, no O_DIRECT", {"AVA256_DIRECT_IO": "0"}, True),
-    # TEMPORARY (one run before they are deleted): the previous private fast paths, on the previous format
-    "private": ("previous private fast paths, no checksum", {"AVA256_LEGACY_FASTPATHS": "1"}, False),
 }
 
 
@@ -384,8 +382,8 @@ def main(argv: list[str] | None = None) -> int:
                   + " ".join(f"{x:.2f}" for x in r["ratios"]))  # fmt: skip
         by = {(r["codec"], r["variant"]): r for r in trows}
         base = by.get((L.DEFAULT_CODEC, "default"))
-        for r in trows:  # each variant vs its codec's default row (or the no-checksum row for "private")
-            ref = by.get((r["codec"], "no-checksum" if r["variant"] == "private" else "default"))
+        for r in trows:  # each variant vs its codec's default row
+            ref = by.get((r["codec"], "default"))
             if ref is not None and ref is not r:
                 print(f"  {r['variant']}@{r['codec']} vs {ref['variant']}@{ref['codec']}: {r['ips'] / ref['ips'] - 1:+.1%} "
                       f"images/s, {r['cpu'] / ref['cpu'] - 1:+.1%} CPU per image")  # fmt: skip

@@ -159,12 +159,7 @@ def _chunk_readers(arrays: Sequence[zarr.Array]) -> tuple[ChunkReader, ...] | No
     (``array[f]`` / ``image[f, c]`` is one chunk), else None (said once per process)."""
     readers = []
     for a in arrays:
-        if os.environ.get("AVA256_LEGACY_FASTPATHS") == "1":  # TEMPORARY: one benchmark run
-            from ava256.store._legacy_fastread import ChunkReader as LegacyReader
-
-            r = LegacyReader.for_array(a)
-        else:
-            r = ChunkReader.for_array(a)
+        r = ChunkReader.for_array(a)
         lead = 2 if a.ndim == 5 else 1  # image: (F, C, H, W, 3); the others (F, ...)
         if r is None:
             return None

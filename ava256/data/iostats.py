@@ -27,9 +27,6 @@ class CountingStore(WrapperStore[Any]):
         """A counting wrapper around a read-only LocalStore at ``root``."""
         return cls(LocalStore(os.fspath(root), read_only=True))
 
-    def _with_store(self, store: Any) -> CountingStore:
-        return type(self)(store)
-
     def reset(self) -> None:
         self.requests = 0
         self.bytes = 0

@@ -34,9 +34,7 @@ from ava256.formats.ply import read_ply
 from ava256.formats.scalars import read_npy, read_scalar_txt
 from ava256.formats.zips import ZipReader
 from ava256.manifests.repack import STATUS_DONE, STATUS_FAILED
-from ava256.pipeline import _legacy_fastpaths as _legacy
 from ava256.pipeline.cluster import WORKER_MALLOC_ENV
-from ava256.store import _legacy_shards
 from ava256.store import layout as L
 from ava256.store.chunks import warn_once
 from ava256.store.resample import resize_labels, resize_rgb
@@ -430,7 +428,7 @@ def decode_member(task: RepackTask, data: bytes) -> np.ndarray:
     ValueError (with the reason) for undecodable data or a wrong shape."""
     a = task.asset
     if a == "image":
-        x = _decode_rgb(data)
+        x = decode_rgb(data)
         _check_shape(x, (*task.source_hw, 3))
         return resize_rgb(x, task.out_hw)
     if a == "segmentation":
@@ -438,7 +436,7 @@ def decode_member(task: RepackTask, data: bytes) -> np.ndarray:
         _check_shape(x, tuple(task.source_hw))
         return resize_labels(x, task.out_hw)
     if a == "uv_texture":
-        x = _decode_rgb(data)
+        x = decode_rgb(data)
         _check_shape(x, (*task.source_hw, 3))
         return x
     if a == "encoder_image":
@@ -457,13 +455,6 @@ def decode_member(task: RepackTask, data: bytes) -> np.ndarray:
             raise ValueError("head pose has non-finite values (tracking lost)")
         return x
     raise ValueError(f"unknown asset {a!r}")
-
-
-_LEGACY = False  # TEMPORARY: the private fast paths (_legacy_fastpaths), for one benchmark run
-
-
-def _decode_rgb(data: bytes) -> np.ndarray:
-    return _legacy._decode_rgb_fast(data) if _LEGACY else decode_rgb(data)
 
 
 def check_malloc_env() -> bool:
@@ -546,12 +537,7 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
             errors.append({"capture": task.capture, "file": file_rel, "member": member, "reason": reason})
 
     try:
-        global _LEGACY
-        _LEGACY = os.environ.get(_legacy.LEGACY_ENV) == "1"
-        if _LEGACY:
-            _legacy.tune_malloc()
-        else:
-            check_malloc_env()
+        check_malloc_env()
         _set_decode_threads(task.decode_threads)
         arr = zarr.open_array(task.store_path, path=task.array, mode="r+") if write else None
         path = Path(task.raw_root) / task.source_key
@@ -571,9 +557,7 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
         # cores), by a helper thread while the next frame decodes (the compressors release the GIL) -- and
         # appended to its shard's file (renamed into place once the shard is complete). Memory: a few decoded
         # frames. Where the shard writer does not apply (a remote store), a shard buffer is written through zarr.
-        enc = None
-        if write:
-            enc = _legacy_shards.shard_encoder(arr) if _LEGACY else shard_writer(arr)
+        enc = shard_writer(arr) if write else None
         frame_ids = task.frame_ids
         last: Future | None = None
         sinks: list[Any] = []
@@ -614,7 +598,7 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
                             if sink is not None:
                                 if len(parts) >= 2:
                                     parts[-2].result()  # at most ~2 decoded frames wait for the encoder
-                                parts.append(pool.submit(_append, enc, sink, x))
+                                parts.append(pool.submit(_append, sink, x))
                             elif buf is not None:
                                 buf[f - s0] = x if x is not None else arr.fill_value
                         if sink is not None:
@@ -628,16 +612,13 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
                         del parts, buf, sink
                     if last is not None:
                         last.result()
-                    for sink in sinks:
-                        if _LEGACY:
-                            sink.wait()
                 finally:
                     if reader is not None:
                         reader.close()
         finally:
             for sink in sinks:  # after the encode thread has stopped; no-op for stored shards
                 sink.abort()
-            if enc is not None and not _LEGACY:
+            if enc is not None:
                 enc.close()
     except Exception as exc:  # noqa: BLE001 - recorded in the manifest, retried on the next run
         log.exception("repack task %s failed", task.task_id)
@@ -691,11 +672,8 @@ class _InlineExecutor:
         return fut
 
 
-def _append(enc, sink, x: np.ndarray | None) -> None:
-    if _LEGACY:
-        enc.append_to(sink, x)
-    else:
-        sink.append(x)
+def _append(sink, x: np.ndarray | None) -> None:
+    sink.append(x)
 
 
 def _close_shard(sink, parts: list[Future]) -> None:
