@@ -6,6 +6,7 @@ Nothing here knows about Dask; :mod:`ava256.pipeline.repack` builds and runs the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -612,6 +613,8 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
                         del parts, buf, sink
                     if last is not None:
                         last.result()
+                    if enc is not None:
+                        enc.close()  # waits for the shards committed in the background; raises their failure
                 finally:
                     if reader is not None:
                         reader.close()
@@ -619,7 +622,8 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
             for sink in sinks:  # after the encode thread has stopped; no-op for stored shards
                 sink.abort()
             if enc is not None:
-                enc.close()
+                with contextlib.suppress(Exception):  # a task already failing: its own error is recorded
+                    enc.close()
     except Exception as exc:  # noqa: BLE001 - recorded in the manifest, retried on the next run
         log.exception("repack task %s failed", task.task_id)
         status = STATUS_FAILED

@@ -13,7 +13,8 @@ compares them with zarr's own shards and reads them back with plain zarr. It app
 
 Direct I/O (:data:`DIRECT_IO_ENV`, on by default where ``os.O_DIRECT`` exists): shard files are opened with
 ``O_DIRECT`` and written from :data:`_SEGMENTS` page-aligned 8 MiB staging buffers, full ones by background
-threads while the next frames are decoded. Writes through the page cache cost CPU per byte (and stall once
+threads while the next frames are decoded, and each closed file is committed (its last block, truncation,
+rename) by them too: on the development VM a shard's rename waited ~30-90 ms on the file system's journal. Writes through the page cache cost CPU per byte (and stall once
 a run outgrows the dirty-page limits, which every whole capture does); ``benchmarks/repack.py`` measures both.
 A file system that refuses ``O_DIRECT`` is found by a probe when a writer is made; the writer then uses the
 page cache and says so once.
@@ -89,8 +90,11 @@ def shard_writer(arr: zarr.Array) -> ShardWriter | None:
 
 
 class ShardWriter:
-    """Writes whole shards of one array (:meth:`open_shard`); owns the staging buffers and writer threads of
-    direct I/O, released by :meth:`close` (or the ``with`` block). Frames of one shard come from one thread."""
+    """Writes whole shards of one array (:meth:`open_shard`), one shard file at a time, its frames from one
+    thread. With direct I/O it owns :data:`_SEGMENTS` staging buffers, used in rotation across its files, and
+    writer threads that write full buffers and commit each closed file (last block, truncation, rename) in
+    the background; :meth:`close` (or the ``with`` block) waits for them, raises the first failure and frees
+    the buffers."""
 
     def __init__(self, fmt: ChunkFormat, directory: Path, direct: bool):
         self.fmt = fmt
@@ -100,6 +104,9 @@ class ShardWriter:
         self.direct = direct and _takes_direct_io(directory)
         self._buffers: list[mmap.mmap] = []
         self._views: list[memoryview] = []
+        self._pending: list[Future | None] = [None] * _SEGMENTS  # the job in flight on each buffer
+        self._next = 0  # the buffer the next segment is staged in
+        self._commits: list[Future] = []
         self._pool: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> ShardWriter:
@@ -122,16 +129,37 @@ class ShardWriter:
         path = self.directory / self.fmt.shard_key(tuple(shard_coords))
         return ShardFile(self, path)
 
-    def _staging(self) -> tuple[list[memoryview], ThreadPoolExecutor]:
+    # --- direct I/O staging --------------------------------------------------------------------------------
+    def _take(self) -> int:
+        """The next staging buffer, once the job that last used it has ended (re-raises its failure)."""
         if not self._buffers:
             for _ in range(_SEGMENTS):
                 self._buffers.append(mmap.mmap(-1, _SEGMENT))  # page-aligned, as O_DIRECT needs
                 self._views.append(memoryview(self._buffers[-1]))
             self._pool = ThreadPoolExecutor(_SEGMENTS - 1, thread_name_prefix="ava256-shard-write")
-        return self._views, self._pool
+        i, self._next = self._next, (self._next + 1) % _SEGMENTS
+        fut, self._pending[i] = self._pending[i], None
+        if fut is not None:
+            fut.result()
+        return i
+
+    def _submit(self, i: int, fn: Any, *args: Any) -> Future:
+        """Run ``fn(*args)`` on a writer thread; buffer ``i`` is busy until it ends."""
+        fut = self._pool.submit(fn, *args)
+        self._pending[i] = fut
+        return fut
 
     def close(self) -> None:
-        """Stop the writer threads and free the staging buffers (every shard file closed or aborted first)."""
+        """Wait for every write and commit in flight, stop the writer threads, free the staging buffers; raises
+        the first failure of a background commit (that shard left no file)."""
+        failure: BaseException | None = None
+        for fut in [*self._pending, *self._commits]:
+            if fut is not None:
+                try:
+                    fut.result()
+                except BaseException as exc:  # noqa: BLE001 - the first one is raised below
+                    failure = failure or exc
+        self._pending, self._commits = [None] * _SEGMENTS, []
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -142,11 +170,14 @@ class ShardWriter:
             with contextlib.suppress(BufferError):  # then the mapping goes with the last reference
                 b.close()
         self._views, self._buffers = [], []
+        if failure is not None:
+            raise failure
 
 
 class ShardFile:
     """One shard being written: :meth:`append` its frames in order, then :meth:`close` (index, rename into
-    place) or :meth:`abort` (no file left)."""
+    place; with direct I/O finished in the background, see :class:`ShardWriter`) or :meth:`abort` (no file
+    left)."""
 
     def __init__(self, writer: ShardWriter, path: Path):
         self._w = writer
@@ -158,11 +189,11 @@ class ShardFile:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         self.direct = writer.direct
         self._fd = os.open(self._tmp, flags | (os.O_DIRECT if self.direct else 0), 0o666)
-        if self.direct:
-            self._views, self._pool = writer._staging()
-            self._pending: list[Future | None] = [None] * _SEGMENTS
-            self._segment = 0  # index of the segment being filled (file offset = segment * _SEGMENT)
-            self._used = 0  # bytes in it
+        self._writes: list[Future] = []  # this file's segment writes
+        self._commit: Future | None = None
+        self._buf = -1  # staging buffer being filled (direct I/O)
+        self._offset = 0  # file offset of its first byte
+        self._used = 0  # bytes in it
 
     def append(self, frame: np.ndarray | None) -> None:
         """Encode and add the shard's next frame (None: the fill value)."""
@@ -177,58 +208,72 @@ class ShardFile:
             while mv:
                 mv = mv[os.write(self._fd, mv) :]
             return
+        w = self._w
         while mv:
-            i = self._segment % _SEGMENTS
-            if self._used == 0:
-                self._wait(i)  # its previous write (one cycle of segments before) has ended
+            if self._buf < 0:
+                self._buf = w._take()
             k = min(len(mv), _SEGMENT - self._used)
-            self._views[i][self._used : self._used + k] = mv[:k]
+            w._views[self._buf][self._used : self._used + k] = mv[:k]
             self._used += k
             mv = mv[k:]
             if self._used == _SEGMENT:
-                self._pending[i] = self._pool.submit(
-                    _pwrite_all, self._fd, self._views[i], self._segment * _SEGMENT
-                )
-                self._segment += 1
-                self._used = 0
-
-    def _wait(self, i: int) -> None:
-        fut, self._pending[i] = self._pending[i], None
-        if fut is not None:
-            fut.result()
+                view = w._views[self._buf]
+                self._writes.append(w._submit(self._buf, _pwrite_all, self._fd, view, self._offset))
+                self._buf, self._offset, self._used = -1, self._offset + _SEGMENT, 0
 
     def close(self) -> None:
         """Append the index, write what is staged and rename the file into place."""
         try:
             self._write(self._w.fmt.index_bytes(self._sizes))
-            size = None
-            if self.direct:
-                for k in range(1, _SEGMENTS + 1):  # oldest first
-                    self._wait((self._segment + k) % _SEGMENTS)
-                size = self._segment * _SEGMENT + self._used
-                if self._used:
-                    end = -(-self._used // _ALIGN) * _ALIGN
-                    view = self._views[self._segment % _SEGMENTS]
-                    view[self._used : end] = bytes(end - self._used)
-                    _pwrite_all(self._fd, view[:end], self._segment * _SEGMENT)
-                os.ftruncate(self._fd, size)  # drop the last block's padding
-            os.close(self._fd)
-            self._fd = -1
-            os.replace(self._tmp, self.path)
-            self.closed = True
         except BaseException:
             self.abort()
             raise
+        self.closed = True
+        if not self.direct:
+            self._finish()
+            return
+        w = self._w
+        if self._buf < 0:  # the index ended exactly at a buffer's end: commit from an idle buffer
+            self._buf = w._take()
+        self._commit = w._submit(self._buf, self._finish)
+        w._commits.append(self._commit)
+
+    def _finish(self) -> None:
+        """(Direct I/O: on a writer thread, after this file's segment writes.) Write the staged tail, drop
+        its padding, close and rename the file into place; on failure leave no file."""
+        try:
+            if self.direct:
+                for fut in self._writes:  # submitted before this job: running or done, never queued behind it
+                    fut.result()
+                size = self._offset + self._used
+                if self._used:
+                    end = -(-self._used // _ALIGN) * _ALIGN
+                    view = self._w._views[self._buf]
+                    view[self._used : end] = bytes(end - self._used)
+                    _pwrite_all(self._fd, view[:end], self._offset)
+                os.ftruncate(self._fd, size)
+            os.close(self._fd)
+            self._fd = -1
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self._discard()
+            raise
 
     def abort(self) -> None:
-        """Drop the shard: no file is left (no-op once closed)."""
+        """Drop the shard: no file is left (once closed: waits for its background commit, which cleans up
+        after itself on failure)."""
         if self.closed:
+            if self._commit is not None:
+                with contextlib.suppress(Exception):
+                    self._commit.result()
             return
         self.closed = True
-        if self.direct:
-            for i in range(_SEGMENTS):  # the buffers may be reused at once: let writes in flight end
-                with contextlib.suppress(Exception):
-                    self._wait(i)
+        for fut in self._writes:  # the buffers are reused by the next file: let writes in flight end
+            with contextlib.suppress(Exception):
+                fut.result()
+        self._discard()
+
+    def _discard(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
