@@ -278,11 +278,11 @@ def verify_cmd(out: str, workers: int, processes: bool, scheduler: str | None, p
 )
 @click.option(
     "--codec",
-    type=click.Choice(["lz4", "blosclz", "blosc-lz4", "zstd", "blosc-zstd", "none"]),
-    default="lz4",
-    help="Compressor of the uint8 picture arrays: lz4 is the cheapest to write and to read (numcodecs LZ4, "
-    "not a Zarr v3 spec codec), blosclz the cheapest spec-standard one, blosc-zstd the smallest "
-    "(measured by benchmarks/repack.py; see README).",
+    type=click.Choice(["blosclz", "lz4", "blosc-lz4", "zstd", "blosc-zstd", "none"]),
+    default="blosclz",
+    help="Compressor of the uint8 picture arrays: blosclz (Blosc, a Zarr v3 spec codec) is the cheapest "
+    "spec-standard one; lz4 (numcodecs LZ4) costs a little less CPU but is not in the Zarr v3 spec, so other "
+    "Zarr readers may not read it; blosc-zstd is the smallest (measured by benchmarks/repack.py; see README).",
 )
 @click.option(
     "--workers",

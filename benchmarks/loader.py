@@ -15,6 +15,9 @@ all with ``--workers`` workers (threads or processes, as named) and ``make_loade
   the consuming loop on the GPU (counted in its samples/s). Without a GPU the finish would run on the CPU
   instead of the training GPU: its cost is then printed separately and not counted.
 - ``zarr-processes``: the same through a torch DataLoader's worker processes (shared memory);
+- ``zarr-no-checksum``: ``zarr`` on a store repacked without the chunk crc32c (what the checksum costs);
+- ``zarr-via-zarr``: ``zarr`` with ``fast_reads=False``: chunks read by ``zarr.Array.__getitem__`` instead of
+  :class:`ava256.store.fastread.ChunkReader` (what the chunk reader earns);
 - ``zarr-float``: the full float contract dict built in the loader threads (``normalize=True``);
 - ``legacy``: :class:`ava256.data.legacy.LegacySampleDataset` on the raw tree, in worker processes as the
   seed did; ``legacy-threads``: the same in threads;
@@ -63,7 +66,7 @@ def prepare(args: argparse.Namespace) -> dict:
         "downsample": args.downsample,
         "zip_members": args.zip_members,
         "seed": 0,
-        "version": 2,
+        "version": 3,
     }
     marker = work / "params.json"
     if marker.exists() and json.loads(marker.read_text()) == params:
@@ -85,14 +88,16 @@ def prepare(args: argparse.Namespace) -> dict:
     print(f"generated {args.captures} captures in {time.perf_counter() - t:.0f} s", flush=True)
     raw = work / "bucket" / "ava-256" / "4TB"
     t = time.perf_counter()
-    repack(
-        raw,
-        work / "store",
-        downsample=args.downsample,
-        workers=min(4, os.cpu_count() or 1),
-        processes=False,
-        progress=False,
-    )
+    for store, checksum in (("store", True), ("store-no-checksum", False)):
+        repack(
+            raw,
+            work / store,
+            downsample=args.downsample,
+            workers=min(4, os.cpu_count() or 1),
+            processes=False,
+            progress=False,
+            checksum=checksum,
+        )
     print(f"repacked in {time.perf_counter() - t:.0f} s", flush=True)
     pad_zips(raw, work / "raw-5k", args.zip_members)
     marker.write_text(json.dumps(params))
@@ -126,6 +131,8 @@ def dir_bytes(path: Path) -> int:
 KINDS = {
     "zarr": ("store", "compact", "threads"),
     "zarr-processes": ("store", "compact", "processes"),
+    "zarr-no-checksum": ("store-no-checksum", "compact", "threads"),
+    "zarr-via-zarr": ("store-via-zarr", "compact", "threads"),
     "zarr-float": ("store", "float", "threads"),
     "legacy": ("raw", "float", "processes"),
     "legacy-threads": ("raw", "float", "threads"),
@@ -140,8 +147,10 @@ def build_dataset(kind: str, work: Path, downsample: int):
 
     data, form, _ = KINDS[kind]
     df = read_samples(work / "store")
-    if data == "store":
-        return ZarrSampleDataset(work / "store", df, downsample=downsample, normalize=form == "float")
+    if data.startswith("store"):
+        store = work / ("store-no-checksum" if data == "store-no-checksum" else "store")
+        fast = data != "store-via-zarr"
+        return ZarrSampleDataset(store, df, downsample=downsample, normalize=form == "float", fast_reads=fast)
     raw = work / ("raw-5k" if data == "raw-5k" else "bucket/ava-256/4TB")
     return LegacySampleDataset(raw, df, downsample=downsample)
 

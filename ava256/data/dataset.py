@@ -3,8 +3,8 @@
 One sample is one (capture, frame_index, camera_index) row of a split manifest. Reading it touches exactly
 four chunks: the camera image ``image[f, c]`` (H, W, 3), the mesh ``vertices[f]`` (V, 3), the uv texture
 ``uv_texture[f]`` (T, T, 3) and the head pose ``head_pose[f]`` (3, 4). On a local store each read is one
-``pread`` of the chunk's byte range (shard indexes are cached) decompressed straight into the batch tensor
-(:mod:`ava256.store.fastread`); other stores go through zarr. Everything else is a per-capture constant
+``pread`` of the chunk's byte range (shard indexes are cached), checksummed and decompressed straight into
+the batch tensor (:mod:`ava256.store.fastread`); other stores go through zarr. Everything else is a per-capture constant
 read once and cached: camera calibration, the neutral mesh and (in an LRU) the neutral texture.
 
 The sample dict (CONTRACTS.md, "loader -> model"):
@@ -43,7 +43,6 @@ uv texture are valid; if there is none, its first frame with both valid (a warni
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
@@ -57,11 +56,11 @@ import pandas as pd
 import torch
 import zarr
 from torch.utils.data import Dataset
-from zarr.core.sync import sync
 
 from ava256.data.geometry import camera_in_head_frame, focal_principal, pixel_coords
 from ava256.data.normalization import CaptureStats, NormStats, combine_stats
 from ava256.store import layout as L
+from ava256.store.chunks import warn_once
 from ava256.store.fastread import ChunkReader
 
 log = logging.getLogger(__name__)
@@ -157,12 +156,16 @@ class _CaptureArrays:
 
 def _chunk_readers(arrays: Sequence[zarr.Array]) -> tuple[ChunkReader, ...] | None:
     """:class:`ChunkReader` s of ``arrays`` if each reads exactly one frame per chunk through the fast path
-    (``array[f]`` / ``image[f, c]`` is one chunk), else None."""
+    (``array[f]`` / ``image[f, c]`` is one chunk), else None (said once per process)."""
     readers = []
     for a in arrays:
         r = ChunkReader.for_array(a)
         lead = 2 if a.ndim == 5 else 1  # image: (F, C, H, W, 3); the others (F, ...)
-        if r is None or r.chunk_shape != (1,) * lead + tuple(a.shape[lead:]):
+        if r is None:
+            return None
+        if r.chunk_shape != (1,) * lead + tuple(a.shape[lead:]):
+            warn_once(log, f"loader:{a.store_path}", "loader: %s has chunks %s, not one frame each; chunks are "
+                      "read through zarr (slower)", a.store_path, r.chunk_shape)  # fmt: skip
             return None
         readers.append(r)
     return tuple(readers)
@@ -189,7 +192,7 @@ class ZarrSampleDataset(Dataset):
         normalize: True returns the full contract dict; False returns compact samples (uint8 pictures, raw
             vertices, no per-capture constants) for :func:`ava256.data.finish_batch` (module doc).
         fast_reads: read chunks of local stores with :class:`ava256.store.fastread.ChunkReader` instead of
-            zarr's async pipeline (same values, several times less CPU); False always uses zarr.
+            ``zarr.Array.__getitem__`` (same values, several times less CPU); False always uses zarr.
     """
 
     def __init__(
@@ -504,13 +507,14 @@ class ZarrSampleDataset(Dataset):
                 r_verts.read((f, 0, 0), out=verts[b].reshape(r_verts.chunk_shape))
                 r_tex.read((f, 0, 0, 0), out=tex[b].reshape(r_tex.chunk_shape))
             return poses
-        # Through zarr: one chunk of each of 4 arrays per sample, all read concurrently on zarr's event loop.
-        reads = sync(_read_chunks([(a, f, c) for a, (_, _, f, c) in zip(arrays, keys)]))
-        for b in range(len(keys)):
-            image[b] = reads[4 * b]
-            verts[b] = reads[4 * b + 2]
-            tex[b] = reads[4 * b + 3]
-        return [np.asarray(reads[4 * b + 1]) for b in range(len(keys))]
+        # Through zarr (remote stores, other layouts, ``fast_reads=False``): one chunk of each of 4 arrays.
+        poses = []
+        for b, ((_, _, f, c), arrs) in enumerate(zip(keys, arrays)):
+            image[b] = arrs.image[f, c]
+            poses.append(np.asarray(arrs.head_pose[f]))
+            verts[b] = arrs.vertices[f]
+            tex[b] = arrs.uv_texture[f]
+        return poses
 
 
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype, shared: bool = True) -> torch.Tensor:
@@ -521,23 +525,6 @@ def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype, shared: bool = Tru
     proto = torch.empty(0, dtype=dtype)
     storage = proto._typed_storage()._new_shared(int(np.prod(shape)), device=proto.device)
     return proto.new(storage).resize_(*shape)
-
-
-async def _read_chunks(items: Sequence[tuple[_CaptureArrays, int, int]]) -> list[Any]:
-    """Per (arrays, f, c): ``image[f, c]`` (H, W, 3), ``head_pose[f]`` (3, 4), ``vertices[f]`` (V, 3),
-    ``uv_texture[f]`` (T, T, 3), flattened in that order."""
-    return await asyncio.gather(
-        *(
-            coro
-            for arrs, f, c in items
-            for coro in (
-                arrs.image.async_array.getitem((f, c)),
-                arrs.head_pose.async_array.getitem((f,)),
-                arrs.vertices.async_array.getitem((f,)),
-                arrs.uv_texture.async_array.getitem((f,)),
-            )
-        )
-    )
 
 
 def split_dataset(

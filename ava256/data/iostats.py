@@ -9,8 +9,8 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from zarr.abc.buffer import Buffer, BufferPrototype
 from zarr.abc.store import ByteRequest
-from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import LocalStore, WrapperStore
 
 
@@ -26,9 +26,6 @@ class CountingStore(WrapperStore[Any]):
     def local(cls, root: str | os.PathLike[str]) -> CountingStore:
         """A counting wrapper around a read-only LocalStore at ``root``."""
         return cls(LocalStore(os.fspath(root), read_only=True))
-
-    def _with_store(self, store: Any) -> CountingStore:
-        return type(self)(store)
 
     def reset(self) -> None:
         self.requests = 0

@@ -222,8 +222,11 @@ def _client(scheduler: str | None, workers: int | None, processes: bool, client:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _store_matches(store_path: str, src: rt.CaptureSource, downsample: int, codec: str) -> bool:
-    """True if a capture group exists with the same source hash, downsample, codec and format version."""
+def _store_matches(
+    store_path: str, src: rt.CaptureSource, downsample: int, codec: str, checksum: bool = True
+) -> bool:
+    """True if a capture group exists with the same source hash, downsample, codec, chunk checksum and format
+    version."""
     try:
         g = L.open_capture_group(store_path, mode="r")
     except FileNotFoundError:
@@ -233,6 +236,7 @@ def _store_matches(store_path: str, src: rt.CaptureSource, downsample: int, code
         a.get(L.ATTR_SOURCE_HASH) == src.source_hash
         and a.get(L.ATTR_DOWNSAMPLE) == downsample
         and a.get(L.ATTR_CODEC) == codec
+        and a.get(L.ATTR_CHUNK_CHECKSUM, True) == checksum
         and a.get(L.ATTR_FORMAT_VERSION) == L.FORMAT_VERSION
     )
 
@@ -262,6 +266,7 @@ def repack(
     decode_threads: int | None = None,
     encode_thread: bool | None = None,
     progress: bool = True,
+    checksum: bool = True,
 ) -> RepackSummary:
     """Repack the captures under ``raw`` into ``store`` (see the module docstring). Idempotent and
     resumable: re-running skips finished tasks; a capture whose raw inputs or options changed is redone.
@@ -270,7 +275,8 @@ def repack(
     ``decode_threads``: threads per AVIF decode in a worker; default: CPU count // worker threads for a local
     cluster, 1 for a given client or scheduler. ``encode_thread``: compress in a helper thread per worker,
     overlapping decoding; default: only for a local cluster with at least two cores per worker thread (with
-    one core per worker it costs more CPU than it hides)."""
+    one core per worker it costs more CPU than it hides). ``checksum``: a crc32c in every chunk (the default;
+    False only to measure its cost: :func:`ava256.store.layout.array_specs`)."""
     from distributed import as_completed
 
     from ava256.progress import Progress
@@ -307,16 +313,17 @@ def repack(
         specs_by_capture: dict[str, dict[str, L.ArraySpec]] = {}
         for folder, plan in plans.items():
             path = L.capture_store_path(store, folder)
-            specs = L.array_specs(plan.geometry, codec, max_frames_per_shard)
+            specs = L.array_specs(plan.geometry, codec, max_frames_per_shard, checksum)
             specs_by_capture[folder] = specs
             src = next(s for s in sources if s.folder == folder)
-            if not _store_matches(path, src, downsample, codec):
+            if not _store_matches(path, src, downsample, codec, checksum):
                 log.info("creating %s (source hash %s via %s)", path, src.source_hash[:12], src.hash_method)
                 group = L.create_capture_group(
                     path,
                     plan.geometry,
-                    {**rt.group_attrs(plan, downsample, codec), L.ATTR_SOURCE_HASH: None},
+                    {**rt.group_attrs(plan, downsample, codec, checksum), L.ATTR_SOURCE_HASH: None},
                     codec=codec,
+                    checksum=checksum,
                     max_frames_per_shard=max_frames_per_shard,
                 )
                 rt.write_capture_metadata(group, plan)

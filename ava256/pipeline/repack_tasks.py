@@ -6,9 +6,11 @@ Nothing here knows about Dask; :mod:`ava256.pipeline.repack` builds and runs the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import platform
 import resource
 import socket
 import time
@@ -33,9 +35,11 @@ from ava256.formats.ply import read_ply
 from ava256.formats.scalars import read_npy, read_scalar_txt
 from ava256.formats.zips import ZipReader
 from ava256.manifests.repack import STATUS_DONE, STATUS_FAILED
+from ava256.pipeline.cluster import WORKER_MALLOC_ENV
 from ava256.store import layout as L
+from ava256.store.chunks import warn_once
 from ava256.store.resample import resize_labels, resize_rgb
-from ava256.store.shards import shard_encoder
+from ava256.store.shards import shard_writer
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +308,7 @@ def probe_capture(src: CaptureSource, downsample: int = 1) -> CapturePlan:
     )
 
 
-def group_attrs(plan: CapturePlan, downsample: int, codec: str) -> dict[str, Any]:
+def group_attrs(plan: CapturePlan, downsample: int, codec: str, checksum: bool = True) -> dict[str, Any]:
     """Group attributes of a capture store (keys from :mod:`ava256.store.layout`)."""
     g = plan.geometry
     return {
@@ -323,6 +327,7 @@ def group_attrs(plan: CapturePlan, downsample: int, codec: str) -> dict[str, Any
         L.ATTR_IMAGE_SIZE: list(g.image_hw) if g.image_hw else None,
         L.ATTR_SOURCE_IMAGE_SIZE: list(plan.source_image_hw) if plan.source_image_hw else None,
         L.ATTR_CODEC: codec,
+        L.ATTR_CHUNK_CHECKSUM: bool(checksum),
         L.ATTR_ASSETS: list(g.assets),
         L.ATTR_INTRINSICS_CONVENTION: L.INTRINSICS_CONVENTION,
         L.ATTR_COMPLETE: False,
@@ -424,7 +429,7 @@ def decode_member(task: RepackTask, data: bytes) -> np.ndarray:
     ValueError (with the reason) for undecodable data or a wrong shape."""
     a = task.asset
     if a == "image":
-        x = _decode_rgb_fast(data)
+        x = decode_rgb(data)
         _check_shape(x, (*task.source_hw, 3))
         return resize_rgb(x, task.out_hw)
     if a == "segmentation":
@@ -432,7 +437,7 @@ def decode_member(task: RepackTask, data: bytes) -> np.ndarray:
         _check_shape(x, tuple(task.source_hw))
         return resize_labels(x, task.out_hw)
     if a == "uv_texture":
-        x = _decode_rgb_fast(data)
+        x = decode_rgb(data)
         _check_shape(x, (*task.source_hw, 3))
         return x
     if a == "encoder_image":
@@ -453,59 +458,22 @@ def decode_member(task: RepackTask, data: bytes) -> np.ndarray:
     raise ValueError(f"unknown asset {a!r}")
 
 
-def _decode_rgb_fast(data: bytes) -> np.ndarray:
-    """:func:`decode_rgb` of ``data`` (same pixels, same errors), without Pillow's image round trip for an
-    RGB AVIF: the decoder's packed RGB bytes are the (H, W, 3) array (read-only, no copy). ``Image.open`` +
-    ``load`` + ``np.asarray`` copies those bytes twice more (into the image's block memory in 64 KiB tiles,
-    then out again via ``tobytes``): ~2 ms of CPU per 667 x 1024 image, a quarter of the decode. Anything
-    else (PNG, an RGBA or grey AVIF, an error) goes through :func:`decode_rgb`."""
-    if _AVIF is not None:
-        try:
-            if _AVIF.accept(data[:16]):
-                dec = _AVIF.module.AvifDecoder(data, _AVIF.plugin.DECODE_CODEC_CHOICE, _AVIF.threads())
-                (w, h), _n_frames, mode = dec.get_info()[:3]
-                limit = _AVIF.image.MAX_IMAGE_PIXELS
-                if mode == "RGB" and (limit is None or w * h <= limit):  # bigger: decode_rgb warns / refuses
-                    return np.frombuffer(dec.get_frame(0)[0], dtype=np.uint8).reshape(h, w, 3)
-        except Exception:  # noqa: BLE001 - decode_rgb below raises the canonical ValueError (or decodes it)
-            pass
-    return decode_rgb(data)
-
-
-@dataclass(frozen=True)
-class _AvifApi:
-    module: Any  # PIL._avif
-    plugin: Any  # PIL.AvifImagePlugin
-    image: Any  # PIL.Image
-
-    def accept(self, prefix: bytes) -> bool:
-        return self.plugin._accept(prefix) is True
-
-    def threads(self) -> int:
-        return int(self.plugin._get_default_max_threads())
-
-
-def _load_avif_api() -> _AvifApi | None:
-    try:
-        from PIL import AvifImagePlugin, Image, _avif
-
-        needed = (
-            hasattr(_avif, "AvifDecoder")
-            and all(
-                hasattr(AvifImagePlugin, a)
-                for a in ("_accept", "_get_default_max_threads", "DECODE_CODEC_CHOICE")
-            )
-            and hasattr(Image, "MAX_IMAGE_PIXELS")
-        )
-        # a Pillow without these (private) names, or without AVIF: decode_rgb only
-        if not (needed and AvifImagePlugin.SUPPORTED):
-            return None
-        return _AvifApi(_avif, AvifImagePlugin, Image)
-    except ImportError:
-        return None
-
-
-_AVIF = _load_avif_api()
+def check_malloc_env() -> bool:
+    """Whether this process runs with glibc malloc settings under which decoding is not slowed (no
+    ``MALLOC_*`` threshold set, or ``MALLOC_MMAP_THRESHOLD_`` set); warns once per process where not."""
+    env = os.environ
+    if (
+        platform.libc_ver()[0] != "glibc"
+        or "MALLOC_MMAP_THRESHOLD_" in env
+        or "MALLOC_TRIM_THRESHOLD_" not in env
+    ):
+        return True
+    warn_once(log, "malloc",
+              "repack worker %d: MALLOC_TRIM_THRESHOLD_=%s without MALLOC_MMAP_THRESHOLD_ fixes glibc's mmap "
+              "threshold at 128 KiB, which makes decoding cost up to ~1.5x the CPU; start the workers with %s "
+              "(ava256's local clusters do)", os.getpid(), env["MALLOC_TRIM_THRESHOLD_"],
+              " ".join(f"{k}={v}" for k, v in WORKER_MALLOC_ENV.items()))  # fmt: skip
+    return False
 
 
 def _check_shape(x: np.ndarray, shape: tuple[int, ...]) -> None:
@@ -570,7 +538,7 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
             errors.append({"capture": task.capture, "file": file_rel, "member": member, "reason": reason})
 
     try:
-        tune_malloc()
+        check_malloc_env()
         _set_decode_threads(task.decode_threads)
         arr = zarr.open_array(task.store_path, path=task.array, mode="r+") if write else None
         path = Path(task.raw_root) / task.source_key
@@ -586,13 +554,11 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
                 n_corrupt = n
             if reader is not None and reader.unsafe:  # zip-slip names: never read, but on the record
                 err(", ".join(reader.unsafe[:10]), "unsafe member name(s) ignored (absolute or '..' paths)")
-        # Each decoded frame is compressed into its chunk bytes at once -- or, with ``encode_thread`` (spare
+        # Each decoded frame is encoded into its chunk bytes at once -- or, with ``encode_thread`` (spare
         # cores), by a helper thread while the next frame decodes (the compressors release the GIL) -- and
-        # appended to its shard's sink (on a local store: streamed into the shard's temporary file, renamed
-        # into place once the shard is complete). Memory: a few decoded frames (plus, on a remote store, one
-        # shard of *compressed* chunks). Layouts the encoder does not cover fall back to a shard buffer
-        # written through zarr.
-        enc = shard_encoder(arr) if write else None
+        # appended to its shard's file (renamed into place once the shard is complete). Memory: a few decoded
+        # frames. Where the shard writer does not apply (a remote store), a shard buffer is written through zarr.
+        enc = shard_writer(arr) if write else None
         frame_ids = task.frame_ids
         last: Future | None = None
         sinks: list[Any] = []
@@ -633,7 +599,7 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
                             if sink is not None:
                                 if len(parts) >= 2:
                                     parts[-2].result()  # at most ~2 decoded frames wait for the encoder
-                                parts.append(pool.submit(_encode_into, enc, sink, x))
+                                parts.append(pool.submit(_append, sink, x))
                             elif buf is not None:
                                 buf[f - s0] = x if x is not None else arr.fill_value
                         if sink is not None:
@@ -647,14 +613,17 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
                         del parts, buf, sink
                     if last is not None:
                         last.result()
-                    for sink in sinks:  # shards committed in the background (direct I/O) are stored
-                        sink.wait()
+                    if enc is not None:
+                        enc.close()  # waits for the shards committed in the background; raises their failure
                 finally:
                     if reader is not None:
                         reader.close()
         finally:
             for sink in sinks:  # after the encode thread has stopped; no-op for stored shards
                 sink.abort()
+            if enc is not None:
+                with contextlib.suppress(Exception):  # a task already failing: its own error is recorded
+                    enc.close()
     except Exception as exc:  # noqa: BLE001 - recorded in the manifest, retried on the next run
         log.exception("repack task %s failed", task.task_id)
         status = STATUS_FAILED
@@ -707,8 +676,8 @@ class _InlineExecutor:
         return fut
 
 
-def _encode_into(enc, sink, x: np.ndarray | None) -> None:
-    enc.append_to(sink, x)
+def _append(sink, x: np.ndarray | None) -> None:
+    sink.append(x)
 
 
 def _close_shard(sink, parts: list[Future]) -> None:
@@ -717,44 +686,6 @@ def _close_shard(sink, parts: list[Future]) -> None:
     for p in parts:
         p.result()
     sink.close()
-
-
-#: glibc malloc settings of a process running repack tasks (see :func:`tune_malloc`): blocks up to 32 MiB (the
-#: largest mmap threshold glibc accepts) come from the heap, and up to 16 MiB of free heap top are kept
-#: (measured: 8, 16 or 64 MiB decode equally fast; the smaller, the less a worker keeps when idle).
-MALLOC_MMAP_THRESHOLD = 32 * 2**20
-MALLOC_TRIM_THRESHOLD = 16 * 2**20
-_malloc_tuned: bool | None = None
-
-
-def tune_malloc() -> bool:
-    """Make this process reuse freed multi-MB blocks instead of returning them to the kernel (glibc
-    ``mallopt``: ``M_MMAP_THRESHOLD`` = 32 MiB, ``M_TRIM_THRESHOLD`` = 16 MiB); once per process, on every
-    ``run_task`` (decode-only too). Returns whether the settings are in effect (False off glibc).
-
-    Why: each frame allocates and frees several 2-8 MB blocks (the AVIF decoder's planes and RGB output, the
-    compressed chunk). Dask starts its workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also pins glibc's
-    mmap threshold at 128 KiB, so every such block was a fresh ``mmap`` whose pages the kernel faults in
-    and zeroes one by one, then unmapped: measured in-process with that environment, a 667 x 1024 AVIF
-    decode + LZ4 chunk cost 12.0 ms of CPU instead of 5.5 ms (decode alone 10.5 vs 4.4 ms). Memory stays
-    bounded: the heap never holds more than the task's peak working set (a few frames) plus <= 16 MiB of
-    free top per malloc arena."""
-    global _malloc_tuned
-    if _malloc_tuned is None:
-        _malloc_tuned = False
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None)
-            mallopt = libc.mallopt
-        except (OSError, AttributeError):
-            return False
-        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-        _malloc_tuned = bool(
-            mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)
-            and mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)
-        )
-    return _malloc_tuned
 
 
 def _set_decode_threads(n: int) -> None:

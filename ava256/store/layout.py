@@ -29,19 +29,19 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from ava256.capture import ENCODER_CAMERAS, NUM_KEYPOINTS, SENSOR_HEIGHT, SENSOR_WIDTH, CaptureId
 
-#: Bumped whenever names, shapes or semantics of the layout change; stores of another version are redone.
-FORMAT_VERSION = 1
+#: Bumped whenever names, shapes, codecs or semantics of the layout change; repack recreates a capture store of
+#: another version and the loader refuses one. 2: every inner chunk ends with its crc32c; default codec blosclz.
+FORMAT_VERSION = 2
 
 STORE_SUFFIX = ".zarr"
 MANIFESTS_DIR = "_manifests"
@@ -103,6 +103,7 @@ ATTR_DOWNSAMPLE = "downsample"  # int k: stored image = source image / k
 ATTR_IMAGE_SIZE = "image_size"  # [H, W] of the stored images
 ATTR_SOURCE_IMAGE_SIZE = "source_image_size"  # [H, W] of the raw images
 ATTR_CODEC = "codec"  # image codec name (CODECS key)
+ATTR_CHUNK_CHECKSUM = "chunk_checksum"  # True: every inner chunk ends with its crc32c
 ATTR_ASSETS = "assets"  # assets present in this store (arrays exist for them)
 ATTR_INTRINSICS_CONVENTION = "intrinsics_convention"
 ATTR_COMPLETE = "complete"  # True once every task of the capture finished
@@ -131,38 +132,24 @@ def frames_per_shard(
 
 
 # --- codecs -----------------------------------------------------------------------------------------------------
-#: Selectable codecs for the uint8 picture arrays (``--codec``). The default is chosen by
-#: ``benchmarks/repack.py`` (README, section repack): the cheapest to encode (repack) AND to decode (the training
-#: loader reads one image chunk per sample), at a larger store than bit-shuffled LZ4.
-CODECS: tuple[str, ...] = ("lz4", "blosclz", "blosc-lz4", "zstd", "blosc-zstd", "none")
-DEFAULT_CODEC = "lz4"
+#: Selectable codecs for the uint8 picture arrays (``--codec``). All but ``lz4`` are Zarr v3 specification codecs
+#: that any Zarr implementation reads. The default is chosen by ``benchmarks/repack.py`` (README, section repack).
+CODECS: tuple[str, ...] = ("blosclz", "lz4", "blosc-lz4", "zstd", "blosc-zstd", "none")
+DEFAULT_CODEC = "blosclz"
 
-#: LZ4 ``acceleration`` of the ``lz4`` codec (1 = plain LZ4; higher trades ratio for speed). On AVIF-decoded
-#: 667 x 1024 photos (one core, 8 frames cycled, the 2-core AMD EPYC VM): 64 -> 0.65 ms, 0.725 x raw; 256 ->
-#: 0.54 ms, 0.761; 1024 -> 0.31 ms, 0.868; 4096 -> 0.20 ms, 0.922 (the earlier Intel VM: 0.48 / 0.36 / 0.23 /
-#: 0.14 ms). Beyond 256 the CPU saved is paid in bytes (+14 % at 1024): through the page cache whole repacks
-#: ran slower (images/s ratio 0.81 at 256, 0.79 at 1024, 0.77 at 4096), and where the disk is the limit every
-#: byte is (README, section repack).
+#: LZ4 ``acceleration`` of the ``lz4`` codec (1 = plain LZ4; higher trades ratio for speed; README, section repack).
 LZ4_ACCELERATION = 256
-
-# zarr warns on every array open that numcodecs codecs (``lz4``) are not in the Zarr v3 specification; the
-# README states it (other Zarr implementations may not read ``--codec lz4`` stores; ``blosclz`` is the
-# spec-standard fast alternative).
-warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3 specification")
 
 
 def picture_compressors(codec: str) -> list[Any]:
-    """Zarr v3 compressors for uint8 picture chunks named by ``codec`` (one of :data:`CODECS`). Per 667 x 1024
-    AVIF-decoded photo, one thread (``benchmarks/repack.py``; README, section repack):
+    """Zarr v3 compressors for uint8 picture chunks named by ``codec`` (one of :data:`CODECS`), without the
+    checksum :func:`array_specs` adds. Sizes and costs per 667 x 1024 photo: README, section repack.
 
-    - ``lz4`` (default): LZ4, acceleration 256 (numcodecs ``numcodecs.lz4``, not a Zarr v3 spec codec):
-      ~0.76 x raw, encode ~0.2-0.54 ms (by machine), decode ~0.15-0.2 ms
-    - ``blosclz``: Blosc blosclz clevel 1, no shuffle (spec-standard blosc): ~0.83 x raw, encode ~0.7 ms,
-      decode ~0.25 ms
-    - ``blosc-lz4``: Blosc LZ4 clevel 5 with bit-shuffle: ~0.55 x raw, encode ~1.5 ms, decode ~1.1 ms (the
-      bit-unshuffle makes it the slowest of these for the loader)
-    - ``zstd``: Zstandard level 1: ~0.45 x raw, ~2.5 x the CPU of blosc-lz4
-    - ``blosc-zstd``: Blosc Zstandard (clevel 3): smallest, ~0.36 x raw, ~9 x the CPU of blosc-lz4
+    - ``blosclz`` (default): Blosc, blosclz clevel 1, no shuffle (spec codec ``blosc``)
+    - ``lz4``: numcodecs LZ4, acceleration 256: less CPU, but ``numcodecs.lz4`` is not a Zarr v3 specification
+      codec (zarr-python reads it and warns so; other Zarr implementations may not)
+    - ``blosc-lz4``: Blosc LZ4 clevel 5 with bit-shuffle (smaller, slower to encode and decode)
+    - ``zstd``: Zstandard level 1; ``blosc-zstd``: Blosc Zstandard clevel 3 (smallest, most CPU)
     - ``none``: raw bytes"""
     if codec == "lz4":
         from zarr.codecs.numcodecs import LZ4
@@ -256,14 +243,20 @@ def _frame_spec(
 
 
 def array_specs(
-    geom: CaptureGeometry, codec: str = DEFAULT_CODEC, max_frames_per_shard: int = MAX_FRAMES_PER_SHARD
+    geom: CaptureGeometry,
+    codec: str = DEFAULT_CODEC,
+    max_frames_per_shard: int = MAX_FRAMES_PER_SHARD,
+    checksum: bool = True,
 ) -> dict[str, ArraySpec]:
     """Every array of a capture with geometry ``geom`` (data, valid masks, camera, stats), by name.
-    ``max_frames_per_shard`` caps the frames of a shard (tests use small values to get several shards)."""
+    ``max_frames_per_shard`` caps the frames of a shard (tests use small values to get several shards).
+    ``checksum``: every inner chunk of every array ends with its crc32c (the Zarr v3 ``crc32c`` codec, last of
+    the chunk's codecs), so any Zarr reader refuses a damaged chunk; False only to measure its cost."""
     mf = max_frames_per_shard
-    pic = picture_compressors(codec)
-    f32 = _numeric_compressors(4)
-    boolc = _numeric_compressors(1)
+    crc = [Crc32cCodec()] if checksum else []
+    pic = picture_compressors(codec) + crc
+    f32 = _numeric_compressors(4) + crc
+    boolc = _numeric_compressors(1) + crc
     F, C, nan = geom.n_frames, geom.n_cameras, float("nan")
     specs: dict[str, ArraySpec] = {}
 
@@ -423,16 +416,18 @@ def create_capture_group(
     *,
     codec: str = DEFAULT_CODEC,
     max_frames_per_shard: int = MAX_FRAMES_PER_SHARD,
+    checksum: bool = True,
     storage_options: dict[str, Any] | None = None,
 ) -> zarr.Group:
     """Create (overwriting) a capture group at ``path`` with every array of ``geom`` (metadata only; no chunk
-    is written) and the given group attributes. Returns the open group (mode r+)."""
+    is written; ``checksum`` as in :func:`array_specs`) and the given group attributes. Returns the open group
+    (mode r+)."""
     group = zarr.open_group(_store_like(path), mode="w", zarr_format=3, storage_options=storage_options)
     # Each array's metadata is built in memory, then all are written concurrently by zarr.create_hierarchy:
     # one trip to zarr's event loop instead of one per array (measured 30 -> 7 ms for a capture's arrays).
     scratch = zarr.storage.MemoryStore()
     nodes: dict[str, Any] = {}
-    for spec in array_specs(geom, codec, max_frames_per_shard).values():
+    for spec in array_specs(geom, codec, max_frames_per_shard, checksum).values():
         nodes[f"{group.path}/{spec.name}".lstrip("/")] = zarr.create_array(
             scratch,
             name=spec.name,

@@ -335,3 +335,39 @@ def test_batched_reads_equal_single_samples_and_skip_the_stack_copy(tiny_data):
     (got,) = list(loader)
     for k in ("image", "tex", "neut_tex", "verts", "camrot", "pixelcoords"):
         assert torch.equal(got[k], want[k]), k
+
+
+def test_a_flipped_byte_in_an_image_chunk_fails_its_sample_and_an_old_format_store_is_refused(
+    tiny_data, tmp_path
+):
+    """A byte flipped on disk inside the image chunk of one sample: reading that sample raises (the chunk's
+    crc32c), through the chunk reader and through zarr; the other samples still read. A store of an older
+    format version is refused with a message that says to re-run repack."""
+    import shutil
+
+    from ava256.store.fastread import ChunkReader
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_data.store, store)
+    df = read_split_part(store, "free-face", "train")
+    ds = ZarrSampleDataset(store, df)
+    cap, f, c = ds.sample_key(3)
+    image = zarr.open_array(str(L.capture_store_path(store, cap)), path=L.IMAGE, mode="r")
+    reader = ChunkReader.for_array(image)
+    shard = Path(reader.directory) / reader.fmt.shard_key((f // image.shards[0], c, 0, 0, 0))
+    raw = bytearray(shard.read_bytes())
+    index = reader.fmt.parse_index(bytes(raw[-reader.fmt.index_nbytes :]), str(shard))
+    offset, nbytes = (int(x) for x in index[f % image.shards[0]])
+    raw[offset + nbytes // 3] ^= 0x01
+    shard.write_bytes(bytes(raw))
+    other = next(i for i in range(len(ds)) if ds.sample_key(i)[0] != cap or ds.sample_key(i)[2] != c)
+    for fast in (True, False):
+        ds = ZarrSampleDataset(store, df, fast_reads=fast)
+        with pytest.raises(ValueError, match="checksum"):
+            ds[3]
+        assert ds[other]["image"].shape[0] == 3
+
+    g = zarr.open_group(str(L.capture_store_path(store, cap)), mode="r+")
+    g.attrs[L.ATTR_FORMAT_VERSION] = 1
+    with pytest.raises(ValueError, match=r"format version 1, expected \d+; re-run repack"):
+        ZarrSampleDataset(store, df)

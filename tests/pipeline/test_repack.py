@@ -241,6 +241,23 @@ def test_resume_redoes_missing_shards_and_changed_captures(raw, tmp_path, client
     assert sorted(fourth.recreated) == sorted(c.folder for c in CAPS)
 
 
+def test_an_old_format_or_other_checksum_store_is_recreated(raw, tmp_path, client):
+    """A capture store of another format version (e.g. 1: chunks without checksums) or chunk-checksum setting
+    is recreated from scratch, never mixed with new shards."""
+    store = tmp_path / "store"
+    run(raw, store, client, captures=CAPS[0].folder)
+    path = L.capture_store_path(store, CAPS[0])
+    zarr.open_group(path, mode="r+").attrs[L.ATTR_FORMAT_VERSION] = 1
+    assert run(raw, store, client, captures=CAPS[0].folder).recreated == [CAPS[0].folder]
+    assert run(raw, store, client, captures=CAPS[0].folder).recreated == []
+    plain = run(raw, store, client, captures=CAPS[0].folder, checksum=False)
+    assert plain.recreated == [CAPS[0].folder] and plain.tasks_failed == 0
+    inner = zarr.open_group(path, mode="r")[L.IMAGE].metadata.to_dict()["codecs"][0]["configuration"][
+        "codecs"
+    ]
+    assert [c["name"] for c in inner] == ["bytes", "blosc"]
+
+
 def test_fetch_manifest_hash_drives_redo(raw, tmp_path, client):
     def write_fetch(sha: str):
         rows = []

@@ -1,8 +1,7 @@
-"""The repack tasks' AVIF fast path and malloc tuning: same pixels and errors as ``formats.images``."""
+"""Repack decoding: the workers' malloc settings, header-only probes, corrupt pixels recorded per frame."""
 
 from __future__ import annotations
 
-import re
 import sys
 
 import numpy as np
@@ -19,45 +18,29 @@ def _picture(h: int = 48, w: int = 40, c: int = 3) -> np.ndarray:
     return (base + rng.integers(0, 20, base.shape)).clip(0, 255).astype(np.uint8)
 
 
-@pytest.mark.skipif(rt._AVIF is None, reason="Pillow without AVIF")
-def test_fast_avif_decode_equals_pillow_decode():
-    blob = encode_avif(_picture(), 63)
-    x = rt._decode_rgb_fast(blob)
-    ref = decode_rgb(blob)
-    assert x.shape == ref.shape == (48, 40, 3) and x.dtype == np.uint8
-    assert np.array_equal(x, ref)
+def test_local_cluster_workers_get_the_malloc_settings_and_a_worker_without_them_says_so():
+    """The repack's worker processes start with WORKER_MALLOC_ENV (else each multi-MB block of a frame is a
+    fresh mmap: benchmarks/repack.py section 3); a process started with Dask's own setting alone warns once."""
+    import os
+    import subprocess
 
+    from ava256.pipeline.cluster import WORKER_MALLOC_ENV, dask_client
 
-def test_fast_decode_falls_back_for_other_images():
-    from PIL import Image
-
-    png = encode_png(_picture())
-    assert np.array_equal(rt._decode_rgb_fast(png), decode_rgb(png))
-    if rt._AVIF is not None:  # an RGBA AVIF: alpha dropped exactly as decode_rgb does
-        import io
-
-        buf = io.BytesIO()
-        Image.fromarray(_picture(c=4), "RGBA").save(buf, format="AVIF", quality=90)
-        x = rt._decode_rgb_fast(buf.getvalue())
-        assert x.shape == (48, 40, 3) and np.array_equal(x, decode_rgb(buf.getvalue()))
-
-
-def test_fast_decode_errors_like_decode_rgb():
-    blob = encode_avif(_picture(), 63)
-    for bad in (blob[: len(blob) // 2], b"\x00\x00\x00\x1cftypavif" + b"\x00" * 40, b"not an image"):
-        with pytest.raises(ValueError) as fast:
-            rt._decode_rgb_fast(bad)
-        with pytest.raises(ValueError) as ref:
-            decode_rgb(bad)
-        hexid = re.compile(r"0x[0-9a-f]+")  # Pillow names the BytesIO object it read
-        assert hexid.sub("", str(fast.value)) == hexid.sub("", str(ref.value))
-
-
-def test_tune_malloc_is_idempotent():
-    first = rt.tune_malloc()
-    assert rt.tune_malloc() is first
-    if sys.platform.startswith("linux") and "musl" not in sys.version.lower():
-        assert first is True  # glibc: mallopt accepted both settings
+    with dask_client(2, processes=True) as client:
+        envs = client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC_ENV})
+    assert len(envs) == 2 and all(e == WORKER_MALLOC_ENV for e in envs.values())
+    code = (
+        "import logging; logging.basicConfig(); from ava256.pipeline import repack_tasks as rt; "
+        "print(rt.check_malloc_env(), rt.check_malloc_env())"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    dask_like = subprocess.run([sys.executable, "-c", code], env={**env, "MALLOC_TRIM_THRESHOLD_": "65536"},
+                               capture_output=True, text=True, check=True)  # fmt: skip
+    ours = subprocess.run([sys.executable, "-c", code], env={**env, **WORKER_MALLOC_ENV},
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    if sys.platform.startswith("linux") and "glibc" in " ".join(__import__("platform").libc_ver()):
+        assert dask_like.stdout.split() == ["False", "False"] and dask_like.stderr.count("WARNING") == 1
+    assert ours.stdout.split() == ["True", "True"] and "MALLOC" not in ours.stderr
 
 
 def test_image_header_gives_the_decoded_size_without_decoding():

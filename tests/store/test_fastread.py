@@ -1,6 +1,6 @@
 """ChunkReader: direct single-chunk reads of sharded Zarr v3 arrays equal zarr's own reads, for every codec
-the repack writes (and one whose header is unknown), partial and missing shards/chunks, and it refuses to
-hand back damaged or stale data."""
+the repack writes (and one whose header is unknown), with and without the chunk checksum, partial and missing
+shards/chunks, and it refuses to hand back damaged or stale data, as plain zarr does."""
 
 from __future__ import annotations
 
@@ -9,16 +9,24 @@ import os
 import numpy as np
 import pytest
 import zarr
-from zarr.codecs import GzipCodec
+from zarr.codecs import Crc32cCodec, GzipCodec
 
 from ava256.store import layout as L
 from ava256.store.fastread import ChunkReader
 
 
 def make_array(
-    path, codec, dtype="uint8", fill=0, shape=(10, 3, 6, 5), shards=(4, 1, 6, 5), chunks=(1, 1, 6, 5)
+    path,
+    codec,
+    dtype="uint8",
+    fill=0,
+    shape=(10, 3, 6, 5),
+    shards=(4, 1, 6, 5),
+    chunks=(1, 1, 6, 5),
+    checksum=True,
 ):
-    compressors = L.picture_compressors(codec) if isinstance(codec, str) else codec
+    compressors = L.picture_compressors(codec) if isinstance(codec, str) else list(codec)
+    compressors += [Crc32cCodec()] if checksum else []
     return zarr.create_array(
         store=str(path),
         shape=shape,
@@ -38,10 +46,11 @@ def all_chunks(a: zarr.Array, r: ChunkReader):
 
 
 @pytest.mark.parametrize("codec", [*L.CODECS, "gzip"])
-def test_every_chunk_equals_zarr(tmp_path, codec):
+@pytest.mark.parametrize("checksum", [True, False])
+def test_every_chunk_equals_zarr(tmp_path, codec, checksum):
     rng = np.random.default_rng(0)
     compressors = [GzipCodec(level=1)] if codec == "gzip" else codec
-    a = make_array(tmp_path / "a", compressors)
+    a = make_array(tmp_path / "a", compressors, checksum=checksum)
     data = rng.integers(0, 255, a.shape, dtype=np.uint8)
     a[:7] = data[:7]  # frames 7..9 never written: part of shard 1 missing, shard 2 absent
     a[9, 1] = data[9, 1]  # one chunk in the last (partial) shard
@@ -80,11 +89,10 @@ def test_float_arrays_nan_fill_and_counts(tmp_path):
     assert r.counts["index_reads"] == 1 and r.counts["chunk_reads"] == 5
 
 
-def test_unsupported_layouts_fall_back(tmp_path):
+def test_unsupported_layouts_fall_back_and_say_so(tmp_path, caplog):
     plain = zarr.create_array(
         store=str(tmp_path / "p"), shape=(4, 4), chunks=(2, 2), dtype="uint8", zarr_format=3
     )
-    assert ChunkReader.for_array(plain) is None  # not sharded
     mem = zarr.create_array(
         store=zarr.storage.MemoryStore(),
         shape=(4, 4),
@@ -93,7 +101,37 @@ def test_unsupported_layouts_fall_back(tmp_path):
         dtype="uint8",
         zarr_format=3,
     )
-    assert ChunkReader.for_array(mem) is None  # not a local file system
+    with caplog.at_level("WARNING"):
+        assert ChunkReader.for_array(plain) is None  # not sharded
+        assert ChunkReader.for_array(mem) is None  # not a local file system
+        assert ChunkReader.for_array(mem) is None
+    text = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(text) == 2 and all("read through zarr" in t for t in text), text
+
+
+def test_a_flipped_byte_in_a_chunk_is_refused_by_zarr_and_by_the_reader(tmp_path):
+    """Every chunk carries its crc32c: a byte flipped inside one chunk's data on disk makes plain zarr and the
+    reader raise for that chunk (not return other pixels), and only for that chunk."""
+    for codec in ("blosclz", "none"):
+        a = make_array(
+            tmp_path / codec, codec, shape=(8, 2, 16, 16), shards=(4, 1, 16, 16), chunks=(1, 1, 16, 16)
+        )
+        data = np.random.default_rng(2).integers(0, 255, a.shape, dtype=np.uint8)
+        a[...] = data
+        shard = tmp_path / codec / "c" / "0" / "1" / "0" / "0"
+        r = ChunkReader.for_array(a)
+        index = r.fmt.parse_index(shard.read_bytes()[-r.fmt.index_nbytes :], str(shard))
+        offset, nbytes = (int(x) for x in index[2])  # frame 2 of camera 1
+        raw = bytearray(shard.read_bytes())
+        raw[offset + nbytes // 2] ^= 0x10
+        shard.write_bytes(bytes(raw))
+        fresh = zarr.open_array(str(tmp_path / codec), mode="r")
+        with pytest.raises(ValueError, match="checksum"):
+            fresh[2, 1]
+        with pytest.raises(ValueError, match="checksum"):
+            ChunkReader.for_array(fresh).read((2, 1, 0, 0))
+        np.testing.assert_array_equal(fresh[3, 1], data[3, 1])
+        np.testing.assert_array_equal(ChunkReader.for_array(fresh).read((1, 1, 0, 0))[0, 0], data[1, 1])
 
 
 def test_corrupt_index_and_rewritten_shards(tmp_path):

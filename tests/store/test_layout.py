@@ -209,33 +209,67 @@ def test_repack_manifest_roundtrip(tmp_path):
     assert len(rm.read_repack_manifest(tmp_path / "absent.parquet")) == 0
 
 
-@pytest.mark.parametrize("codec", L.CODECS)
-@pytest.mark.parametrize("kind", ["camera", "frame"])
-def test_shard_encoder_writes_the_bytes_zarr_writes(tmp_path, codec, kind):
-    """Our one-pass shard writer produces byte-identical shard files to zarr's own write path (full and
-    boundary shards, uint8 pictures and float32 per-frame arrays), and zarr reads them back."""
-    from ava256.store.shards import shard_encoder
+def test_every_array_has_the_crc32c_codec_last_and_no_global_warning_filter(tmp_path):
+    """Every array of a capture store (pictures, per-frame floats, masks, camera arrays, stats) ends its chunk
+    codecs with crc32c, so any Zarr reader checks every chunk; importing ava256 leaves the warning filters
+    alone."""
+    import warnings
 
-    rng = np.random.default_rng(1)
+    g = L.create_capture_group(tmp_path / "c.zarr", GEOM, {}, codec=L.DEFAULT_CODEC)
+    for spec in L.array_specs(GEOM).values():
+        codecs = g[spec.name].metadata.to_dict()["codecs"]
+        if spec.shards is not None:
+            codecs = codecs[0]["configuration"]["codecs"]
+        assert codecs[-1]["name"] == "crc32c", spec.name
+    assert not any("zarr" in str(f[1]) or "Numcodecs" in str(f[1]) for f in warnings.filters)
+    assert L.DEFAULT_CODEC != "lz4"  # a Zarr v3 specification codec
+    with pytest.warns(UserWarning, match="not in the Zarr version 3 specification"):
+        L.create_capture_group(tmp_path / "n.zarr", GEOM, {}, codec="lz4")
+
+
+def _arrays(tmp_path, codec, kind):
     if kind == "camera":
-        shape, chunks, shards, dtype, fill, comp = (10, 3, 16, 24, 3), (1, 1, 16, 24, 3), (4, 1, 16, 24, 3), "uint8", 0, L.picture_compressors(codec)  # fmt: skip
+        shape, chunks, shards, dtype, fill = (
+            (10, 3, 16, 24, 3),
+            (1, 1, 16, 24, 3),
+            (4, 1, 16, 24, 3),
+            "uint8",
+            0,
+        )
     else:
-        shape, chunks, shards, dtype, fill, comp = (10, 50, 3), (1, 50, 3), (4, 50, 3), "float32", np.nan, L.picture_compressors(codec)  # fmt: skip
-    data = rng.integers(0, 255, shape).astype(dtype)
+        shape, chunks, shards, dtype, fill = (10, 50, 3), (1, 50, 3), (4, 50, 3), "float32", np.nan
+    comp = L.picture_compressors(codec) + [zarr.codecs.Crc32cCodec()]
     kw = dict(shape=shape, dtype=dtype, chunks=chunks, shards=shards, compressors=comp, fill_value=fill)
     ref = zarr.create_array(str(tmp_path / "ref.zarr"), config={"write_empty_chunks": True}, **kw)
     ours = zarr.create_array(str(tmp_path / "ours.zarr"), **kw)
-    enc = shard_encoder(ours)
-    assert enc is not None and enc.frames_per_shard == 4
-    for s0 in range(0, 10, 4):
-        s1 = min(s0 + 4, 10)
-        if kind == "camera":
-            ref[s0:s1, 1] = data[s0:s1, 1]
-            frames = [data[f, 1] if f != 5 else None for f in range(s0, s1)]  # frame 5: fill value
-            enc.write((s0 // 4, 1, 0, 0, 0), [enc.encode(x) for x in frames])
-        else:
-            ref[s0:s1] = data[s0:s1]
-            enc.write((s0 // 4, 0, 0), [enc.encode(data[f]) for f in range(s0, s1)])
+    data = np.random.default_rng(1).integers(0, 255, shape).astype(dtype)
+    return ref, ours, data
+
+
+@pytest.mark.parametrize("codec", L.CODECS)
+@pytest.mark.parametrize("kind", ["camera", "frame"])
+def test_shard_writer_writes_the_bytes_zarr_writes(tmp_path, codec, kind):
+    """The streamed shard writer produces byte-identical shard files to zarr's own write path (full and
+    boundary shards, a fill-value frame, uint8 pictures and float32 per-frame arrays, crc32c in every chunk),
+    and plain zarr reads them back."""
+    from ava256.store.shards import shard_writer
+
+    ref, ours, data = _arrays(tmp_path, codec, kind)
+    with shard_writer(ours) as w:
+        assert w.frames_per_shard == 4
+        for s0 in range(0, 10, 4):
+            s1 = min(s0 + 4, 10)
+            f = w.open_shard((s0 // 4, 1, 0, 0, 0) if kind == "camera" else (s0 // 4, 0, 0))
+            for i in range(s0, s1):
+                if kind == "camera":
+                    f.append(data[i, 1] if i != 5 else None)  # frame 5: the fill value
+                else:
+                    f.append(data[i])
+            f.close()
+            if kind == "camera":
+                ref[s0:s1, 1] = data[s0:s1, 1]
+            else:
+                ref[s0:s1] = data[s0:s1]
     if kind == "camera":
         ref[5, 1] = 0
     files = sorted(
@@ -247,24 +281,58 @@ def test_shard_encoder_writes_the_bytes_zarr_writes(tmp_path, codec, kind):
             assert (tmp_path / "ours.zarr" / rel).read_bytes() == (
                 tmp_path / "ref.zarr" / rel
             ).read_bytes(), rel
+    assert (
+        sorted(
+            p.name for p in (tmp_path / "ours.zarr").rglob("*") if ".partial" in p.name or "probe" in p.name
+        )
+        == []
+    )
     back = zarr.open_array(str(tmp_path / "ours.zarr"), mode="r")[...]
     np.testing.assert_array_equal(back, zarr.open_array(str(tmp_path / "ref.zarr"), mode="r")[...])
 
 
-def test_shard_encoder_declines_other_layouts(tmp_path):
-    from ava256.store.shards import shard_encoder
+@pytest.mark.parametrize("codec", L.CODECS)
+def test_shard_writer_and_chunk_reader_apply_to_every_array_of_a_capture_store(tmp_path, codec, caplog):
+    """The fast paths must not silently stop applying (a zarr upgrade changing the metadata, a layout change):
+    both cover every sharded array ``create_capture_group`` makes, for every codec, without a warning."""
+    from ava256.store.fastread import ChunkReader
+    from ava256.store.shards import shard_writer
 
-    unsharded = zarr.create_array(str(tmp_path / "a.zarr"), shape=(4, 8), dtype="uint8", chunks=(1, 8))
-    assert shard_encoder(unsharded) is None
-    two_d_chunks = zarr.create_array(
-        str(tmp_path / "b.zarr"), shape=(4, 8), dtype="uint8", chunks=(1, 4), shards=(2, 8)
-    )
-    assert shard_encoder(two_d_chunks) is None
-    gz = zarr.create_array(
-        str(tmp_path / "c.zarr"), shape=(4, 8), dtype="uint8", chunks=(1, 8), shards=(2, 8),
-        compressors=[zarr.codecs.GzipCodec()],
-    )  # fmt: skip
-    assert shard_encoder(gz) is None
+    g = L.create_capture_group(tmp_path / "c.zarr", GEOM, {}, codec=codec, max_frames_per_shard=4)
+    sharded = [s.name for s in L.array_specs(GEOM, codec, 4).values() if s.shards is not None]
+    assert len(sharded) == 7
+    with caplog.at_level("WARNING"):
+        for name in sharded:
+            w = shard_writer(g[name])
+            assert w is not None, name
+            w.close()
+            assert ChunkReader.for_array(g[name]) is not None, name
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_shard_writer_declines_other_layouts_and_says_so(tmp_path, caplog):
+    from ava256.store.shards import shard_writer
+
+    kw = dict(shape=(4, 8), dtype="uint8")
+    cases = {
+        "unsharded": zarr.create_array(str(tmp_path / "a.zarr"), chunks=(1, 8), **kw),
+        "chunks": zarr.create_array(str(tmp_path / "b.zarr"), chunks=(1, 4), shards=(2, 8), **kw),
+        "transpose": zarr.create_array(
+            str(tmp_path / "c.zarr"),
+            chunks=(1, 8),
+            shards=(2, 8),
+            filters=[zarr.codecs.TransposeCodec(order=(1, 0))],
+            **kw,
+        ),  # fmt: skip
+        "memory": zarr.create_array(zarr.storage.MemoryStore(), chunks=(1, 8), shards=(2, 8), **kw),
+    }
+    with caplog.at_level("WARNING"):
+        for name, arr in cases.items():
+            assert shard_writer(arr) is None, name
+            assert shard_writer(arr) is None, name  # said once
+    text = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(text) == 4 and all("written through zarr" in t for t in text), text
+    assert any("MemoryStore is not a local folder" in t for t in text)
 
 
 def _supports_direct_io(folder) -> bool:
@@ -286,294 +354,115 @@ def _tmpfs_dir():
     return Path(tempfile.mkdtemp(dir=shm))
 
 
-@pytest.mark.parametrize("io", ["direct", "buffered", "tmpfs"])
-@pytest.mark.parametrize("codec", ["lz4", "none"])
-def test_streamed_shard_equals_one_pass_shard_and_abort_leaves_nothing(tmp_path, codec, io, monkeypatch):
-    """``open_shard`` (frames appended to the shard's temporary file, or compressed straight into its staging
-    memory by ``append_to``) writes the same bytes as ``write``; an
-    aborted shard leaves no file (not even the temporary one), a closed one no temporary file. With direct
-    I/O (where the file system takes it), with it turned off, and on tmpfs (which, before Linux 6.6, refuses
-    O_DIRECT: the writer falls back to the page cache)."""
-    from ava256.store.shards import DIRECT_IO_ENV, ShardSink, shard_encoder
+def _open_flags(path) -> int | None:
+    """The status flags (octal in /proc/self/fdinfo) of this process's open file ``path``, or None."""
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+                for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
+                    if line.startswith("flags:"):
+                        return int(line.split()[1], 8)
+        except OSError:
+            continue
+    return None
 
-    monkeypatch.setenv(DIRECT_IO_ENV, "0" if io == "buffered" else "1")
+
+@pytest.mark.parametrize("io", ["direct", "buffered", "tmpfs"])
+@pytest.mark.parametrize("frame_mib", [0, 3])
+def test_streamed_shards_direct_and_buffered_and_abort_leaves_nothing(
+    tmp_path, io, frame_mib, monkeypatch, caplog
+):
+    """Shards streamed with direct I/O (the file really opened with O_DIRECT where the file system takes it),
+    through the page cache, and on tmpfs (which before Linux 6.6 refuses O_DIRECT: the writer says so and uses
+    the page cache) hold the same bytes, also when a shard spans many cycles of the staging buffers (3 MiB
+    frames, 14 per shard); an aborted shard leaves no file, a closed one no temporary file."""
+    from ava256.store import shards
+
+    monkeypatch.setenv(shards.DIRECT_IO_ENV, "0" if io == "buffered" else "1")
     if io == "tmpfs":
         tmp_path = _tmpfs_dir()
-
-    data = np.random.default_rng(2).integers(0, 255, (6, 2, 16, 24, 3)).astype("uint8")
-    kw = dict(shape=data.shape, dtype="uint8", chunks=(1, 1, 16, 24, 3), shards=(4, 1, 16, 24, 3),
-              compressors=L.picture_compressors(codec), fill_value=0)  # fmt: skip
-    one = shard_encoder(zarr.create_array(str(tmp_path / "one.zarr"), **kw))
-    streamed = shard_encoder(zarr.create_array(str(tmp_path / "streamed.zarr"), **kw))
-    for s0 in (0, 4):
-        frames = [data[f, 1] if f != 2 else None for f in range(s0, min(s0 + 4, 6))]
-        one.write((s0 // 4, 1, 0, 0, 0), [one.encode(x) for x in frames])
-        sink = streamed.open_shard((s0 // 4, 1, 0, 0, 0))
-        assert isinstance(sink, ShardSink)
-        assert sink._f.direct == (io != "buffered" and _supports_direct_io(tmp_path))
-        for i, x in enumerate(frames):  # compressed in place into the file's staging memory, or appended
-            if i % 2:
-                sink.append(streamed.encode(x))
-            else:
-                streamed.append_to(sink, x)
-        sink.close()
-        sink.abort()  # no-op once closed
-    aborted = streamed.open_shard((0, 0, 0, 0, 0))
-    aborted.append(streamed.encode(data[0, 0]))
-    aborted.abort()
-    rel = sorted(
-        p.relative_to(tmp_path / "streamed.zarr")
-        for p in (tmp_path / "streamed.zarr").rglob("*")
-        if p.is_file()
+    hw = (1024, 1024) if frame_mib else (16, 24)
+    n = 14 if frame_mib else 4
+    data = np.random.default_rng(3).integers(0, 255, (n + 2, *hw, 3), dtype=np.uint8)
+    data[n:] = 7  # compressible frames in the second shard
+    kw = dict(shape=data.shape, dtype="uint8", chunks=(1, *hw, 3), shards=(n, *hw, 3),
+              compressors=[zarr.codecs.BloscCodec(cname="blosclz", clevel=1, shuffle="noshuffle"),
+                           zarr.codecs.Crc32cCodec()])  # fmt: skip
+    arr = zarr.create_array(str(tmp_path / "a.zarr"), **kw)
+    with caplog.at_level("WARNING"), shards.shard_writer(arr) as w:
+        expect_direct = io != "buffered" and _supports_direct_io(tmp_path)
+        assert w.direct is expect_direct
+        if io == "tmpfs" and not expect_direct:
+            assert any("refuses O_DIRECT" in r.getMessage() for r in caplog.records)
+        for s, (s0, s1) in enumerate([(0, n), (n, n + 2)]):
+            f = w.open_shard((s, 0, 0, 0))
+            if sys.platform.startswith("linux"):
+                assert bool(_open_flags(f._tmp) & os.O_DIRECT) is expect_direct
+            for x in data[s0:s1]:
+                f.append(x)
+            f.close()
+        aborted = w.open_shard((5, 0, 0, 0))
+        aborted.append(data[0])
+        aborted.abort()
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "a.zarr"), mode="r")[...], data)
+    files = sorted(
+        str(p.relative_to(tmp_path / "a.zarr")) for p in (tmp_path / "a.zarr").rglob("*") if p.is_file()
     )
-    assert [str(r) for r in rel] == ["c/0/1/0/0/0", "c/1/1/0/0/0", "zarr.json"]
-    for r in rel[:2]:
-        assert (tmp_path / "streamed.zarr" / r).read_bytes() == (tmp_path / "one.zarr" / r).read_bytes()
-    back = zarr.open_array(str(tmp_path / "streamed.zarr"), mode="r")[:, 1]
-    want = data[:, 1].copy()
-    want[2] = 0
-    np.testing.assert_array_equal(back, want)
+    assert files == ["c/0/0/0/0", "c/1/0/0/0", "zarr.json"]  # no shard 5, no .partial files, no probe files
     if io == "tmpfs":
         shutil.rmtree(tmp_path)
 
 
-@pytest.mark.parametrize(
-    ("value", "direct"),
-    [
-        (None, True),
-        ("auto", True),
-        ("1", True),
-        ("0", False),
-        ("off", False),
-        ("False", False),
-        ("no", False),
-    ],
-)
-def test_direct_io_is_the_default_and_can_be_turned_off(tmp_path, monkeypatch, value, direct):
-    """Direct I/O is on unless ``AVA256_DIRECT_IO`` turns it off (where the platform and file system take it),
-    and the shard file the writer opens follows the setting."""
-    from ava256.store.shards import DIRECT_IO_ENV, _open_shard_file, direct_io_enabled
+def test_direct_io_is_the_default_and_can_be_turned_off(monkeypatch):
+    from ava256.store.shards import DIRECT_IO_ENV, direct_io_enabled
 
-    if value is None:
-        monkeypatch.delenv(DIRECT_IO_ENV, raising=False)
-    else:
+    monkeypatch.delenv(DIRECT_IO_ENV, raising=False)
+    assert direct_io_enabled() is hasattr(os, "O_DIRECT")
+    for value in ("0", "off", "false", "no"):
         monkeypatch.setenv(DIRECT_IO_ENV, value)
-    assert direct_io_enabled() == (direct and hasattr(os, "O_DIRECT"))
-    f = _open_shard_file(tmp_path / "x", reserve=0)
-    f.write(b"abc")
-    f.finish()
-    assert f.direct == (direct and _supports_direct_io(tmp_path))
-    assert (tmp_path / "x").read_bytes() == b"abc"
+        assert direct_io_enabled() is False
 
 
-def test_direct_file_stages_aligned_blocks_and_keeps_exact_bytes(tmp_path, monkeypatch):
-    """Unaligned appends of every size, across the 8 MiB segments of the staging ring and around it (> 4 x 8 MiB,
-    twice), give exactly the bytes written."""
-    from ava256.store.shards import _RING, _SLACK, DIRECT_IO_ENV, _open_shard_file
-
-    if not _supports_direct_io(tmp_path):
-        pytest.skip("the file system here refuses O_DIRECT")
-    monkeypatch.setenv(DIRECT_IO_ENV, "1")
-    rng = np.random.default_rng(5)
-    parts = [
-        rng.integers(0, 255, n, dtype=np.uint8).tobytes()
-        for n in (1, 4095, 4097, 3 << 20, 7 << 20, 12345, 0, 9 << 20, 7, 21 << 20, 5)
-    ]
-    f = _open_shard_file(tmp_path / "x", reserve=64 << 20)
-    assert f.direct and len(f._ring) == _RING + _SLACK
-    for part in parts + parts:
-        f.write(part)
-    f.finish()
-    assert (tmp_path / "x").read_bytes() == b"".join(parts + parts)  # padding truncated away
-
-
-@pytest.mark.parametrize("io", ["direct", "slow-direct", "buffered"])
-def test_reserved_appends_land_in_place_around_the_ring(tmp_path, monkeypatch, io):
-    """``reserve`` + ``commit`` (how frames are compressed in place), mixed with plain writes: bytes written at the
-    reserved address, fewer than reserved, across the ring's segments and its end, or larger than its slack
-    (the scratch buffer), give exactly the bytes committed. A direct file hands out ring memory for up to
-    ``_SLACK`` bytes. ``slow-direct``: every background write starts late, so a segment reused before its
-    write ended would corrupt the file."""
-    import ctypes
-    import time
-
-    from ava256.store import shards
-    from ava256.store.shards import _RING, _SLACK, DIRECT_IO_ENV, _open_shard_file
-
-    if io != "buffered" and not _supports_direct_io(tmp_path):
-        pytest.skip("the file system here refuses O_DIRECT")
-    monkeypatch.setenv(DIRECT_IO_ENV, "0" if io == "buffered" else "1")
-    if io == "slow-direct":
-        real = shards._pwrite_all
-
-        def slow(fd, view, offset):
-            time.sleep(0.05)
-            real(fd, view, offset)
-
-        monkeypatch.setattr(shards, "_pwrite_all", slow)
-    rng = np.random.default_rng(11)
-    # first exactly onto segment boundaries (the next frame starts a fresh segment), then anywhere: ~4 x the ring
-    sizes = [_SLACK] * 10 + [1, 1_587_139, 4096, 3 << 20, _SLACK, 1_500_000, _SLACK + 1, 7, 2_000_001] * 7
-    f = _open_shard_file(tmp_path / "x", reserve=0)
-    assert f.direct == (io != "buffered")
-    want = [rng.integers(0, 255, n, dtype=np.uint8).tobytes() for n in sizes]
-    for i, (n, part) in enumerate(zip(sizes, want, strict=True)):
-        if i % 3 == 2:
-            f.write(part)
-            continue
-        addr, cap = f.reserve(n + 100 * (i % 2))  # may reserve more than it commits
-        assert cap >= n
-        if f.direct and n + 100 * (i % 2) <= _SLACK:
-            assert f._addr <= addr and addr + cap <= f._addr + _RING + _SLACK
-        ctypes.memmove(addr, part, n)
-        f.commit(n)
-    f.finish()
-    assert (tmp_path / "x").read_bytes() == b"".join(want)
-
-
-def test_a_failed_background_write_fails_the_shard_and_the_ring_is_reused(tmp_path, monkeypatch):
-    """A background write that fails (here: the second 8 MiB segment, "no space left") is raised by a later
-    append or by ``wait``, the shard leaves no file, and the ring it used serves the next file correctly."""
+@pytest.mark.parametrize("io", ["direct", "buffered"])
+def test_a_failed_write_fails_the_shard_and_leaves_no_file(tmp_path, monkeypatch, io):
+    """A write error (here: the disk is full at the shard's second 8 MiB) is raised, by the shard's own
+    append or close or (written in the background) by the writer's close, and leaves no file, not even a
+    temporary one; a new writer then writes the shard intact."""
     import errno
 
     from ava256.store import shards
 
-    if not _supports_direct_io(tmp_path):
-        pytest.skip("the file system here refuses O_DIRECT")
-    monkeypatch.setenv(shards.DIRECT_IO_ENV, "1")
-    real = shards._pwrite_all
+    monkeypatch.setenv(shards.DIRECT_IO_ENV, "0" if io == "buffered" else "1")
+    data = np.random.default_rng(4).integers(0, 255, (6, 1024, 1024, 3), dtype=np.uint8)
+    kw = dict(shape=data.shape, dtype="uint8", chunks=(1, 1024, 1024, 3), shards=(6, 1024, 1024, 3),
+              compressors=[zarr.codecs.Crc32cCodec()])  # fmt: skip
+    arr = zarr.create_array(str(tmp_path / "a.zarr"), **kw)
+    real_write, real_pwrite = os.write, os.pwrite
+    written = {"n": 0}
 
-    def failing(fd, view, offset):
-        if offset == shards._STAGE:
+    def full(fd, data, *offset):
+        written["n"] += len(data)
+        if written["n"] > 12 << 20:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(fd, view, offset)
+        return (real_pwrite if offset else real_write)(fd, data, *offset)
 
-    monkeypatch.setattr(shards, "_pwrite_all", failing)
-    data = np.random.default_rng(4).integers(0, 255, (12, 1024, 1024, 3)).astype("uint8")  # 3 MiB frames
-    kw = dict(shape=data.shape, dtype="uint8", chunks=(1, 1024, 1024, 3), shards=(12, 1024, 1024, 3),
-              compressors=[], fill_value=0)  # fmt: skip
-    enc = shards.shard_encoder(zarr.create_array(str(tmp_path / "a.zarr"), **kw))
-    sink = enc.open_shard((0, 0, 0, 0))
-    with pytest.raises(OSError, match="No space left"):
-        for x in data:
-            enc.append_to(sink, x)
-        sink.close()
-        sink.wait()
-    sink.abort()
-    assert not [p for p in (tmp_path / "a.zarr").rglob("*") if p.is_file() and p.name != "zarr.json"]
-    monkeypatch.setattr(shards, "_pwrite_all", real)
-    sink = enc.open_shard((0, 0, 0, 0))
-    for x in data:
-        enc.append_to(sink, x)
-    sink.close()
-    sink.wait()
-    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "a.zarr"), mode="r")[...], data)
-
-
-def test_append_to_without_the_lz4_c_library_appends_numcodecs_bytes(tmp_path, monkeypatch):
-    """Where the LZ4 C library cannot be loaded, ``append_to`` falls back to ``numcodecs.LZ4.encode`` + append:
-    the same shard bytes."""
-    from ava256.store import shards
-
-    kw = dict(shape=(3, 16, 24, 3), dtype="uint8", chunks=(1, 16, 24, 3), shards=(3, 16, 24, 3),
-              compressors=L.picture_compressors("lz4"), fill_value=0)  # fmt: skip
-    data = np.random.default_rng(3).integers(0, 60, kw["shape"]).astype("uint8")
-    fast = shards.shard_encoder(zarr.create_array(str(tmp_path / "fast.zarr"), **kw))
-    if fast._direct is None:  # numcodecs' Linux wheels export the LZ4 C API from their lz4 extension
-        assert not sys.platform.startswith("linux"), "LZ4 C API not found (numcodecs' lz4 extension, liblz4)"
-        pytest.skip("no LZ4 C library loadable here")
-    monkeypatch.setattr(shards, "_lz4_api", False)
-    slow = shards.shard_encoder(zarr.create_array(str(tmp_path / "slow.zarr"), **kw))
-    assert slow._direct is None
-    for enc in (fast, slow):
-        sink = enc.open_shard((0, 0, 0, 0))
-        for x in data:
-            enc.append_to(sink, x)
-        sink.close()
-        sink.wait()
-    key = "c/0/0/0/0"
-    assert (tmp_path / "fast.zarr" / key).read_bytes() == (tmp_path / "slow.zarr" / key).read_bytes()
-    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "slow.zarr"), mode="r")[...], data)
-
-
-@pytest.mark.parametrize("refuse", ["open", "write"])
-def test_direct_io_refused_falls_back_to_the_page_cache(tmp_path, monkeypatch, refuse):
-    """A file system that refuses O_DIRECT (EINVAL at open, or at the first write, as some network file
-    systems do) still gets exactly the bytes, through the page cache. (This kernel's file systems all take
-    O_DIRECT, so the refusal is injected.)"""
-    import errno
-
-    from ava256.store import shards
-
-    if not hasattr(os, "O_DIRECT"):
-        pytest.skip("no O_DIRECT on this platform")
-    monkeypatch.setenv(shards.DIRECT_IO_ENV, "1")
-    real_open, real_pwrite = os.open, os.pwrite
-
-    def open_(path, flags, *a):
-        if refuse == "open" and flags & os.O_DIRECT:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real_open(path, flags, *a)
-
-    def pwrite(fd, data, offset):
-        raise OSError(errno.EINVAL, "Invalid argument")
-
-    monkeypatch.setattr(shards.os, "open", open_)
-    monkeypatch.setattr(shards, "_direct_devices", set())  # a device not yet known to take direct writes
-    if refuse == "write":
-        monkeypatch.setattr(shards.os, "pwrite", pwrite)
-    parts = [bytes([i]) * n for i, n in enumerate((5000, 9 << 20, 3))]
-    f = shards._open_shard_file(tmp_path / "x", reserve=32 << 20)
-    for part in parts:
-        f.write(part)
-    f.finish()
-    assert not f.direct
-    monkeypatch.setattr(shards.os, "pwrite", real_pwrite)
-    assert (tmp_path / "x").read_bytes() == b"".join(parts)
-
-
-def test_direct_shards_commit_in_the_background_and_report_failures(tmp_path, monkeypatch):
-    """With direct I/O a closed shard is committed (last writes, truncation, rename) by a background thread:
-    ``wait`` returns once it is in place with exactly the bytes; a failed commit is raised by ``wait`` and
-    leaves neither the shard nor its temporary file. The first file on a device writes its first block
-    synchronously; later ones (device known to take O_DIRECT) do not."""
-    from ava256.store import shards
-
-    if not _supports_direct_io(tmp_path):
-        pytest.skip("the file system here refuses O_DIRECT")
-    monkeypatch.setenv(shards.DIRECT_IO_ENV, "1")
-    monkeypatch.setattr(shards, "_direct_devices", set())
-    rng = np.random.default_rng(7)
-    data = rng.integers(0, 255, (6, 1, 1024, 1024, 3)).astype("uint8")  # 3 MiB frames: 9 MiB shards
-    kw = dict(shape=data.shape, dtype="uint8", chunks=(1, 1, 1024, 1024, 3), shards=(3, 1, 1024, 1024, 3),
-              compressors=[], fill_value=0)  # fmt: skip
-    enc = shards.shard_encoder(zarr.create_array(str(tmp_path / "a.zarr"), **kw))
-    sinks = []
-    for k in (0, 1):
-        sink = enc.open_shard((k, 0, 0, 0, 0))
-        assert sink._f.direct
-        for f in range(3 * k, 3 * k + 3):
-            sink.append(enc.encode(data[f, 0]))
-            if k == 1 and f == 5:  # the second file's first block went to the background writer
-                assert sink._f._pending[0] is not None
-        sink.close()
-        sinks.append(sink)
-        assert sink.closed and (sink._commit_future is not None)
-        assert shards._direct_devices == {os.stat(tmp_path).st_dev}
-    for sink in sinks:
-        sink.wait()
-        sink.abort()  # no-op once stored
-    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "a.zarr"), mode="r")[...], data)
-    assert not list((tmp_path / "a.zarr").rglob("*.partial"))
-
-    def refuse_rename(src, dst):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(shards.os, "replace", refuse_rename)
-    sink = enc.open_shard((0, 0, 0, 0, 0))
-    sink.append(enc.encode(data[0, 0]))
-    sink.close()
     with pytest.raises(OSError, match="No space"):
-        sink.wait()
-    sink.abort()
-    assert not list((tmp_path / "a.zarr").rglob("*.partial"))
+        with shards.shard_writer(arr) as w:
+            monkeypatch.setattr(shards.os, "pwrite" if w.direct else "write", full)
+            f = w.open_shard((0, 0, 0, 0))
+            try:
+                for x in data:
+                    f.append(x)
+                f.close()
+            except OSError:
+                f.abort()
+                raise
+    monkeypatch.setattr(shards.os, "pwrite", real_pwrite)
+    monkeypatch.setattr(shards.os, "write", real_write)
+    assert not [p for p in (tmp_path / "a.zarr").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    with shards.shard_writer(arr) as w:
+        g = w.open_shard((0, 0, 0, 0))
+        for x in data:
+            g.append(x)
+        g.close()
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "a.zarr"), mode="r")[...], data)
