@@ -162,8 +162,8 @@ class Autoencoder(nn.Module):
         rot, cell = rot.detach(), cell.detach()
         b, k = pos.shape[:2]
         tr = dec["transform"].permute(0, 2, 3, 1).reshape(b, k, 9)
-        if guide_verts is not None:
-            tr = tr * 0.0  # residuals off, but still in the graph (DDP expects a gradient for every parameter)
+        if guide_verts is not None:  # residuals off but kept in the graph: DDP wants every parameter's grad
+            tr = tr * 0.0
         half = (0.5 * cfg.prim_size * cell)[..., None]  # (B, K, 1)
         # bounded deltas: offset within one primitive size, rotation small, size x0.5..x2
         dpos = 2.0 * torch.tanh(tr[..., 0:3])
