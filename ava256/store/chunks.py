@@ -129,15 +129,17 @@ class ChunkFormat:
         flat[:] = got
 
     # --- shard index ----------------------------------------------------------------------------------------
-    def index_bytes(self, sizes: list[int]) -> bytes:
+    def index_bytes(self, sizes: list[int | None]) -> bytes:
         """Index + crc32c of a shard whose first ``len(sizes)`` chunks (C order) are stored back to back from
-        offset 0 with these sizes; the rest are absent."""
+        offset 0 with these sizes (None: an absent chunk, as zarr leaves one equal to the fill value); the
+        rest are absent."""
         if not 1 <= len(sizes) <= self.n_per_shard:
             raise ValueError(f"{len(sizes)} chunks for a shard of {self.n_per_shard}")
         index = np.full((self.n_per_shard, 2), MISSING, dtype="<u8")
-        n = np.asarray(sizes, dtype="<u8")
-        index[: len(sizes), 0] = np.cumsum(n) - n
-        index[: len(sizes), 1] = n
+        present = np.array([s is not None for s in sizes])
+        n = np.asarray([s for s in sizes if s is not None], dtype="<u8")
+        index[: len(sizes)][present, 0] = np.cumsum(n) - n
+        index[: len(sizes)][present, 1] = n
         raw = index.tobytes()
         return raw + _crc32c(raw).to_bytes(4, "little")
 

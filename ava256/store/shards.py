@@ -101,6 +101,7 @@ class ShardWriter:
         self.directory = directory
         self.frames_per_shard = fmt.shard_shape[0]
         self._fill: tuple[Any, ...] | None = None
+        self.write_empty = bool(zarr.config.get("array.write_empty_chunks"))
         self.direct = direct and _takes_direct_io(directory)
         self._buffers: list[mmap.mmap] = []
         self._views: list[memoryview] = []
@@ -115,13 +116,18 @@ class ShardWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def encode(self, frame: np.ndarray | None) -> tuple[Any, ...]:
-        """The stored bytes (as parts) of one frame; None: the fill value."""
-        if frame is not None:
+    def encode(self, frame: np.ndarray | None) -> tuple[Any, ...] | None:
+        """The stored bytes (as parts) of one frame, or None where zarr would store no chunk: a frame that is
+        None or all fill value, unless zarr's ``array.write_empty_chunks`` is set."""
+        fill = self.fmt.fill_value
+        empty = frame is None or (frame.flat[0] == fill and bool((frame == fill).all()))
+        if not empty:
             return self.fmt.encode(frame)
+        if not self.write_empty:
+            return None
         if self._fill is None:
-            fill = np.full(self.fmt.chunk_shape, self.fmt.fill_value, dtype=self.fmt.dtype)
-            self._fill = tuple(bytes(p) for p in self.fmt.encode(fill))
+            full = np.full(self.fmt.chunk_shape, fill, dtype=self.fmt.dtype)
+            self._fill = tuple(bytes(p) for p in self.fmt.encode(full))
         return self._fill
 
     def open_shard(self, shard_coords: tuple[int, ...]) -> ShardFile:
@@ -183,7 +189,7 @@ class ShardFile:
         self._w = writer
         self.path = path
         self._tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-        self._sizes: list[int] = []
+        self._sizes: list[int | None] = []
         self.closed = False
         path.parent.mkdir(parents=True, exist_ok=True)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
@@ -198,6 +204,9 @@ class ShardFile:
     def append(self, frame: np.ndarray | None) -> None:
         """Encode and add the shard's next frame (None: the fill value)."""
         parts = self._w.encode(frame)
+        if parts is None:
+            self._sizes.append(None)
+            return
         for p in parts:
             self._write(p)
         self._sizes.append(sum(memoryview(p).nbytes for p in parts))
