@@ -67,7 +67,7 @@ def cli(verbose: int) -> None:
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # zarr warns on every open of a store using numcodecs' LZ4 (our default, chosen knowingly: README)
+    # zarr warns on every open of a store using numcodecs' LZ4, our default by choice (docs/performance.md)
     warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr", category=UserWarning)
 
 
@@ -282,7 +282,7 @@ def verify_cmd(out: str, workers: int, processes: bool, scheduler: str | None, p
     default="lz4",
     help="Compressor of the uint8 picture arrays: lz4 is the cheapest to write and to read (numcodecs LZ4, "
     "not a Zarr v3 spec codec), blosclz the cheapest spec-standard one, blosc-zstd the smallest "
-    "(measured by benchmarks/repack.py; see README).",
+    "(measured by benchmarks/repack.py; see docs/performance.md).",
 )
 @click.option(
     "--workers",
