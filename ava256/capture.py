@@ -1,6 +1,7 @@
 """Capture identity, folder naming and the asset catalog of an AVA-256 capture.
 
-Pure: no I/O beyond reading the packaged capture id list. Facts from FORMATS.md / the release.
+Pure: no I/O beyond reading the packaged capture id list. Facts from the release's datasheet and download
+script; the raw tree is described in ``docs/store-format.md``.
 """
 
 from __future__ import annotations

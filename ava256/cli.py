@@ -67,7 +67,7 @@ def cli(verbose: int) -> None:
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # zarr warns on every open of a store using numcodecs' LZ4 (our default, chosen knowingly: README)
+    # zarr warns on every open of a store using numcodecs' LZ4, our default by choice (docs/performance.md)
     warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr", category=UserWarning)
 
 
@@ -282,7 +282,7 @@ def verify_cmd(out: str, workers: int, processes: bool, scheduler: str | None, p
     default="blosclz",
     help="Compressor of the uint8 picture arrays: blosclz (Blosc, a Zarr v3 spec codec) is the cheapest "
     "spec-standard one; lz4 (numcodecs LZ4) costs a little less CPU but is not in the Zarr v3 spec, so other "
-    "Zarr readers may not read it; blosc-zstd is the smallest (measured by benchmarks/repack.py; see README).",
+    "Zarr readers may not read it; blosc-zstd is the smallest (measured by benchmarks/repack.py; see docs/performance.md).",
 )
 @click.option(
     "--workers",

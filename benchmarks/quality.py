@@ -13,9 +13,9 @@ at iteration 100 (mean of iterations 91-100) and the training rate. Saved: ``res
 below) and the render of the first variant under ``renders/``.
 
 Variants (``--variants``, or ``--ablate`` for the built-in ablation table) are config overrides on the same
-data, each a fresh run: the ablation of the issue "The decoder learns a face" (border fade, ground-truth
-geometry warm-up, opacity / background initialisation, pixel-unit learning rate, primitive scale, learning
-rate, loss normalisation).
+data, each a fresh run: the ablation of the training defaults (border fade, ground-truth geometry warm-up,
+opacity / background initialisation, pixel-unit learning rate, primitive scale, learning rate, loss
+normalisation).
 
 Run on a GPU: ``python benchmarks/quality.py [--seconds 300]`` (data generation included, about 8 minutes on
 one H200 with 16 CPUs) or ``--ablate --seconds 40``; ``--quick`` is a CPU smoke run (tiny config, tiny data).

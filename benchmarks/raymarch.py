@@ -7,7 +7,7 @@ Reference configuration (MVP): N=4 images of 512x333 rays, K=16384 primitives of
 surface, volume radius 256 mm (normalised volume [-1, 1]^3), dt = 1/256; also K/2 and 2K (and K with a warp).
 All rows use raymarch's defaults (MVP's border fade 8/8, termination 1) except the fade table, which times the
 reference configuration with the fade on and off (and both termination thresholds) against the hard-edged
-raymarcher with termination 1 - 1e-4 ("hard, 0.9999": the behaviour before the fade existed).
+raymarcher with termination 1 - 1e-4 ("hard, 0.9999": hard-edged primitives, the fade off).
 Times are medians of CUDA-event-timed runs after warm-up, including the acceleration-grid build and all the glue
 the autograd Function does. "Bytes" is the compulsory traffic (every input read once, every output
 written once; for the backward also the gradients written once), so "achieved" is a lower bound on the
@@ -274,7 +274,7 @@ def cpu_table(quick: bool) -> None:
         print(f"{name:>24} {f_ms:>9.1f} {fb_ms:>11.1f} {rf / f_ms:>6.1f}x {rfb / fb_ms:>9.1f}x")
     (vf, vfb), (hf, hfb) = results["vectorized"], results["vectorized, " + FADE_ROWS[0][0]]
     print(
-        f"vectorized time, defaults / {FADE_ROWS[0][0]} (the pre-fade raymarcher): fwd {vf / hf:.2f}x, "
+        f"vectorized time, defaults / {FADE_ROWS[0][0]} (hard-edged, the fade off): fwd {vf / hf:.2f}x, "
         f"fwd+bwd {vfb / hfb:.2f}x"
     )
 
@@ -344,7 +344,7 @@ def main(argv=None) -> int:
             f"{r['fb_ms']:>10.2f} {r['fb_gbs']:>7.0f} {100 * r['fb_gbs'] / copy_gbs:>5.1f}%"
         )
     print()
-    print("border fade at K=16384, no warp (x = time / time of the first row, the pre-fade raymarcher)")
+    print("border fade at K=16384, no warp (x = time / time of the first row: hard-edged, the fade off)")
     print(
         f"{'fade, termination':>18} {'hit%':>5} {'opaque%':>8} {'fwd ms':>8} {'fwd x':>6} {'fwd+bwd ms':>10} {'x':>6}"
     )

@@ -33,7 +33,7 @@ import numpy as np
 from ava256 import capture as cat
 from ava256.store import layout as L
 
-# 8TB release facts (FORMATS.md / the datasheet)
+# 8TB release facts (the datasheet)
 RELEASE = dict(captures=256, frames=10_000, cameras=80, hw=(1024, 667), texture=1024, encoder_hw=(400, 400))
 RELEASE_BYTES = 8e12
 PER_CAMERA = ("image", "segmentation")

@@ -3,7 +3,7 @@
 Each capture ships a texture mean image (T, T, 3) and scalar variance, and a vertex mean (V, 3) and scalar
 variance. A dataset of N captures normalises with
 
-- ``mean = (1/N) sum_i mean_i`` (the mean of the per-capture means, as the reference code and FORMATS.md do),
+- ``mean = (1/N) sum_i mean_i`` (the mean of the per-capture means, as the reference code does),
 - ``var = (1/N) sum_i var_i + (1/(N*size)) sum_i ||mean_i - mean||^2`` (law of total variance: the average
   within-capture variance plus the spread of the capture means), ``std = sqrt(var)``.
 

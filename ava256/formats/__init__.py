@@ -1,7 +1,7 @@
 """Pure readers and writers of the raw AVA-256 file formats: bytes in, numpy out.
 
 No file-system policy, no Dask, no torch. Every reader raises ``ValueError`` naming the problem on malformed
-input. See ``/FORMATS.md`` of the project notes (and README) for the formats themselves.
+input. The files themselves are described in ``docs/store-format.md`` (the raw tree).
 """
 
 from ava256.formats.calibration import Calibration, read_calibration, read_krt, write_calibration

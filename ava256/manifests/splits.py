@@ -28,8 +28,8 @@ SPLITS_DIR = "_splits"
 PARAMS_FILE = "split.json"
 SPLIT_FORMAT_VERSION = 1
 
-#: Columns of ``samples.parquet`` (CONTRACTS.md; defined once in ``ava256.manifests.samples``) and therefore
-#: of every split part.
+#: Columns of ``samples.parquet`` (defined once in ``ava256.manifests.samples``) and therefore of every split
+#: part.
 SPLIT_SCHEMA = SAMPLES_SCHEMA
 SAMPLE_COLUMNS: tuple[str, ...] = tuple(SAMPLES_SCHEMA.names)
 SORT_KEYS: tuple[str, ...] = ("capture", "frame_index", "camera_index")

@@ -1,4 +1,4 @@
-"""Format-exact synthetic AVA-256 captures (see FORMATS.md), for the demo, the tests and the benchmarks.
+"""Format-exact synthetic AVA-256 captures (``docs/store-format.md``), for the demo, tests and benchmarks.
 
 A synthetic capture has every file of a real one, with the same names, encodings and layouts:
 calibration JSON (K/T transposed), frame lists, head poses, per-camera image and segmentation zips (stored),

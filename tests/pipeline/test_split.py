@@ -36,7 +36,7 @@ def make_samples(
     invalid_rate: float = 0.1,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """A samples.parquet-shaped table (CONTRACTS.md): every capture has `frames` frames cycling through
+    """A samples.parquet-shaped table: every capture has `frames` frames cycling through
     SEGMENTS in blocks, `cameras` cameras with ids shared across captures, random invalid samples."""
     rng = np.random.default_rng(seed)
     rows = []

@@ -1,6 +1,6 @@
 """Bad inputs through repack (real damaged files in a tiny format-exact raw tree): each one yields a clear error
-naming capture, file and reason, or a masked sample recorded in the manifests; the job goes on. README's
-reliability section tables these cases."""
+naming capture, file and reason, or a masked sample recorded in the manifests; the job goes on.
+docs/reliability.md tables these cases."""
 
 from __future__ import annotations
 

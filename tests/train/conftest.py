@@ -24,7 +24,7 @@ def look_at(campos: np.ndarray) -> np.ndarray:
 
 
 def fake_samples(n_ids: int = 2, n_cams: int = 3, frames: int = 4, hw=(32, 24), tex: int = 32, seed: int = 0):
-    """Contract dicts (see CONTRACTS.md 'loader -> model') with smooth, identity-dependent images."""
+    """Sample dicts of the loader -> model contract (docs/pipeline.md) with smooth, identity-dependent images."""
     rng = np.random.default_rng(seed)
     topo = load_topology()
     v = topo.vertices.shape[0]
