@@ -7,7 +7,7 @@ four chunks: the camera image ``image[f, c]`` (H, W, 3), the mesh ``vertices[f]`
 the batch tensor (:mod:`ava256.store.fastread`); other stores go through zarr. Everything else is a per-capture constant
 read once and cached: camera calibration, the neutral mesh and (in an LRU) the neutral texture.
 
-The sample dict (CONTRACTS.md, "loader -> model"):
+The sample dict (the loader -> model contract; docs/pipeline.md has the table):
 
 =============  ==================  ====================================================================
 key            shape / type        meaning

@@ -128,7 +128,7 @@ def discover_captures(
 
 
 def _fetch_rows_by_capture(raw: Path) -> dict[str, list[dict[str, Any]]]:
-    """Rows of ``RAW/_manifests/fetch.parquet`` (DESIGN.md columns capture, key, bytes, etag, sha256,
+    """Rows of ``RAW/_manifests/fetch.parquet`` (columns capture, key, bytes, etag, sha256,
     status) by capture; empty without a fetch manifest. ValueError naming the file if it is unreadable."""
     import pyarrow.parquet as pq
 

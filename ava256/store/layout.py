@@ -133,17 +133,17 @@ def frames_per_shard(
 
 # --- codecs -----------------------------------------------------------------------------------------------------
 #: Selectable codecs for the uint8 picture arrays (``--codec``). All but ``lz4`` are Zarr v3 specification codecs
-#: that any Zarr implementation reads. The default is chosen by ``benchmarks/repack.py`` (README, section repack).
+#: that any Zarr implementation reads. The default is chosen by ``benchmarks/repack.py`` (docs/performance.md).
 CODECS: tuple[str, ...] = ("blosclz", "lz4", "blosc-lz4", "zstd", "blosc-zstd", "none")
 DEFAULT_CODEC = "blosclz"
 
-#: LZ4 ``acceleration`` of the ``lz4`` codec (1 = plain LZ4; higher trades ratio for speed; README, section repack).
+#: LZ4 ``acceleration`` of the ``lz4`` codec (1 = plain LZ4; higher trades ratio for speed; docs/performance.md).
 LZ4_ACCELERATION = 256
 
 
 def picture_compressors(codec: str) -> list[Any]:
     """Zarr v3 compressors for uint8 picture chunks named by ``codec`` (one of :data:`CODECS`), without the
-    checksum :func:`array_specs` adds. Sizes and costs per 667 x 1024 photo: README, section repack.
+    checksum :func:`array_specs` adds. Sizes and costs per 667 x 1024 photo: docs/performance.md.
 
     - ``blosclz`` (default): Blosc, blosclz clevel 1, no shuffle (spec codec ``blosc``)
     - ``lz4``: numcodecs LZ4, acceleration 256: less CPU, but ``numcodecs.lz4`` is not a Zarr v3 specification
@@ -424,7 +424,7 @@ def create_capture_group(
     (mode r+)."""
     group = zarr.open_group(_store_like(path), mode="w", zarr_format=3, storage_options=storage_options)
     # Each array's metadata is built in memory, then all are written concurrently by zarr.create_hierarchy:
-    # one trip to zarr's event loop instead of one per array (measured 30 -> 7 ms for a capture's arrays).
+    # one trip to zarr's event loop instead of one per array
     scratch = zarr.storage.MemoryStore()
     nodes: dict[str, Any] = {}
     for spec in array_specs(geom, codec, max_frames_per_shard, checksum).values():

@@ -14,13 +14,14 @@ compares them with zarr's own shards and reads them back with plain zarr. It app
 Direct I/O (:data:`DIRECT_IO_ENV`, on by default where ``os.O_DIRECT`` exists): shard files are opened with
 ``O_DIRECT`` and written from :data:`_SEGMENTS` page-aligned 8 MiB staging buffers, full ones by background
 threads while the next frames are decoded, and each closed file is committed (its last block, truncation,
-rename) by them too: on the development VM a shard's rename waited ~30-90 ms on the file system's journal. Writes through the page cache cost CPU per byte (and stall once
-a run outgrows the dirty-page limits, which every whole capture does); ``benchmarks/repack.py`` measures both.
+rename) by them too, since a rename can wait tens of ms on the file system's journal. Writes through the page
+cache cost CPU per byte (and stall once a run outgrows the dirty-page limits, which every whole capture does);
+``benchmarks/repack.py`` measures both.
 A file system that refuses ``O_DIRECT`` is found by a probe when a writer is made; the writer then uses the
 page cache and says so once.
 
-Figures: ``python benchmarks/repack.py`` (rows "zarr write", "buffered"); docs of the current values in the
-README, section repack.
+Figures: ``python benchmarks/repack.py`` (rows "zarr write", "buffered"), current values in
+docs/performance.md.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ DIRECT_IO_ENV = "AVA256_DIRECT_IO"
 SHARD_WRITER_ENV = "AVA256_SHARD_WRITER"
 _ALIGN = 4096  # O_DIRECT alignment of buffers, offsets and lengths (a multiple of common logical block sizes)
 _SEGMENT = 8 << 20  # bytes per direct write
-#: staging buffers per writer: while one fills, up to ``_SEGMENTS - 1`` are being written (the virtual disks
-#: measured on have latency spikes that one write in flight does not hide)
+#: staging buffers per writer: while one fills, up to ``_SEGMENTS - 1`` are being written (one write in flight
+#: does not hide a virtual disk's latency spikes)
 _SEGMENTS = 4
 
 
@@ -313,7 +314,7 @@ def _takes_direct_io(directory: Path) -> bool:
             raise
         warn_once(log, f"direct:{os.stat(directory).st_dev}",
                   "shard writer: the file system of %s refuses O_DIRECT (%s); shard files are written through "
-                  "the page cache (slower on the machines measured)", directory, exc.strerror)  # fmt: skip
+                  "the page cache (slower)", directory, exc.strerror)  # fmt: skip
         return False
     finally:
         probe.unlink(missing_ok=True)
