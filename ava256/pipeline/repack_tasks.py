@@ -335,8 +335,14 @@ def group_attrs(plan: CapturePlan, downsample: int, codec: str, checksum: bool =
 
 
 def write_capture_metadata(group: zarr.Group, plan: CapturePlan) -> None:
-    """Write the small per-capture arrays (camera calibration scaled to the stored size, stats)."""
+    """Write the small per-capture arrays (coordinates, camera calibration scaled to the stored size, stats)."""
     g, cal = plan.geometry, plan.calibration
+    group[L.COORD_FRAME][...] = np.asarray(plan.frame_ids, dtype=np.int64)
+    if L.COORD_CAMERA in group:
+        group[L.COORD_CAMERA][...] = np.asarray(cal.camera_ids, dtype=str)
+    if L.COORD_ENCODER_FRAME in group:
+        group[L.COORD_ENCODER_FRAME][...] = np.asarray(plan.encoder_frame_ids, dtype=np.int64)
+        group[L.COORD_ENCODER_CAMERA][...] = np.asarray(cat.ENCODER_CAMERAS, dtype=str)
     if g.image_hw:
         group[L.CAMERA_INTRINSICS][...] = L.sensor_to_image_intrinsics(cal.intrinsics, g.image_hw).astype(
             np.float32

@@ -9,12 +9,14 @@ Store layout (``STORE`` is a local folder or an fsspec URL)::
         image                (F, C, H, W, 3)  uint8    camera images, frame-major
         segmentation         (F, C, H, W)     uint8    part labels 0..10 (nearest-resampled)
         uv_texture           (F, T, T, 3)     uint8
-        vertices             (F, V, 3)        float32  mm, world frame (NaN where invalid)
+        vertices             (F, V, 3)        float32  mm, head frame (NaN where invalid)
         keypoints_3d         (F, 274, 5)      float32  x, y, z, confidence, n_inliers (NaN = absent)
         head_pose            (F, 3, 4)        float32  head -> world [R|t] (NaN where invalid)
-        camera/intrinsics    (C, 3, 3)        float32  K scaled to the stored image size (see scale_intrinsics)
-        camera/extrinsics    (C, 3, 4)        float32  world -> camera [R|t], mm
-        camera/distortion    (C, 4)           float32
+        frame, camera        (F,) int64, (C,) str   coordinates: frame ids (frame_list.csv), camera ids
+        encoder_frame, encoder_camera  (Fe,) int64, (5,) str   the same for the headset IR images
+        calibration/intrinsics  (C, 3, 3)     float32  K scaled to the stored image size (see scale_intrinsics)
+        calibration/extrinsics  (C, 3, 4)     float32  world -> camera [R|t], mm
+        calibration/distortion  (C, 4)        float32
         encoder/image        (Fe, 5, h, w)    uint8    headset IR images
         valid/<asset>        (F, C) | (F,) | (Fe, 5)  bool  True where the frame was decoded
         stats/texture_mean   (T, T, 3)        float32
@@ -40,8 +42,8 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from ava256.capture import ENCODER_CAMERAS, NUM_KEYPOINTS, SENSOR_HEIGHT, SENSOR_WIDTH, CaptureId
 
 #: Bumped whenever names, shapes, codecs or semantics of the layout change; repack recreates a capture store of
-#: another version and the loader refuses one. 2: every inner chunk ends with its crc32c; default codec blosclz.
-FORMAT_VERSION = 2
+#: another version and the loader refuses one. 3: coordinate arrays (frame, camera, ...), ``calibration/``.
+FORMAT_VERSION = 3
 
 STORE_SUFFIX = ".zarr"
 MANIFESTS_DIR = "_manifests"
@@ -54,9 +56,14 @@ VERTICES = "vertices"
 KEYPOINTS_3D = "keypoints_3d"
 HEAD_POSE = "head_pose"
 ENCODER_IMAGE = "encoder/image"
-CAMERA_INTRINSICS = "camera/intrinsics"
-CAMERA_EXTRINSICS = "camera/extrinsics"
-CAMERA_DISTORTION = "camera/distortion"
+CAMERA_INTRINSICS = "calibration/intrinsics"
+CAMERA_EXTRINSICS = "calibration/extrinsics"
+CAMERA_DISTORTION = "calibration/distortion"
+# coordinate arrays: named like their dimension, so xarray indexes by id (``.sel(camera="400283")``)
+COORD_FRAME = "frame"
+COORD_CAMERA = "camera"
+COORD_ENCODER_FRAME = "encoder_frame"
+COORD_ENCODER_CAMERA = "encoder_camera"
 TEXTURE_MEAN = "stats/texture_mean"
 VERTEX_MEAN = "stats/vertex_mean"
 VALID_PREFIX = "valid/"
@@ -348,7 +355,12 @@ def array_specs(
         )
         add(ArraySpec(**{**spec.__dict__, "per": "encoder"}))
         add_valid("encoder_image", specs[ENCODER_IMAGE])
+        Fe, n = geom.n_encoder_frames, len(ENCODER_CAMERAS)
+        add(ArraySpec(COORD_ENCODER_FRAME, (Fe,), "int64", (Fe,), None, -1, (COORD_ENCODER_FRAME,), crc))
+        add(ArraySpec(COORD_ENCODER_CAMERA, (n,), "str", (n,), None, "", (COORD_ENCODER_CAMERA,), crc))
+    add(ArraySpec(COORD_FRAME, (F,), "int64", (max(F, 1),), None, -1, (COORD_FRAME,), crc))
     if C:
+        add(ArraySpec(COORD_CAMERA, (C,), "str", (C,), None, "", (COORD_CAMERA,), crc))
         add(
             ArraySpec(
                 CAMERA_INTRINSICS,

@@ -332,7 +332,12 @@ def test_store_opens_with_xarray_and_info_cli(repacked):
     assert ds["image"].dtype == np.uint8
     assert ds.sizes["frame"] == N_FRAMES and ds.sizes["camera"] == len(CAMERAS)
     np.testing.assert_array_equal(ds["image"][4, 2].values, zarr.open_group(path, mode="r")[L.IMAGE][4, 2])
-    cam = xr.open_zarr(path, group="camera", consolidated=False, chunks=None)
+    cam_ids = zarr.open_group(path, mode="r").attrs[L.ATTR_CAMERA_IDS]
+    assert list(ds["camera"].values) == cam_ids and ds["frame"].values.dtype == np.int64
+    np.testing.assert_array_equal(
+        ds["image"].sel(camera=cam_ids[2]).isel(frame=4).values, ds["image"][4, 2].values
+    )
+    cam = xr.open_zarr(path, group="calibration", consolidated=False, chunks=None)
     assert cam["intrinsics"].shape == (len(CAMERAS), 3, 3)
     valid = xr.open_zarr(path, group="valid", consolidated=False, chunks=None)
     assert bool(valid["image"].all())
