@@ -5,12 +5,12 @@
 2. repack vs pure decode of the same AVIF files on one Dask LocalCluster of worker processes (images/s, the
    ratio, CPU per image, peak RSS), for the default and each ``--codecs`` codec, and for the variants that
    measure what each fast path earns: without the chunk checksum, with zarr's write path instead of the shard
-   writer, with page-cache instead of direct I/O;
+   writer;
 3. the same pure decode and default repack on a cluster started with Dask's own malloc settings (what
    ``cluster.WORKER_MALLOC_ENV`` earns).
 
     python benchmarks/repack.py [--quick] [--workers 2] [--cameras 8] [--frames 256] [--codecs blosclz,lz4]
-                                [--variants default,no-checksum,zarr-write,buffered] [--repeats 3]
+                                [--variants default,no-checksum,zarr-write] [--repeats 3]
 
 The default workload is 8 cameras x 256 frames (2,048 images): one task per camera of repack's real task size
 (``TASK_TARGET_FRAMES`` = 256 frames = 8 shards of 32 images), four per worker of a 2-core machine, so the run's
@@ -55,7 +55,6 @@ VARIANTS: dict[str, tuple[str, dict[str, str], bool]] = {
     "default": ("", {}, True),
     "no-checksum": ("without the chunk crc32c", {}, False),
     "zarr-write": ("zarr's arr[s0:s1, c] = shard write", {"AVA256_SHARD_WRITER": "0"}, True),
-    "buffered": ("page-cache writes, no O_DIRECT", {"AVA256_DIRECT_IO": "0"}, True),
 }
 
 
@@ -297,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=256, help="frames per camera (256 = one real-size task)")
     ap.add_argument("--distinct", type=int, default=24, help="distinct AVIF images (reused cyclically)")
     ap.add_argument("--codecs", default=",".join(L.CODECS), help="codecs of the codec table and repack rows")
-    ap.add_argument("--variants", default="default,no-checksum,zarr-write,buffered",
+    ap.add_argument("--variants", default="default,no-checksum,zarr-write",
                     help=f"repack variants ({', '.join(VARIANTS)}) of the default codec, or VARIANT@CODEC")  # fmt: skip
     ap.add_argument("--repeats", type=int, default=3, help="repack runs per row (medians; quick: 1)")
     ap.add_argument("--no-malloc-row", action="store_true", help="skip section 3 (Dask's malloc settings)")

@@ -4,11 +4,7 @@ samples manifests: pure functions on real Zarr / Parquet files."""
 from __future__ import annotations
 
 import os
-import shutil
-import sys
-import tempfile
 from datetime import UTC
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -340,52 +336,12 @@ def test_shard_writer_declines_other_layouts_and_says_so(tmp_path, caplog):
     assert any("MemoryStore is not a local folder" in t for t in text)
 
 
-def _supports_direct_io(folder) -> bool:
-    if not hasattr(os, "O_DIRECT"):
-        return False
-    try:
-        fd = os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644)
-    except OSError:
-        return False
-    os.close(fd)
-    os.unlink(folder / "probe")
-    return True
-
-
-def _tmpfs_dir():
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        pytest.skip("no writable /dev/shm")
-    return Path(tempfile.mkdtemp(dir=shm))
-
-
-def _open_flags(path) -> int | None:
-    """The status flags (octal in /proc/self/fdinfo) of this process's open file ``path``, or None."""
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
-                for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
-                    if line.startswith("flags:"):
-                        return int(line.split()[1], 8)
-        except OSError:
-            continue
-    return None
-
-
-@pytest.mark.parametrize("io", ["direct", "buffered", "tmpfs"])
 @pytest.mark.parametrize("frame_mib", [0, 3])
-def test_streamed_shards_direct_and_buffered_and_abort_leaves_nothing(
-    tmp_path, io, frame_mib, monkeypatch, caplog
-):
-    """Shards streamed with direct I/O (the file really opened with O_DIRECT where the file system takes it),
-    through the page cache, and on tmpfs (which before Linux 6.6 refuses O_DIRECT: the writer says so and uses
-    the page cache) hold the same bytes, also when a shard spans many cycles of the staging buffers (3 MiB
-    frames, 14 per shard); an aborted shard leaves no file, a closed one no temporary file."""
+def test_streamed_shards_and_abort_leaves_nothing(tmp_path, frame_mib):
+    """Streamed shards hold the frames (also 3 MiB frames, 14 per shard, and compressible ones); an aborted
+    shard leaves no file, a closed one no temporary file."""
     from ava256.store import shards
 
-    monkeypatch.setenv(shards.DIRECT_IO_ENV, "0" if io == "buffered" else "1")
-    if io == "tmpfs":
-        tmp_path = _tmpfs_dir()
     hw = (1024, 1024) if frame_mib else (16, 24)
     n = 14 if frame_mib else 4
     data = np.random.default_rng(3).integers(0, 255, (n + 2, *hw, 3), dtype=np.uint8)
@@ -394,15 +350,9 @@ def test_streamed_shards_direct_and_buffered_and_abort_leaves_nothing(
               compressors=[zarr.codecs.BloscCodec(cname="blosclz", clevel=1, shuffle="noshuffle"),
                            zarr.codecs.Crc32cCodec()])  # fmt: skip
     arr = zarr.create_array(str(tmp_path / "a.zarr"), **kw)
-    with caplog.at_level("WARNING"), shards.shard_writer(arr) as w:
-        expect_direct = io != "buffered" and _supports_direct_io(tmp_path)
-        assert w.direct is expect_direct
-        if io == "tmpfs" and not expect_direct:
-            assert any("refuses O_DIRECT" in r.getMessage() for r in caplog.records)
+    with shards.shard_writer(arr) as w:
         for s, (s0, s1) in enumerate([(0, n), (n, n + 2)]):
             f = w.open_shard((s, 0, 0, 0))
-            if sys.platform.startswith("linux"):
-                assert bool(_open_flags(f._tmp) & os.O_DIRECT) is expect_direct
             for x in data[s0:s1]:
                 f.append(x)
             f.close()
@@ -413,47 +363,32 @@ def test_streamed_shards_direct_and_buffered_and_abort_leaves_nothing(
     files = sorted(
         str(p.relative_to(tmp_path / "a.zarr")) for p in (tmp_path / "a.zarr").rglob("*") if p.is_file()
     )
-    assert files == ["c/0/0/0/0", "c/1/0/0/0", "zarr.json"]  # no shard 5, no .partial files, no probe files
-    if io == "tmpfs":
-        shutil.rmtree(tmp_path)
+    assert files == ["c/0/0/0/0", "c/1/0/0/0", "zarr.json"]  # no shard 5, no .partial files
 
 
-def test_direct_io_is_the_default_and_can_be_turned_off(monkeypatch):
-    from ava256.store.shards import DIRECT_IO_ENV, direct_io_enabled
-
-    monkeypatch.delenv(DIRECT_IO_ENV, raising=False)
-    assert direct_io_enabled() is hasattr(os, "O_DIRECT")
-    for value in ("0", "off", "false", "no"):
-        monkeypatch.setenv(DIRECT_IO_ENV, value)
-        assert direct_io_enabled() is False
-
-
-@pytest.mark.parametrize("io", ["direct", "buffered"])
-def test_a_failed_write_fails_the_shard_and_leaves_no_file(tmp_path, monkeypatch, io):
-    """A write error (here: the disk is full at the shard's second 8 MiB) is raised, by the shard's own
-    append or close or (written in the background) by the writer's close, and leaves no file, not even a
-    temporary one; a new writer then writes the shard intact."""
+def test_a_failed_write_fails_the_shard_and_leaves_no_file(tmp_path, monkeypatch):
+    """A write error (here: the disk is full at the shard's thirteenth MiB) is raised by the shard's append
+    or close and leaves no file, not even a temporary one; a new writer then writes the shard intact."""
     import errno
 
     from ava256.store import shards
 
-    monkeypatch.setenv(shards.DIRECT_IO_ENV, "0" if io == "buffered" else "1")
     data = np.random.default_rng(4).integers(0, 255, (6, 1024, 1024, 3), dtype=np.uint8)
     kw = dict(shape=data.shape, dtype="uint8", chunks=(1, 1024, 1024, 3), shards=(6, 1024, 1024, 3),
               compressors=[zarr.codecs.Crc32cCodec()])  # fmt: skip
     arr = zarr.create_array(str(tmp_path / "a.zarr"), **kw)
-    real_write, real_pwrite = os.write, os.pwrite
+    real_write = os.write
     written = {"n": 0}
 
-    def full(fd, data, *offset):
+    def full(fd, data):
         written["n"] += len(data)
         if written["n"] > 12 << 20:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return (real_pwrite if offset else real_write)(fd, data, *offset)
+        return real_write(fd, data)
 
     with pytest.raises(OSError, match="No space"):
         with shards.shard_writer(arr) as w:
-            monkeypatch.setattr(shards.os, "pwrite" if w.direct else "write", full)
+            monkeypatch.setattr(shards.os, "write", full)
             f = w.open_shard((0, 0, 0, 0))
             try:
                 for x in data:
@@ -462,7 +397,6 @@ def test_a_failed_write_fails_the_shard_and_leaves_no_file(tmp_path, monkeypatch
             except OSError:
                 f.abort()
                 raise
-    monkeypatch.setattr(shards.os, "pwrite", real_pwrite)
     monkeypatch.setattr(shards.os, "write", real_write)
     assert not [p for p in (tmp_path / "a.zarr").rglob("*") if p.is_file() and p.name != "zarr.json"]
     with shards.shard_writer(arr) as w:
