@@ -112,3 +112,13 @@ def test_constraints_pin_every_declared_distribution():
     # torch is installed by README's command itself (the build matching the machine)
     unpinned = sorted(core.union(*extras.values()) - pinned - {"torch"})
     assert not unpinned, f"declared but not pinned in constraints.txt: {unpinned}"
+
+
+def test_package_data_globs_name_existing_files():
+    """Each ``[tool.setuptools.package-data]`` entry names a package folder and matches at least one file."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    for package, patterns in data.items():
+        folder = ROOT / package.replace(".", "/")
+        assert (folder / "__init__.py").is_file(), f"package-data names {package}, which is not a package"
+        for pattern in patterns:
+            assert list(folder.glob(pattern)), f"package-data {package}: {pattern} matches no file"

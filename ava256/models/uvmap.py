@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ava256.topology import face_topology
+
 log = logging.getLogger(__name__)
 
 
@@ -35,8 +37,7 @@ class TopologyArrays:
 
 
 def load_topology() -> TopologyArrays:
-    """The package's face topology (``ava256.synth.topology.face_topology()``, 7306 vertices)."""
-    from ava256.synth.topology import face_topology
+    """The package's face topology (``ava256.topology.face_topology()``, 7306 vertices), shared with synth."""
 
     topo = face_topology()
     return TopologyArrays(

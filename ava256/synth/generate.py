@@ -7,7 +7,7 @@ mean/variance, and the five encoder IR zips. Content is procedural but coherent:
 (ellipsoid with the uv texture of the frame mapped onto it) moves with the head pose and is ray-cast into
 each calibrated camera, so images, segmentations, poses, meshes and textures agree with each other.
 
-Conventions: head frame = the frame of :func:`ava256.synth.topology.face_topology` (mm, y down, z out of the
+Conventions: head frame = the frame of :func:`ava256.topology.face_topology` (mm, y down, z out of the
 face); ``head_pose`` maps head -> world; the registration meshes are in the head frame (as the release's
 reference loader uses them: it composes only the cameras with the head pose); keypoints are in world
 coordinates. Lens distortion is written to the calibration but not applied when rendering.
@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from ava256 import capture as cap
+from ava256 import topology as topo
 from ava256.atomic import atomic_write_bytes
 from ava256.capture import ASSETS, ENCODER_CAMERAS, NUM_KEYPOINTS, SENSOR_HEIGHT, SENSOR_WIDTH, CaptureId
 from ava256.formats import (
@@ -48,7 +49,6 @@ from ava256.formats import (
     write_ply,
     write_scalar_txt,
 )
-from ava256.synth import topology as topo
 
 log = logging.getLogger(__name__)
 

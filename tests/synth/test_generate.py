@@ -24,7 +24,7 @@ from ava256.formats import (
     read_scalar_txt,
 )
 from ava256.synth.generate import generate_bucket, generate_capture, parse_size_dims
-from ava256.synth.topology import face_topology
+from ava256.topology import face_topology
 
 from .conftest import CAMERAS, FRAMES, IMAGE_SIZE, TEXTURE_SIZE
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 
 from ava256.capture import NUM_VERTICES
-from ava256.synth.topology import face_topology, region_weights
+from ava256.topology import face_topology, region_weights
 
 
 def test_face_topology_shape_and_validity():

@@ -1,4 +1,5 @@
-"""A procedurally generated head-like face mesh with exactly 7306 vertices (the release's vertex count).
+"""The face topology that the models and synth share: a procedurally generated head-like mesh with exactly 7306
+vertices (the release's vertex count).
 
 Head frame, millimetres, OpenCV-like axes: x to the subject's left (image right for a frontal camera),
 y down, z out of the face. Parts (vertex ranges are fixed):
