@@ -282,8 +282,8 @@ def repack(
     from ava256.progress import Progress
 
     t0 = time.perf_counter()
-    if codec not in L.CODECS:
-        raise ValueError(f"unknown codec {codec!r}; expected one of {', '.join(L.CODECS)}")
+    if codec not in L.STORE_CODECS:
+        raise ValueError(f"unknown codec {codec!r}; expected one of {', '.join(L.STORE_CODECS)}")
     if int(downsample) < 1:
         raise ValueError(f"--downsample must be >= 1, got {downsample}")
     downsample = int(downsample)

@@ -7,8 +7,9 @@ A shard of a ``sharding_indexed`` array whose index sits at the end (what ``ava2
 
 ``index``: one (offset, nbytes) pair of little-endian uint64 per inner chunk, in C order of the shard's chunk
 grid; an absent chunk has offset = nbytes = 2**64 - 1. An inner chunk is its elements in C order (``bytes``
-codec, little-endian), passed through the bytes-to-bytes codecs in order: at most one compressor, then
-``crc32c`` (the chunk's CRC32C as a little-endian uint32 appended) where the array has it.
+codec, little-endian) or one JPEG (``ava256.jpeg``, :mod:`ava256.store.codecs`), passed through the
+bytes-to-bytes codecs in order: at most one compressor (none after JPEG), then ``crc32c`` (the chunk's CRC32C
+as a little-endian uint32 appended) where the array has it.
 
 :func:`chunk_format` returns a :class:`ChunkFormat` for an array of this layout and raises
 :class:`LayoutMismatch` (saying why) for any other, so that the shard writer and the chunk reader that use it
@@ -26,6 +27,8 @@ import google_crc32c
 import numcodecs
 import numpy as np
 import zarr
+
+from ava256.store.codecs import CODEC_NAME, JpegCodec, decode_jpeg, encode_jpeg
 
 #: index entry of an absent chunk (offset and nbytes)
 MISSING = np.uint64(2**64 - 1)
@@ -73,6 +76,7 @@ class ChunkFormat:
     compressor: numcodecs.abc.Codec | None
     checksum: bool  # inner chunks end with their crc32c
     separator: str  # of the default chunk key encoding
+    jpeg: JpegCodec | None = None  # the array-to-bytes codec when it is ``ava256.jpeg`` (else ``bytes``)
 
     @property
     def chunks_per_shard(self) -> tuple[int, ...]:
@@ -102,7 +106,12 @@ class ChunkFormat:
         a = np.ascontiguousarray(chunk, dtype=self.dtype)
         if a.size * a.itemsize != self.chunk_nbytes:
             raise ValueError(f"chunk of shape {a.shape} does not fit chunk shape {self.chunk_shape}")
-        payload = self.compressor.encode(a) if self.compressor is not None else a.reshape(-1).view(np.uint8)
+        if self.jpeg is not None:
+            payload = encode_jpeg(a.reshape(self.chunk_shape), self.jpeg.quality, self.jpeg.subsampling)
+        elif self.compressor is not None:
+            payload = self.compressor.encode(a)
+        else:
+            payload = a.reshape(-1).view(np.uint8)
         if not self.checksum:
             return (payload,)
         return payload, _crc32c(payload).to_bytes(4, "little")
@@ -110,11 +119,13 @@ class ChunkFormat:
     def decode_into(self, data: bytes, out: np.ndarray, what: str) -> None:
         """Decode one inner chunk's stored bytes into ``out`` (C-contiguous, ``chunk_shape``, the array's
         dtype). ValueError naming ``what`` if its checksum or size is wrong."""
-        view = np.frombuffer(data, dtype=np.uint8)
-        if self.checksum:
-            if view.size < 4 or _crc32c(view[:-4]) != int.from_bytes(data[-4:], "little"):
-                raise ValueError(f"{what}: chunk checksum mismatch (corrupt chunk)")
-            view = view[:-4]
+        view = self.payload(data, what)
+        if self.jpeg is not None:
+            try:
+                out[...] = decode_jpeg(view, self.chunk_shape)
+            except ValueError as exc:
+                raise ValueError(f"{what}: {exc}") from exc
+            return
         flat = out.reshape(-1).view(np.uint8)
         c = self.compressor
         if c is None:
@@ -127,6 +138,16 @@ class ChunkFormat:
         if got.size != self.chunk_nbytes:
             raise ValueError(f"{what}: chunk decodes to {got.size} bytes, expected {self.chunk_nbytes}")
         flat[:] = got
+
+    def payload(self, data: bytes, what: str) -> np.ndarray:
+        """The encoded elements of one stored inner chunk (uint8 view of ``data`` without its crc32c, which is
+        checked): for ``ava256.jpeg`` arrays a JFIF file. ValueError naming ``what`` on a checksum mismatch."""
+        view = np.frombuffer(data, dtype=np.uint8)
+        if self.checksum:
+            if view.size < 4 or _crc32c(view[:-4]) != int.from_bytes(data[-4:], "little"):
+                raise ValueError(f"{what}: chunk checksum mismatch (corrupt chunk)")
+            view = view[:-4]
+        return view
 
     # --- shard index ----------------------------------------------------------------------------------------
     def index_bytes(self, sizes: list[int | None]) -> bytes:
@@ -172,15 +193,16 @@ def chunk_format(arr: zarr.Array) -> ChunkFormat:
         raise LayoutMismatch(f"index codecs {names}, expected little-endian bytes + crc32c")
     inner = list(conf.get("codecs", []))
     dtype = np.dtype(arr.dtype)
-    if not inner or inner[0].get("name") != "bytes":
+    jpeg = JpegCodec.from_dict(inner[0]) if inner and inner[0].get("name") == CODEC_NAME else None
+    if not inner or (inner[0].get("name") != "bytes" and jpeg is None):
         raise LayoutMismatch(f"inner codecs {[c.get('name') for c in inner]} do not start with bytes")
-    if dtype.itemsize > 1 and _endian(inner[0]) != "little":
+    if jpeg is None and dtype.itemsize > 1 and _endian(inner[0]) != "little":
         raise LayoutMismatch("inner chunks are not little-endian")
     rest = inner[1:]
     checksum = bool(rest) and rest[-1].get("name") == "crc32c"
     if checksum:
         rest = rest[:-1]
-    if len(rest) > 1:
+    if len(rest) > 1 or (jpeg is not None and rest):
         raise LayoutMismatch(f"inner codecs {[c.get('name') for c in inner]}: more than one compressor")
     compressor = compressor_from_json(rest[0]) if rest else None
     key = meta.get("chunk_key_encoding") or {}
@@ -204,6 +226,7 @@ def chunk_format(arr: zarr.Array) -> ChunkFormat:
         compressor=compressor,
         checksum=checksum,
         separator=sep,
+        jpeg=jpeg,
     )
 
 

@@ -40,6 +40,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from ava256.capture import ENCODER_CAMERAS, NUM_KEYPOINTS, SENSOR_HEIGHT, SENSOR_WIDTH, CaptureId
+from ava256.store.codecs import JpegCodec
 
 #: Bumped whenever names, shapes, codecs or semantics of the layout change; repack recreates a capture store of
 #: another version and the loader refuses one. 3: coordinate arrays (frame, camera, ...), ``calibration/``.
@@ -139,10 +140,19 @@ def frames_per_shard(
 
 
 # --- codecs -----------------------------------------------------------------------------------------------------
-#: Selectable codecs for the uint8 picture arrays (``--codec``). All but ``lz4`` are Zarr v3 specification codecs
-#: that any Zarr implementation reads. The default is chosen by ``benchmarks/repack.py`` (docs/performance.md).
+#: Lossless compressors for the uint8 picture arrays (``--codec``). All but ``lz4`` are Zarr v3 specification
+#: codecs that any Zarr implementation reads.
 CODECS: tuple[str, ...] = ("blosclz", "lz4", "blosc-lz4", "zstd", "blosc-zstd", "none")
+#: Lossy picture codecs: camera images, uv textures and headset images become one JPEG per chunk
+#: (``ava256.jpeg``, :mod:`ava256.store.codecs`); segmentation labels stay lossless (:data:`LABEL_CODEC`).
+LOSSY_CODECS: tuple[str, ...] = ("jpeg",)
+#: What ``repack --codec`` accepts. The default is chosen by ``benchmarks/codecs.py`` (docs/store-format.md).
+STORE_CODECS: tuple[str, ...] = CODECS + LOSSY_CODECS
 DEFAULT_CODEC = "blosclz"
+LABEL_CODEC = "blosclz"
+#: quality and chroma subsampling of the ``jpeg`` codec (docs/store-format.md gives bytes and PSNR)
+JPEG_QUALITY = 90
+JPEG_SUBSAMPLING = "4:2:0"
 
 #: LZ4 ``acceleration`` of the ``lz4`` codec (1 = plain LZ4; higher trades ratio for speed; docs/performance.md).
 LZ4_ACCELERATION = 256
@@ -214,6 +224,7 @@ class ArraySpec:
     dims: tuple[str, ...]
     compressors: list[Any] = field(default_factory=list, compare=False)
     per: str = "meta"
+    serializer: Any = field(default=None, compare=False)  # array-to-bytes codec; None: zarr's ``bytes``
 
     @property
     def frames_per_shard(self) -> int:
@@ -227,7 +238,17 @@ class ArraySpec:
 
 
 def _frame_spec(
-    name, per_frame_shape, dtype, fill, dims, n_frames, compressors, per, per_axis=1, max_frames=None
+    name,
+    per_frame_shape,
+    dtype,
+    fill,
+    dims,
+    n_frames,
+    compressors,
+    per,
+    per_axis=1,
+    max_frames=None,
+    serializer=None,
 ):
     """A (F, [K,] *per_frame_shape) array with one frame (of one camera) per chunk, S frames per shard."""
     itemsize = np.dtype(dtype).itemsize
@@ -246,6 +267,7 @@ def _frame_spec(
         dims=dims,
         compressors=compressors,
         per=per,
+        serializer=serializer,
     )
 
 
@@ -259,9 +281,14 @@ def array_specs(
     ``max_frames_per_shard`` caps the frames of a shard (tests use small values to get several shards).
     ``checksum``: every inner chunk of every array ends with its crc32c (the Zarr v3 ``crc32c`` codec, last of
     the chunk's codecs), so any Zarr reader refuses a damaged chunk; False only to measure its cost."""
+    if codec not in STORE_CODECS:
+        raise ValueError(f"unknown codec {codec!r}; expected one of {', '.join(STORE_CODECS)}")
     mf = max_frames_per_shard
     crc = [Crc32cCodec()] if checksum else []
-    pic = picture_compressors(codec) + crc
+    lossy = codec in LOSSY_CODECS
+    pic = crc if lossy else picture_compressors(codec) + crc
+    labels = picture_compressors(LABEL_CODEC if lossy else codec) + crc
+    jpeg = JpegCodec(quality=JPEG_QUALITY, subsampling=JPEG_SUBSAMPLING) if lossy else None
     f32 = _numeric_compressors(4) + crc
     boolc = _numeric_compressors(1) + crc
     F, C, nan = geom.n_frames, geom.n_cameras, float("nan")
@@ -282,12 +309,12 @@ def array_specs(
     if "image" in present and geom.image_hw:
         H, W = geom.image_hw
         d = ("frame", "camera", "height", "width", "rgb")
-        add(_frame_spec(IMAGE, (H, W, 3), "uint8", 0, d, F, pic, "camera", C, max_frames=mf))
+        add(_frame_spec(IMAGE, (H, W, 3), "uint8", 0, d, F, pic, "camera", C, max_frames=mf, serializer=jpeg))
         add_valid("image", specs[IMAGE])
     if "segmentation" in present and geom.image_hw:
         H, W = geom.image_hw
         d = ("frame", "camera", "height", "width")
-        add(_frame_spec(SEGMENTATION, (H, W), "uint8", 0, d, F, pic, "camera", C, max_frames=mf))
+        add(_frame_spec(SEGMENTATION, (H, W), "uint8", 0, d, F, labels, "camera", C, max_frames=mf))
         add_valid("segmentation", specs[SEGMENTATION])
     if "uv_texture" in present and geom.texture_size:
         T = geom.texture_size
@@ -302,6 +329,7 @@ def array_specs(
                 pic,
                 "frame",
                 max_frames=mf,
+                serializer=jpeg,
             )
         )
         add_valid("uv_texture", specs[UV_TEXTURE])
@@ -352,6 +380,7 @@ def array_specs(
             "camera",
             len(ENCODER_CAMERAS),
             mf,
+            serializer=jpeg,
         )
         add(ArraySpec(**{**spec.__dict__, "per": "encoder"}))
         add_valid("encoder_image", specs[ENCODER_IMAGE])
@@ -449,6 +478,7 @@ def create_capture_group(
             shards=spec.shards,
             fill_value=spec.fill_value,
             compressors=spec.compressors,
+            serializer=spec.serializer or "auto",
             dimension_names=spec.dims,
         ).metadata
     for _ in zarr.create_hierarchy(store=group.store, nodes=nodes, overwrite=True):

@@ -417,7 +417,7 @@ def test_synthetic_release_capture_with_drops(tmp_path, client):
 
 def test_cli_codec_choices_match_the_layout():
     opt = next(p for p in cli.commands["repack"].params if p.name == "codec")
-    assert tuple(opt.type.choices) == L.CODECS and opt.default == L.DEFAULT_CODEC
+    assert tuple(opt.type.choices) == L.STORE_CODECS and opt.default == L.DEFAULT_CODEC
 
 
 def test_encode_thread_variant_writes_the_same_store(repacked, tmp_path, client):

@@ -1,0 +1,62 @@
+"""``ava256 repack --codec jpeg`` on tiny real captures: pictures are JPEGs close to a direct decode, labels and
+every other array exact, the store's identity includes the codec, and the loader reads it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+from repack_data import CAMERAS, write_capture
+
+from ava256 import capture as cat
+from ava256.formats.images import decode_rgb
+from ava256.formats.zips import ZipReader
+from ava256.pipeline.repack import repack
+from ava256.store import layout as L
+
+CAP = cat.release_capture_ids()[0]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255**2 / max(mse, 1e-12)))
+
+
+@pytest.fixture(scope="module")
+def jpeg_store(tmp_path_factory):
+    raw, root = tmp_path_factory.mktemp("raw"), tmp_path_factory.mktemp("stores")
+    write_capture(raw, CAP, seed=0)
+    lossless = repack(raw, root / "lossless", workers=1, progress=False, max_frames_per_shard=4)
+    jpeg = repack(raw, root / "jpeg", workers=1, progress=False, codec="jpeg", max_frames_per_shard=4)
+    assert lossless.tasks_failed == jpeg.tasks_failed == 0
+    return raw, root
+
+
+def test_pictures_are_close_and_the_rest_exact(jpeg_store):
+    raw, root = jpeg_store
+    a = zarr.open_group(L.capture_store_path(root / "lossless", CAP), mode="r")
+    b = zarr.open_group(L.capture_store_path(root / "jpeg", CAP), mode="r")
+    assert b.attrs[L.ATTR_CODEC] == "jpeg" and a.attrs[L.ATTR_CODEC] == L.DEFAULT_CODEC
+    with ZipReader(raw / CAP.folder / cat.image_key(CAMERAS[0])) as z:
+        direct = decode_rgb(z.read(cat.image_member(CAMERAS[0], int(b.attrs[L.ATTR_FRAME_IDS][0]))))
+    np.testing.assert_array_equal(a[L.IMAGE][0, 0], direct)
+    for name in (L.IMAGE, L.UV_TEXTURE, L.ENCODER_IMAGE):
+        x, y = a[name][...], b[name][...]
+        assert x.shape == y.shape and psnr(x, y) > 25, (
+            name
+        )  # noisy test pictures; photos: benchmarks/codecs.py
+        assert not np.array_equal(x, y), f"{name}: jpeg is lossy, an exact copy means it was not applied"
+    for name in (L.SEGMENTATION, L.VERTICES, L.HEAD_POSE, L.valid_name("image")):
+        np.testing.assert_array_equal(a[name][...], b[name][...])
+
+
+def test_the_codec_is_part_of_the_store_identity(jpeg_store):
+    """Re-running with the other codec recreates the capture instead of mixing codecs in one store."""
+    raw, root = jpeg_store
+    again = repack(raw, root / "jpeg", workers=1, progress=False, codec="jpeg", max_frames_per_shard=4)
+    assert again.tasks_run == 0
+    swapped = repack(raw, root / "jpeg", workers=1, progress=False, codec="blosclz", max_frames_per_shard=4)
+    assert swapped.tasks_run > 0
+    g = zarr.open_group(L.capture_store_path(root / "jpeg", CAP), mode="r")
+    assert g.attrs[L.ATTR_CODEC] == "blosclz"
+    assert "ava256.jpeg" not in str(g[L.IMAGE].metadata.to_dict())
