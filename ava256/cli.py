@@ -279,7 +279,7 @@ def verify_cmd(out: str, workers: int, processes: bool, scheduler: str | None, p
     default="blosclz",
     help="Codec of the picture arrays. Lossless: blosclz (Blosc, a Zarr v3 spec codec) is the cheapest; lz4 "
     "(numcodecs LZ4) costs a little less CPU but is not in the Zarr v3 spec; blosc-zstd is the smallest. "
-    "jpeg: one JPEG (quality 90) per image, texture and headset image, ~0.7x the source AVIF bytes at ~44 dB, "
+    "jpeg: one JPEG (quality 90, 4:4:4) per image, texture and headset image, ~0.9x the source AVIF bytes at ~42 dB, "
     "decoded on the GPU when training on CUDA; labels stay lossless (docs/store-format.md).",
 )
 @click.option(

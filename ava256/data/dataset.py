@@ -193,6 +193,9 @@ class ZarrSampleDataset(Dataset):
             vertices, no per-capture constants) for :func:`ava256.data.finish_batch` (module doc).
         fast_reads: read chunks of local stores with :class:`ava256.store.fastread.ChunkReader` instead of
             ``zarr.Array.__getitem__`` (same values, several times less CPU); False always uses zarr.
+        ship_jpeg: compact samples of ``--codec jpeg`` stores carry each image's and texture's JFIF bytes
+            (``image_jpeg``, ``tex_jpeg``: 1-D uint8 tensors) instead of pixels, for
+            :func:`ava256.data.finish_batch` to decode on the GPU (:mod:`ava256.data.pictures`).
     """
 
     def __init__(
@@ -208,8 +211,10 @@ class ZarrSampleDataset(Dataset):
         normalize: bool = True,
         fast_reads: bool = True,
         storage_options: dict[str, Any] | None = None,
+        ship_jpeg: bool = False,
     ) -> None:
         super().__init__()
+        self.ship_jpeg = bool(ship_jpeg) and not normalize
         self.store = store if isinstance(store, zarr.abc.store.Store) else os.fspath(store)
         self.storage_options = storage_options
         self.neutral_cache_size = None if neutral_cache is None else max(1, int(neutral_cache))
@@ -449,11 +454,22 @@ class ZarrSampleDataset(Dataset):
         B = len(keys)
         H, W = self.image_size
         T, V = self.texture_size, self.n_vertices
-        # uint8 HWC pictures and mm vertices of the batch, filled by the reads
-        image_u8 = _batch_tensor((B, H, W, 3), torch.uint8, shared=not self.normalize)
-        tex_u8 = _batch_tensor((B, T, T, 3), torch.uint8, shared=not self.normalize)
+        ship_image, ship_tex = (
+            self.ship_jpeg
+            and all(a.readers is not None and a.readers[k].fmt.jpeg is not None for a in arrays)
+            for k in (0, 3)
+        )
+        # uint8 HWC pictures (unless their JPEG bytes are shipped) and mm vertices of the batch, filled by the reads
+        image_u8 = None if ship_image else _batch_tensor((B, H, W, 3), torch.uint8, shared=not self.normalize)
+        tex_u8 = None if ship_tex else _batch_tensor((B, T, T, 3), torch.uint8, shared=not self.normalize)
         verts_b = _batch_tensor((B, V, 3), torch.float32)
-        poses = self._read_batch(keys, arrays, image_u8.numpy(), tex_u8.numpy(), verts_b.numpy())
+        poses, shipped = self._read_batch(
+            keys,
+            arrays,
+            None if image_u8 is None else image_u8.numpy(),
+            None if tex_u8 is None else tex_u8.numpy(),
+            verts_b.numpy(),
+        )
         if self.normalize:
             image_b = _batch_tensor((B, 3, H, W), torch.float32)
             tex_b = _batch_tensor((B, 3, T, T), torch.float32)
@@ -484,7 +500,12 @@ class ZarrSampleDataset(Dataset):
                 sample["neut_tex"] = self.stats.normalized_tex_from_uint8(neut_u8, out=neut_b[b])
                 sample["pixelcoords"] = self._pixelcoords
             else:  # compact: finish_batch adds the per-capture constants and normalises on the device
-                sample["image"], sample["tex"], sample["verts"] = image_u8[b], tex_u8[b], verts_b[b]
+                sample["verts"] = verts_b[b]
+                for key, u8 in (("image", image_u8), ("tex", tex_u8)):
+                    if u8 is None:
+                        sample[key + "_jpeg"] = shipped[key][b]
+                    else:
+                        sample[key] = u8[b]
             out.append(sample)
         return out
 
@@ -492,21 +513,32 @@ class ZarrSampleDataset(Dataset):
         self,
         keys: Sequence[tuple[int, str, int, int]],
         arrays: Sequence[_CaptureArrays],
-        image: np.ndarray,
-        tex: np.ndarray,
+        image: np.ndarray | None,
+        tex: np.ndarray | None,
         verts: np.ndarray,
-    ) -> list[np.ndarray]:
+    ) -> tuple[list[np.ndarray], dict[str, list[torch.Tensor]]]:
         """Read the image, head pose, vertices and uv texture chunk of each sample: pictures and vertices
-        into ``image`` (B, H, W, 3), ``tex`` (B, T, T, 3), ``verts`` (B, V, 3); returns the (3, 4) head poses."""
+        into ``image`` (B, H, W, 3), ``tex`` (B, T, T, 3), ``verts`` (B, V, 3); returns the (3, 4) head poses
+        and, for a picture array passed as None (fast path only), each sample's JPEG bytes by "image"/"tex"."""
+        shipped: dict[str, list[torch.Tensor]] = {"image": [], "tex": []}
         if all(a.readers is not None for a in arrays):
             poses = []
-            for b, ((_, _, f, c), arrs) in enumerate(zip(keys, arrays)):
+            for b, ((_, cap, f, c), arrs) in enumerate(zip(keys, arrays)):
                 r_image, r_pose, r_verts, r_tex = arrs.readers
-                r_image.read((f, c, 0, 0, 0), out=image[b].reshape(r_image.chunk_shape))
+                for key, r, co, dst in (
+                    ("image", r_image, (f, c, 0, 0, 0), image),
+                    ("tex", r_tex, (f, 0, 0, 0), tex),
+                ):
+                    if dst is not None:
+                        r.read(co, out=dst[b].reshape(r.chunk_shape))
+                        continue
+                    payload = r.read_payload(co)
+                    if payload is None:
+                        raise ValueError(f"capture {cap}: {key} chunk {co} is absent from the store")
+                    shipped[key].append(torch.from_numpy(np.array(payload)))
                 poses.append(r_pose.read((f, 0, 0))[0])
                 r_verts.read((f, 0, 0), out=verts[b].reshape(r_verts.chunk_shape))
-                r_tex.read((f, 0, 0, 0), out=tex[b].reshape(r_tex.chunk_shape))
-            return poses
+            return poses, shipped
         # Through zarr (remote stores, other layouts, ``fast_reads=False``): one chunk of each of 4 arrays.
         poses = []
         for b, ((_, _, f, c), arrs) in enumerate(zip(keys, arrays)):
@@ -514,7 +546,7 @@ class ZarrSampleDataset(Dataset):
             poses.append(np.asarray(arrs.head_pose[f]))
             verts[b] = arrs.vertices[f]
             tex[b] = arrs.uv_texture[f]
-        return poses
+        return poses, shipped
 
 
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype, shared: bool = True) -> torch.Tensor:

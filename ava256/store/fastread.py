@@ -88,30 +88,43 @@ class ChunkReader:
         """The chunk at chunk-grid ``coords`` (one index per dimension), shape ``chunk_shape``; decoded into
         ``out`` (C-contiguous, ``chunk_shape``, the array's dtype) when given. ValueError for a corrupt shard
         or chunk (checksums, sizes)."""
-        if len(coords) != len(self.chunk_shape):
-            raise IndexError(f"{len(coords)} chunk coordinates for a {len(self.chunk_shape)}-d array")
-        for c, s, k in zip(coords, self.shape, self.chunk_shape):
-            if not 0 <= c < -(-s // k):
-                raise IndexError(f"chunk {coords} out of range of {self.directory} shape {self.shape}")
         if out is None:
             out = np.empty(self.chunk_shape, dtype=self.dtype)
         elif out.shape != self.chunk_shape or out.dtype != self.dtype or not out.flags.c_contiguous:
             raise ValueError(
                 f"out must be C-contiguous {self.chunk_shape} {self.dtype}, got {out.shape} {out.dtype}"
             )
+        stored = self._stored(coords)
+        if stored is None:
+            out[...] = self.fmt.fill_value
+            return out
+        self.fmt.decode_into(stored[1], out, stored[0])
+        return out
+
+    def read_payload(self, coords: tuple[int, ...]) -> np.ndarray | None:
+        """The encoded elements of the chunk at ``coords`` (its crc32c checked and removed: for an
+        ``ava256.jpeg`` array a JFIF file), or None where the chunk is absent (the fill value)."""
+        stored = self._stored(coords)
+        return None if stored is None else self.fmt.payload(stored[1], stored[0])
+
+    def _stored(self, coords: tuple[int, ...]) -> tuple[str, bytes] | None:
+        """(what, stored bytes) of the chunk at ``coords``, or None where it is absent."""
+        if len(coords) != len(self.chunk_shape):
+            raise IndexError(f"{len(coords)} chunk coordinates for a {len(self.chunk_shape)}-d array")
+        for c, s, k in zip(coords, self.shape, self.chunk_shape):
+            if not 0 <= c < -(-s // k):
+                raise IndexError(f"chunk {coords} out of range of {self.directory} shape {self.shape}")
         shard = tuple(c // p for c, p in zip(coords, self._per_shard))
         within = tuple(c % p for c, p in zip(coords, self._per_shard))
         path = os.path.join(self.directory, self.fmt.shard_key(shard))
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
-            out[...] = self.fmt.fill_value
-            return out
+            return None
         try:
             offset, nbytes = self._shard_index(path, fd)[int(np.ravel_multi_index(within, self._per_shard))]
             if offset == MISSING and nbytes == MISSING:
-                out[...] = self.fmt.fill_value
-                return out
+                return None
             data = os.pread(fd, int(nbytes), int(offset))
             self.counts["chunk_reads"] += 1
             self.counts["bytes"] += len(data)
@@ -119,5 +132,4 @@ class ChunkReader:
             os.close(fd)
         if len(data) != int(nbytes):
             raise OSError(f"{path}: short read ({len(data)} of {int(nbytes)} bytes) of chunk {coords}")
-        self.fmt.decode_into(data, out, f"{path} chunk {coords}")
-        return out
+        return f"{path} chunk {coords}", data

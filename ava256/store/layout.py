@@ -152,7 +152,7 @@ DEFAULT_CODEC = "blosclz"
 LABEL_CODEC = "blosclz"
 #: quality and chroma subsampling of the ``jpeg`` codec (docs/store-format.md gives bytes and PSNR)
 JPEG_QUALITY = 90
-JPEG_SUBSAMPLING = "4:2:0"
+JPEG_SUBSAMPLING = "4:4:4"
 
 #: LZ4 ``acceleration`` of the ``lz4`` codec (1 = plain LZ4; higher trades ratio for speed; docs/performance.md).
 LZ4_ACCELERATION = 256

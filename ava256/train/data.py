@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from ava256.models.uvmap import TopologyArrays, load_topology
@@ -122,9 +123,24 @@ def open_datasets(
         "captures": captures,
         "camera_ids": camera_ids,
         "normalize": not data_cfg.get("compact", True),
+        "ship_jpeg": _gpu_decode(data_cfg),
     }
     first_ds = ZarrSampleDataset(store, first, stats=stats, **ds_kw)
     second = None
     if len(parts) > 1 and len(frames[parts[1]]):
         second = ZarrSampleDataset(store, frames[parts[1]], stats=first_ds.stats, **ds_kw)
     return first_ds, second, dataset_info(first_ds)
+
+
+def _gpu_decode(data_cfg: dict[str, Any]) -> bool:
+    """Whether compact samples of ``--codec jpeg`` stores ship JPEG bytes for nvJPEG on the training GPU
+    (``data.gpu_decode``, default true, on a CUDA machine whose decoder passes its check)."""
+    if (
+        not data_cfg.get("compact", True)
+        or not data_cfg.get("gpu_decode", True)
+        or not torch.cuda.is_available()
+    ):
+        return False
+    from ava256.data.pictures import gpu_jpeg_decoder
+
+    return gpu_jpeg_decoder("cuda") is not None

@@ -3,6 +3,8 @@ every other array exact, the store's identity includes the codec, and the loader
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import zarr
@@ -53,10 +55,43 @@ def test_pictures_are_close_and_the_rest_exact(jpeg_store):
 def test_the_codec_is_part_of_the_store_identity(jpeg_store):
     """Re-running with the other codec recreates the capture instead of mixing codecs in one store."""
     raw, root = jpeg_store
-    again = repack(raw, root / "jpeg", workers=1, progress=False, codec="jpeg", max_frames_per_shard=4)
+    shutil.copytree(root / "jpeg", root / "swap")
+    again = repack(raw, root / "swap", workers=1, progress=False, codec="jpeg", max_frames_per_shard=4)
     assert again.tasks_run == 0
-    swapped = repack(raw, root / "jpeg", workers=1, progress=False, codec="blosclz", max_frames_per_shard=4)
+    swapped = repack(raw, root / "swap", workers=1, progress=False, codec="blosclz", max_frames_per_shard=4)
     assert swapped.tasks_run > 0
-    g = zarr.open_group(L.capture_store_path(root / "jpeg", CAP), mode="r")
+    g = zarr.open_group(L.capture_store_path(root / "swap", CAP), mode="r")
     assert g.attrs[L.ATTR_CODEC] == "blosclz"
     assert "ava256.jpeg" not in str(g[L.IMAGE].metadata.to_dict())
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_shipped_jpeg_batches_finish_like_pixel_batches(jpeg_store, device):
+    """Compact samples that carry JPEG bytes (decoded by finish_batch: nvJPEG on CUDA, Pillow on the CPU) give
+    the batch that pixel samples (decoded by the workers) give: equal on the CPU, within 1 level on a GPU."""
+    import torch
+
+    from ava256.data import ZarrSampleDataset, collate_samples, finish_batch
+    from ava256.data.pictures import gpu_jpeg_decoder
+    from ava256.manifests.samples import SAMPLES_MANIFEST, read_samples
+
+    if device == "cuda" and (not torch.cuda.is_available() or gpu_jpeg_decoder("cuda") is None):
+        pytest.skip("needs a CUDA device with torchvision's nvJPEG decoder")
+    _, root = jpeg_store
+    rows = read_samples(root / "jpeg" / L.MANIFESTS_DIR / SAMPLES_MANIFEST)
+    plain = ZarrSampleDataset(root / "jpeg", rows, normalize=False)
+    shipped = ZarrSampleDataset(root / "jpeg", rows, normalize=False, ship_jpeg=True, stats=plain.stats)
+    idx = [0, 3, 7, 11]
+    a = collate_samples(plain.__getitems__(idx))
+    b = collate_samples(shipped.__getitems__(idx))
+    assert "image" not in b and len(b["image_jpeg"]) == len(b["tex_jpeg"]) == 4
+    assert bytes(b["image_jpeg"][0][:2].numpy()) == b"\xff\xd8"
+    fa, fb = finish_batch(a, plain, device), finish_batch(b, shipped, device)
+    assert fa.keys() == fb.keys()
+    for k in ("image", "tex", "verts", "neut_tex"):
+        diff = (fa[k].float() - fb[k].float()).abs()
+        if device == "cpu":
+            assert diff.max().item() == 0, k
+        else:
+            scale = 1.0 if k == "image" else float(plain.stats.tex_std) ** -1
+            assert diff.mean().item() <= scale, k
