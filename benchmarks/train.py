@@ -12,6 +12,8 @@ Modes, each a fresh ``ava256.train.trainer.train`` run of ``--warmup + --iters``
   model-bound ceiling;
 - ``zarr``: :class:`ava256.data.ZarrSampleDataset` on the store with ``--workers`` DataLoader workers and
   pinned memory: what ``ava256 train`` does.
+- ``jpeg``: the zarr mode on a copy of the store repacked with ``--codec jpeg``: workers ship JPEG bytes and
+  the GPU decodes them (nvJPEG; on a CPU the workers decode).
 - ``ddp``: (``--ddp N``) the zarr mode under ``torchrun --nproc_per_node N`` (batch per GPU unchanged).
 
 Each mode runs in its own fresh process.
@@ -75,6 +77,11 @@ def prepare(args: argparse.Namespace) -> tuple[Path, str]:
             f"data: generated in {t1 - t:.1f} s, repacked + split in {time.perf_counter() - t1:.1f} s",
             flush=True,
         )
+    jpeg = work / "store-jpeg"
+    if "jpeg" in args.modes.split(",") and not (jpeg / "_splits" / "free-face" / "split.json").exists():
+        repack(work / "bucket" / "ava-256" / "4TB", jpeg, downsample=1, codec="jpeg",
+               workers=min(8, os.cpu_count() or 1), processes=True, progress=False)  # fmt: skip
+        run_split(jpeg, "free-face")
     return store, "free-face"
 
 
@@ -177,7 +184,8 @@ def main() -> None:
         cmd = [sys.executable]
         if nproc > 1:
             cmd += ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
-        cmd += [__file__, "--child", mode, "--store", str(store), "--split", split, "--json", str(out)]
+        st = Path(args.workdir) / "store-jpeg" if mode == "jpeg" and not args.store else store
+        cmd += [__file__, "--child", mode, "--store", str(st), "--split", split, "--json", str(out)]
         cmd += ["--config", args.config, "--batch-size", str(args.batch_size), "--workers", str(args.workers)]
         cmd += [
             "--warmup",
