@@ -96,11 +96,12 @@ def verify(
     Raises FileNotFoundError if ``out`` has no fetch manifest, StoreLockedError if a fetch or verify holds it."""
     t0 = time.perf_counter()
     out = Path(out).expanduser().resolve()
-    if not manifest_path(out).exists():
-        raise FileNotFoundError(
-            f"no fetch manifest at {manifest_path(out)}; run `ava256 fetch {out} …` first"
-        )
+    missing = f"no fetch manifest at {manifest_path(out)}; run `ava256 fetch {out} …` first"
+    if not manifest_path(out).parent.is_dir():  # not a raw tree: leave it as it is (no lock file)
+        raise FileNotFoundError(missing)
     with raw_tree_lock(out):
+        if not manifest_path(out).exists():
+            raise FileNotFoundError(missing)
         return _verify_locked(out, workers, scheduler, processes, client, progress, t0)
 
 
