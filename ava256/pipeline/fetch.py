@@ -1135,6 +1135,7 @@ class _FetchRun:
         self.written: dict[tuple[str, str], dict] = {}  # rows this run changed
         self.summary = FetchSummary(out=out, source=src.describe())
         self.reserve = _ManifestReserve(out, 0)
+        self.reserve.release()  # one left by a killed run: its space counts as free again
 
     # --- the manifest --------------------------------------------------------------------------------------
     def record(self, row: dict) -> None:

@@ -44,7 +44,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class StoreLockedError(BlockingIOError):
-    """The store is held by another live repack (message names its pid, host and start time)."""
+    """The store (or raw tree) is held by another live process (message names its pid, host and start time)."""
 
 
 def _proc_start(pid: int) -> str:
