@@ -187,6 +187,12 @@ def synth_cmd(
 @click.option("--retries", default=6, type=click.IntRange(min=1), help="Attempts per object before it fails.")
 @click.option("--reserve", default=0.0, type=click.FloatRange(min=0), help="GB of disk to leave free on OUT.")
 @click.option("--fsync/--no-fsync", default=True, help="Flush each file to disk before its rename.")
+@click.option(
+    "--rebuild-manifest",
+    is_flag=True,
+    help="Only rebuild OUT/_manifests/fetch.parquet from the files in OUT (re-hashing them), e.g. after it was "
+    "torn; downloads nothing. The next fetch checks the rebuilt rows against the source.",
+)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def fetch_cmd(
     out: str,
@@ -203,21 +209,26 @@ def fetch_cmd(
     retries: int,
     reserve: float,
     fsync: bool,
+    rebuild_manifest: bool,
     progress: bool,
 ) -> None:
     """Download captures into OUT/<mcd--mct--sid>/... (keys as in the bucket) with size + ETag checks, sha256,
     resume and retries; writes OUT/_manifests/fetch.parquet. Re-running skips what is already there.
-    Exits 1 if any object failed (they are listed, and a re-run retries them)."""
-    from ava256.pipeline.fetch import fetch
+    Exits 1 if any object or capture failed (they are listed, and a re-run retries them)."""
+    from ava256.pipeline.fetch import FetchOptions, fetch
 
+    if rebuild_manifest:
+        _rebuild_manifest(out)
+        return
     if source and "://" not in source and not source.startswith("s3:") and not os.path.isdir(source):
         raise BadUsage(f"--source {source}: no such directory")
+    opts = FetchOptions(
+        size=size, n=n, captures=captures, assets=assets, cameras=cameras, workers=workers,
+        endpoint_url=endpoint_url, source=source, scheduler=scheduler, processes=processes,
+        progress=progress, retries=retries, reserve_bytes=int(reserve * 1e9), fsync=fsync,
+    )  # fmt: skip
     try:
-        summary = fetch(
-            out, size, n=n, captures=captures, assets=assets, cameras=cameras, workers=workers,
-            endpoint_url=endpoint_url, source=source, scheduler=scheduler, processes=processes,
-            progress=progress, retries=retries, reserve_bytes=int(reserve * 1e9), fsync=fsync,
-        )  # fmt: skip
+        summary = fetch(out, opts)
     except (ValueError, LookupError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     for line in summary.lines():
@@ -227,6 +238,20 @@ def fetch_cmd(
         raise SystemExit(1)
     _next(
         f"ava256 repack {shlex.quote(out)} STORE (ava256 verify {shlex.quote(out)} re-hashes the files first)"
+    )
+
+
+def _rebuild_manifest(out: str) -> None:
+    from ava256.pipeline.fetch import rebuild_manifest
+
+    try:
+        summary = rebuild_manifest(out)
+    except (ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in summary.lines():
+        click.echo(line)
+    _next(
+        f"ava256 fetch {shlex.quote(out)} ... (the same options as before) checks them and fetches the rest"
     )
 
 

@@ -97,7 +97,7 @@ def step_fetch(demo: Demo) -> None:
     from ava256.pipeline.fetch import fetch
 
     demo.raw = demo.workdir / "raw"
-    summary = fetch(demo.raw, DEMO_SIZE, captures=demo.folders, source=demo.source,
+    summary = fetch(demo.raw, size=DEMO_SIZE, captures=demo.folders, source=demo.source,
                     endpoint_url=demo.endpoint_url, workers=demo.workers, progress=False)  # fmt: skip
     demo.results["fetch"] = summary
     for line in summary.lines():

@@ -104,7 +104,7 @@ def keys_of(endpoint: str) -> list[tuple[str, int]]:
 
 
 def run_ours(endpoint: str, out: Path, folders: list[str], workers: int, fsync: bool = True) -> int:
-    s = fetch(out, "4TB", captures=folders, source=f"s3://{LOCAL_BUCKET}", endpoint_url=endpoint,
+    s = fetch(out, size="4TB", captures=folders, source=f"s3://{LOCAL_BUCKET}", endpoint_url=endpoint,
               workers=workers, progress=False, fsync=fsync)  # fmt: skip
     assert s.ok, s.lines()
     return s.bytes_transferred

@@ -74,21 +74,42 @@ def write_fetch_manifest(out: str | os.PathLike, rows: Iterable[dict]) -> Path:
     return path
 
 
+def update_fetch_manifest(out: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    """Write ``rows`` over the manifest on disk: rows of other (capture, key)s stay as they are on disk, so a
+    writer never drops what it did not touch. Call it holding the raw tree's lock (read-modify-write)."""
+    merged = read_fetch_manifest(out)
+    for row in rows:
+        merged[(row["capture"], row["key"])] = row
+    return write_fetch_manifest(out, merged.values())
+
+
+def torn_manifest_hint(out: str | os.PathLike) -> str:
+    """How to recover from an unreadable fetch manifest (the files it described are still on disk)."""
+    return (
+        f"to recover, rebuild it from the files on disk with `ava256 fetch {out} --rebuild-manifest` "
+        f"(re-hashes them; the next fetch checks them against the source), or delete {manifest_path(out)} "
+        "and fetch again"
+    )
+
+
 def read_fetch_manifest(out: str | os.PathLike) -> dict[tuple[str, str], dict]:
     """Read ``OUT/_manifests/fetch.parquet`` as ``{(capture, key): row}``; empty if there is none yet.
 
-    Raises ValueError naming the file if it exists but is not a readable fetch manifest."""
+    Raises ValueError naming the file, and how to recover, if it exists but is not a readable fetch manifest."""
     path = manifest_path(out)
     if not path.exists():
         return {}
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for a torn/foreign file
-        raise ValueError(f"cannot read fetch manifest {path}: {exc}") from exc
+        raise ValueError(f"cannot read fetch manifest {path}: {exc}; {torn_manifest_hint(out)}") from exc
     missing = set(COLUMNS) - set(table.column_names)
     required = {"capture", "key", "path", "status"}
     if missing & required:
-        raise ValueError(f"{path} is not a fetch manifest: lacks column(s) {sorted(missing & required)}")
+        raise ValueError(
+            f"{path} is not a fetch manifest: lacks column(s) {sorted(missing & required)}; "
+            f"{torn_manifest_hint(out)}"
+        )
     rows = {}
     for row in table.to_pylist():
         for name in missing:

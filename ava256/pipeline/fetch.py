@@ -1,26 +1,34 @@
 """``ava256 fetch``: download AVA-256 captures from the release bucket (or any copy) into a verified raw tree.
 
 Output: ``OUT/{capture.folder}/{key}`` exactly as in the bucket (canonical ``mcd--mct--sid`` folder whatever the
-bucket's spelling) and ``OUT/_manifests/fetch.parquet`` (schema in :mod:`ava256.manifests.fetch`).
+bucket's spelling) and ``OUT/_manifests/fetch.parquet`` (schema in :mod:`ava256.manifests.fetch`). The run holds
+``OUT/_manifests/fetch.lock`` (:func:`raw_tree_lock`, shared with ``ava256 verify``): a second one is refused.
 
 How (one Dask task per object):
 
-1. Plan (one task per capture): list the capture folder (both spellings, the listing wins; HEAD requests where
-   listing is denied), fetch ``decoder/camera_calibration.json``, read its camera ids, build the catalog keys
-   (``ava256.capture.capture_keys``) for the chosen assets/cameras, each key checked by ``safe_relpath``.
-   A capture whose files are all present and match their manifest rows (size + mtime) is skipped without a
-   single request to the bucket.
-2. Check free space against the bytes still to download.
+1. Plan (one task per capture, writing nothing): list the capture folder (both spellings, the listing wins;
+   HEAD requests where listing is denied), read ``decoder/camera_calibration.json`` into memory, take its camera
+   ids, build the catalog keys (``ava256.capture.capture_keys``) for the chosen assets/cameras, each key checked
+   by ``safe_relpath``. A capture whose calibration is unusable (unsafe camera ids, not JSON, source errors)
+   fails alone, recorded on its calibration row. A capture whose files are all present and match their manifest
+   rows (size + mtime) is skipped without a single request to the bucket.
+2. Check free space against the bytes still to download (plus room kept for the manifest) before writing.
 3. Download: stream to ``{file}.part`` (1 MiB chunks), sha256 (+ MD5 when the ETag is single-part) while
    streaming, fsync, check size + ETag, ``os.replace``. A ``.part`` left by a killed run continues with a Range
-   request (``If-Match`` the ETag recorded beside it in ``{file}.part.etag``). Retries with exponential backoff
-   and full jitter on 5xx / SlowDown / throttling / connection resets / short bodies; a content mismatch is
-   re-downloaded once, then recorded as failed. One object failing never stops the others; disk full does stop
-   the run (nothing else could succeed).
+   request (``If-Match`` the ETag recorded beside it in ``{file}.part.etag``). :class:`RetryPolicy` retries every
+   request (exponential backoff, full jitter) on 5xx / SlowDown / throttling / connection resets / short bodies; a
+   content mismatch is re-downloaded once, then recorded as failed. One object failing never stops the others;
+   a full disk (ENOSPC, EDQUOT, EFBIG) stops the run, and the space kept for the manifest is freed so that it
+   still records what finished. A local ``--source`` never follows a symlink out of the source directory.
+
+The manifest is written under the lock, merged over the one on disk (rows this run did not touch stay). If it
+is torn, :func:`rebuild_manifest` (``ava256 fetch OUT --rebuild-manifest``) rebuilds it from the files.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
@@ -31,13 +39,15 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from ava256.atomic import atomic_write_text
 from ava256.capture import (
+    ASSETS,
     CALIBRATION_KEY,
     PUBLIC_BUCKET,
     PUBLIC_PREFIX,
@@ -46,16 +56,19 @@ from ava256.capture import (
     asset_keys,
     parse_assets,
     parse_size,
-    read_capture_ids_csv,
     release_capture_ids,
     safe_relpath,
 )
+from ava256.captures_arg import CapturesArg, parse_captures
 from ava256.manifests.fetch import (
     STATUS_FAILED,
     STATUS_OK,
+    manifest_path,
     read_fetch_manifest,
+    update_fetch_manifest,
     write_fetch_manifest,
 )
+from ava256.store.lock import StoreLock
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +77,7 @@ PART_SUFFIX = ".part"
 ETAG_SUFFIX = ".part.etag"
 MANIFEST_FLUSH_SECONDS = 5.0
 _CAMERA_ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+T = TypeVar("T")
 
 
 class CaptureNotFoundError(LookupError):
@@ -72,10 +86,6 @@ class CaptureNotFoundError(LookupError):
 
 class DiskFullError(OSError):
     """Not enough free space for the objects still to download, or ENOSPC while writing."""
-
-
-class _Permanent(Exception):
-    """A download error that retrying will not fix (404, 403, bad range, local error)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -208,15 +218,7 @@ def _s3(src: Source, pool: int = 64):
 def _list_folder(src: Source, folder: str) -> dict[str, tuple[int, str]] | None:
     """``{key relative to the folder: (bytes, etag)}``; ``{}`` if the folder is absent; None if listing is denied."""
     if src.kind == "local":
-        base = Path(src.location) / folder
-        if not base.is_dir():
-            return {}
-        out = {}
-        for dirpath, _dirs, files in os.walk(base):
-            for name in files:
-                p = Path(dirpath) / name
-                out[p.relative_to(base).as_posix()] = (p.stat().st_size, "")
-        return out
+        return _list_local_folder(Path(src.location) / folder)
     from botocore.exceptions import ClientError
 
     client = _s3(src)
@@ -235,11 +237,43 @@ def _list_folder(src: Source, folder: str) -> dict[str, tuple[int, str]] | None:
     return out
 
 
+def _list_local_folder(base: Path) -> dict[str, tuple[int, str]]:
+    """Listing of a local capture folder. Symlinks are followed (each real folder once, so a link loop ends) and
+    listed; :func:`_open` refuses those that resolve outside the source."""
+    if not base.is_dir():
+        return {}
+    out: dict[str, tuple[int, str]] = {}
+    seen: set[str] = set()
+    for dirpath, dirs, files in os.walk(base, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in files:
+            p = Path(dirpath) / name
+            try:
+                out[p.relative_to(base).as_posix()] = (p.stat().st_size, "")
+            except FileNotFoundError:  # a dangling link: absent
+                continue
+    return out
+
+
+def _inside_source(src: Source, key: str) -> str:
+    """The real path of ``key`` in a local source; UnsafePathError if a symlink takes it outside the source."""
+    root = os.path.realpath(src.location)
+    p = os.path.join(src.location, key)
+    real = os.path.realpath(p)
+    if os.path.commonpath([root, real]) != root:
+        raise UnsafePathError(f"{p} resolves to {real}, outside the source {root} (a symlink); not copied")
+    return real
+
+
 def _head(src: Source, key: str) -> tuple[int, str] | None:
     """(bytes, etag) of one object (key relative to the size folder), None if absent."""
     if src.kind == "local":
         p = Path(src.location) / key
-        return (p.stat().st_size, "") if p.is_file() else None
+        return (p.stat().st_size, "") if p.is_file() else None  # _open refuses a link that leaves the source
     from botocore.exceptions import ClientError
 
     try:
@@ -254,7 +288,7 @@ def _head(src: Source, key: str) -> tuple[int, str] | None:
 def _open(src: Source, key: str, offset: int, if_match: str) -> tuple[Iterator[bytes], int, str, int]:
     """Open ``key`` at byte ``offset``: (chunks, total object bytes, etag, start offset actually served)."""
     if src.kind == "local":
-        f = open(Path(src.location) / key, "rb")  # noqa: SIM115 - closed by the generator
+        f = open(_inside_source(src, key), "rb")  # noqa: SIM115 - closed by the generator
         total = os.fstat(f.fileno()).st_size
         f.seek(offset)
 
@@ -288,6 +322,10 @@ def _error_code(exc: BaseException) -> str:
     return code or str(resp.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Retries: one policy for listings, HEADs, GETs and resumed bodies
+# ---------------------------------------------------------------------------------------------------------
+
 _RETRY_CODES = {
     "SlowDown",
     "Throttling",
@@ -299,6 +337,10 @@ _RETRY_CODES = {
     "TooManyRequests",
     "RequestLimitExceeded",
 }
+
+
+class RetryableError(Exception):
+    """A transfer problem a later attempt may not see (a short body, a .part that cannot be resumed)."""
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -315,6 +357,7 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(
         exc,
         (
+            RetryableError,
             HTTPClientError,
             IncompleteReadError,
             FlexibleChecksumError,  # a body damaged in transit (botocore's CRC check of the response)
@@ -327,14 +370,10 @@ def is_retryable(exc: BaseException) -> bool:
     )
 
 
-# ---------------------------------------------------------------------------------------------------------
-# One object
-# ---------------------------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
-    """``attempts`` tries per object; sleep ``uniform(0, min(max_delay, base_delay * 2**i))`` s between them."""
+    """``attempts`` tries per request; sleep ``uniform(0, min(max_delay, base_delay * 2**i))`` s between them
+    (exponential backoff, full jitter). :meth:`call` is the one retry loop of the fetch."""
 
     attempts: int = 6
     base_delay: float = 0.5
@@ -342,6 +381,89 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         return random.uniform(0.0, min(self.max_delay, self.base_delay * 2 ** max(0, attempt - 1)))
+
+    def call(self, what: str, fn: Callable[..., T], /, *args: object, **kw: object) -> T:
+        """``fn(*args, **kw)``, again after a delay while it raises an :func:`is_retryable` error; the last
+        error (or any other) is raised. ``what`` names the object in the log."""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn(*args, **kw)
+            except Exception as exc:
+                if not is_retryable(exc) or attempt >= self.attempts:
+                    raise
+                log.info("%s: attempt %d failed (%s: %s); retrying", what, attempt, type(exc).__name__, exc)
+                time.sleep(self.delay(attempt))
+        raise AssertionError("unreachable")  # attempts >= 1
+
+
+def gave_up(policy: RetryPolicy, exc: BaseException) -> str:
+    """The manifest's reason for an error: "gave up after N attempts: …" for a transient one."""
+    what = f"{_error_code(exc) or type(exc).__name__}: {exc}"
+    return f"gave up after {policy.attempts} attempts: {what}" if is_retryable(exc) else what
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Disk full
+# ---------------------------------------------------------------------------------------------------------
+
+#: errnos that mean "no more bytes fit": disk full, quota, the process's file size limit (RLIMIT_FSIZE)
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def _no_space(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS
+
+
+def _disk_full(exc: OSError, path: str | os.PathLike) -> DiskFullError:
+    return DiskFullError(
+        exc.errno, f"{os.strerror(exc.errno or errno.ENOSPC)} while writing {path}", str(path)
+    )
+
+
+class _ManifestReserve:
+    """Space kept for the manifest: a file of zeros in ``_manifests`` that is deleted to make room when the disk
+    fills, so the run still leaves a whole ``fetch.parquet`` of what it finished."""
+
+    def __init__(self, out: Path, nbytes: int) -> None:
+        self.path = out / "_manifests" / ".fetch-space-reserve"
+        self.nbytes = nbytes
+        self.held = False
+
+    def take(self) -> None:
+        block = bytes(min(self.nbytes, CHUNK_SIZE))
+        try:
+            with open(self.path, "wb") as f:
+                left = self.nbytes
+                while left > 0:
+                    left -= f.write(block[: min(left, len(block))])
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            _unlink(self.path)
+            if _no_space(exc):
+                raise _disk_full(exc, self.path) from exc
+            raise
+        self.held = True
+
+    def release(self) -> bool:
+        """Free the space; True if there was a reserve to free."""
+        had, self.held = self.held, False
+        _unlink(self.path)
+        return had
+
+
+def manifest_reserve_bytes(n_rows: int) -> int:
+    """Room for a manifest of ``n_rows`` (measured: about 150 bytes a row; twice that, plus 256 KiB)."""
+    return (1 << 18) + 300 * n_rows
+
+
+def _bytes_text(n: int) -> str:
+    return f"{n:,} bytes ({n / 1e9:.2f} GB)" if n >= 10**8 else f"{n:,} bytes ({n / 1e6:.2f} MB)"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One object
+# ---------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -474,87 +596,86 @@ class _Hasher:
         return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
 
 
-def _download(
-    spec: ObjectSpec,
-    src: Source,
-    part: Path,
-    tag: Path,
-    policy: RetryPolicy,
-    fsync: bool = True,
-    part_size: int | None = None,
-) -> _Download:
-    """Bring ``part`` to the whole object, resuming an existing ``.part`` with the same ETag; retries transient
-    errors. Raises _Permanent (or the last transient error) when it gives up. ``part_size``: of a multipart
-    upload, to check its ETag while streaming."""
-    hasher = _Hasher(spec.etag, part_size)
-    result = _Download(etag=spec.etag)
-    offset = 0
-    if part.exists() and _read_tag(tag) == spec.etag and part.stat().st_size <= spec.size:
-        # Resume: hash what is already on disk, then ask for the rest.
-        offset = part.stat().st_size
-        with open(part, "rb") as f:
-            while data := f.read(CHUNK_SIZE):
-                hasher.update(data)
-        result.resumed_from = offset
-        log.info("%s: resuming at byte %d of %d", spec.path, offset, spec.size)
-    else:
-        _unlink(part)
-        _write_tag(tag, spec.etag)
-    while True:
-        result.attempts += 1
+class _Transfer:
+    """Brings ``{file}.part`` to the whole object: resumes a ``.part`` with the same ETag, and streams the rest
+    with one :meth:`attempt` per HTTP request (retried by the policy)."""
+
+    def __init__(
+        self, spec: ObjectSpec, src: Source, part: Path, tag: Path, fsync: bool, part_size: int | None
+    ):
+        self.spec, self.src, self.part, self.tag = spec, src, part, tag
+        self.fsync, self.part_size = fsync, part_size
+        self.result = _Download(etag=spec.etag)
+        self.offset = 0
+        self.hasher = _Hasher(spec.etag, part_size)
+        if part.exists() and _read_tag(tag) == spec.etag and part.stat().st_size <= spec.size:
+            # Resume: hash what is already on disk, then ask for the rest.
+            with open(part, "rb") as f:
+                while data := f.read(CHUNK_SIZE):
+                    self.hasher.update(data)
+            self.offset = self.result.resumed_from = part.stat().st_size
+            log.info("%s: resuming at byte %d of %d", spec.path, self.offset, spec.size)
+        else:
+            _unlink(part)
+            try:
+                _write_tag(tag, spec.etag)
+            except OSError as exc:
+                if _no_space(exc):
+                    raise _disk_full(exc, tag) from exc
+                raise
+
+    def _restart(self) -> None:
+        self.offset, self.hasher = 0, _Hasher(self.spec.etag, self.part_size)
+        self.result.resumed_from = 0
+        _unlink(self.part)
+
+    def attempt(self) -> None:
+        spec = self.spec
+        self.result.attempts += 1
+        if self.offset >= spec.size and spec.size > 0:
+            return  # a complete .part from an earlier run: nothing left to ask for
         try:
-            if offset >= spec.size and spec.size > 0:
-                break  # a complete .part from an earlier run: nothing left to ask for
-            chunks, total, etag, start = _open(src, spec.source_key, offset, spec.etag)
-            if start != offset:  # the server sent the object from byte 0: start over
-                offset, hasher = 0, _Hasher(spec.etag, part_size)
-            with open(part, "r+b" if offset else "wb") as f:
-                f.seek(offset)
+            chunks, total, etag, start = _open(self.src, spec.source_key, self.offset, spec.etag)
+        except Exception as exc:
+            if _error_code(exc) in ("PreconditionFailed", "412", "InvalidRange", "416") and self.offset:
+                # The object changed since the .part was written, or the .part is longer than it: restart.
+                log.warning("%s: cannot resume (%s); downloading from the start", spec.path, _error_code(exc))
+                self._restart()
+                raise RetryableError(f"cannot resume ({_error_code(exc)})") from exc
+            raise
+        if start != self.offset:  # the server sent the object from byte 0: start over
+            self.offset, self.hasher = 0, _Hasher(spec.etag, self.part_size)
+        self._write(chunks)
+        self.result.etag = etag or spec.etag
+        if self.offset != total:
+            raise RetryableError(f"body ended at byte {self.offset} of {total}")
+
+    def _write(self, chunks: Iterator[bytes]) -> None:
+        try:
+            with open(self.part, "r+b" if self.offset else "wb") as f:
+                f.seek(self.offset)
                 f.truncate()
                 for data in chunks:
                     f.write(data)
-                    hasher.update(data)
-                    offset += len(data)
-                    result.transferred += len(data)
+                    self.hasher.update(data)
+                    self.offset += len(data)
+                    self.result.transferred += len(data)
                 f.flush()
-                if fsync:
+                if self.fsync:
                     os.fsync(f.fileno())
-            result.etag = etag or spec.etag
-            if offset != total:
-                raise ConnectionError(f"body ended at byte {offset} of {total}")
-            break
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise DiskFullError(errno.ENOSPC, f"disk full while writing {part}") from exc
-            if not is_retryable(exc):
-                raise _Permanent(f"{type(exc).__name__}: {exc}") from exc
-            if result.attempts >= policy.attempts:
-                raise
-            _retry_log(spec, result.attempts, exc)
-            time.sleep(policy.delay(result.attempts))
-        except Exception as exc:
-            if _error_code(exc) in ("PreconditionFailed", "412", "InvalidRange", "416") and offset:
-                # The object changed since the .part was written, or the .part is longer than it: restart.
-                log.warning("%s: cannot resume (%s); downloading from the start", spec.path, _error_code(exc))
-                offset, hasher = 0, _Hasher(spec.etag, part_size)
-                result.resumed_from = 0
-                _unlink(part)
-                continue
-            if not is_retryable(exc):
-                raise _Permanent(f"{_error_code(exc) or type(exc).__name__}: {exc}") from exc
-            if result.attempts >= policy.attempts:
-                raise
-            _retry_log(spec, result.attempts, exc)
-            time.sleep(policy.delay(result.attempts))
-    result.bytes = offset
-    result.sha256 = hasher.sha.hexdigest()
-    result.md5 = hasher.md5.hexdigest() if hasher.md5 is not None else ""
-    result.multipart_etag = hasher.multipart_etag()
-    return result
+            if _no_space(exc):
+                raise _disk_full(exc, self.part) from exc
+            raise
 
-
-def _retry_log(spec: ObjectSpec, attempt: int, exc: BaseException) -> None:
-    log.info("%s: attempt %d failed (%s: %s); retrying", spec.path, attempt, type(exc).__name__, exc)
+    def run(self, policy: RetryPolicy) -> _Download:
+        policy.call(self.spec.path, self.attempt)
+        r = self.result
+        r.bytes = self.offset
+        r.sha256 = self.hasher.sha.hexdigest()
+        r.md5 = self.hasher.md5.hexdigest() if self.hasher.md5 is not None else ""
+        r.multipart_etag = self.hasher.multipart_etag()
+        return r
 
 
 def _mismatch(spec: ObjectSpec, d: _Download) -> str:
@@ -568,17 +689,6 @@ def _mismatch(spec: ObjectSpec, d: _Download) -> str:
     if d.multipart_etag and d.multipart_etag != spec.etag.lower():
         return f"multipart ETag mismatch: content {d.multipart_etag}, ETag {spec.etag}"
     return ""
-
-
-def _retrying(policy: RetryPolicy, fn, *args, **kw):
-    """``fn(*args, **kw)`` with the policy's retries on transient errors (listings, HEADs)."""
-    for attempt in range(1, policy.attempts + 1):
-        try:
-            return fn(*args, **kw)
-        except Exception as exc:
-            if not is_retryable(exc) or attempt >= policy.attempts:
-                raise
-            time.sleep(policy.delay(attempt))
 
 
 def multipart_etag(path: str | os.PathLike, part_size: int) -> str:
@@ -602,7 +712,26 @@ def _multipart_part_size(spec: ObjectSpec, src: Source, policy: RetryPolicy) -> 
     if src.kind != "s3" or not _MULTIPART_ETAG.fullmatch(spec.etag or ""):
         return None
     kw = {"Bucket": src.location, "Key": src.prefix + spec.source_key, "PartNumber": 1}
-    return int(_retrying(policy, _s3(src).head_object, **kw)["ContentLength"])
+    return int(policy.call(spec.path, _s3(src).head_object, **kw)["ContentLength"])
+
+
+def _vouch(spec: ObjectSpec, src: Source, dest: Path, policy: RetryPolicy) -> tuple[str, str] | None:
+    """(md5, sha256) of an existing ``dest`` that needs no download: its size is the listing's and its content
+    matches its ok manifest row (same ETag) or the ETag itself (single-part MD5, or multipart ETag recomputed
+    with the part size from one HEAD). None if it must be fetched."""
+    if not dest.is_file() or dest.is_symlink() or dest.stat().st_size != spec.size:
+        return None
+    md5_known = single_part_md5(spec.etag)
+    if spec.prior_sha256 and spec.prior_etag == spec.etag:
+        _, sha, md5 = hash_file(dest, md5=bool(md5_known))
+        return (md5, sha) if sha == spec.prior_sha256 else None
+    if md5_known:
+        _, sha, md5 = hash_file(dest, md5=True)
+        return (md5, sha) if md5 == md5_known else None
+    part_size = _multipart_part_size(spec, src, policy) if spec.prior_sha256 else None
+    if part_size and multipart_etag(dest, part_size) == spec.etag.lower():
+        return "", hash_file(dest)[1]
+    return None
 
 
 def fetch_object(
@@ -613,65 +742,56 @@ def fetch_object(
     t0 = time.perf_counter()
     try:
         dest = Path(out) / spec.path
-        part = dest.with_name(dest.name + PART_SUFFIX)
-        tag = dest.with_name(dest.name + ETAG_SUFFIX)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-
-        # An existing file we can vouch for without downloading it again.
-        if dest.is_file() and dest.stat().st_size == spec.size:
-            md5_known = single_part_md5(spec.etag)
-            if (spec.prior_sha256 and spec.prior_etag == spec.etag) or md5_known:
-                n, sha, md5 = hash_file(dest, md5=bool(md5_known))
-                if (spec.prior_sha256 and sha == spec.prior_sha256) or (md5_known and md5 == md5_known):
-                    return _row(
-                        spec, src, STATUS_OK, md5=md5_known, sha256=sha, mtime_ns=dest.stat().st_mtime_ns,
-                        seconds=time.perf_counter() - t0,
-                    )  # fmt: skip
-
-        problems = []
-        part_size = _multipart_part_size(spec, src, policy)
-        for _pass in range(2):
-            d = _download(spec, src, part, tag, policy, fsync, part_size)
-            problem = _mismatch(spec, d)
-            if not problem:
-                os.replace(part, dest)
-                _unlink(tag)
-                return _row(
-                    spec, src, STATUS_OK, bytes=d.bytes, etag=d.etag, md5=d.md5, sha256=d.sha256,
-                    attempts=d.attempts, resumed_from=d.resumed_from, transferred=d.transferred,
-                    mtime_ns=dest.stat().st_mtime_ns, seconds=time.perf_counter() - t0,
-                    error="; ".join(f"healed: {p}" for p in problems),
-                )  # fmt: skip
-            problems.append(problem)
-            log.warning("%s: %s; downloading again from scratch", spec.path, problem)
-            _unlink(part, tag)
-        return _row(
-            spec, src, STATUS_FAILED, error=f"{problems[-1]} (after one re-download)",
-            attempts=d.attempts, sha256=d.sha256, transferred=d.transferred, seconds=time.perf_counter() - t0,
-        )  # fmt: skip
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if _no_space(exc):
+                raise _disk_full(exc, dest.parent) from exc
+            raise
+        kept = _vouch(spec, src, dest, policy)
+        if kept is not None:
+            return _row(spec, src, STATUS_OK, md5=kept[0], sha256=kept[1], mtime_ns=dest.stat().st_mtime_ns,
+                        seconds=time.perf_counter() - t0)  # fmt: skip
+        return _download_verified(spec, src, dest, policy, fsync, t0)
     except DiskFullError as exc:
-        return _row(spec, src, STATUS_FAILED, error=f"disk full: {exc.strerror}", _fatal="disk full")
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            return _row(
-                spec, src, STATUS_FAILED, error=f"disk full writing {exc.filename}", _fatal="disk full"
-            )
-        if is_retryable(exc):
-            return _row(spec, src, STATUS_FAILED, error=f"gave up after {policy.attempts} attempts: {exc}")
-        return _row(spec, src, STATUS_FAILED, error=f"{type(exc).__name__}: {exc}")
-    except _Permanent as exc:
-        return _row(spec, src, STATUS_FAILED, error=str(exc), seconds=time.perf_counter() - t0)
+        return _row(spec, src, STATUS_FAILED, error=f"out of space: {exc.strerror}", _fatal="out of space")
     except Exception as exc:
-        if is_retryable(exc):
-            msg = f"gave up after {policy.attempts} attempts: {_error_code(exc) or type(exc).__name__}: {exc}"
-        else:
-            msg = f"{type(exc).__name__}: {exc}"
-        return _row(spec, src, STATUS_FAILED, error=msg, seconds=time.perf_counter() - t0)
+        return _row(spec, src, STATUS_FAILED, error=gave_up(policy, exc), seconds=time.perf_counter() - t0)
+
+
+def _download_verified(spec: ObjectSpec, src: Source, dest: Path, policy: RetryPolicy, fsync: bool,
+                       t0: float) -> dict:  # fmt: skip
+    """Download into ``.part``, check size and ETag, rename; a mismatch is downloaded once more from scratch."""
+    part = dest.with_name(dest.name + PART_SUFFIX)
+    tag = dest.with_name(dest.name + ETAG_SUFFIX)
+    problems = []
+    part_size = _multipart_part_size(spec, src, policy)
+    for _pass in range(2):
+        d = _Transfer(spec, src, part, tag, fsync, part_size).run(policy)
+        problem = _mismatch(spec, d)
+        if not problem:
+            os.replace(part, dest)
+            _unlink(tag)
+            return _row(
+                spec, src, STATUS_OK, bytes=d.bytes, etag=d.etag, md5=d.md5, sha256=d.sha256,
+                attempts=d.attempts, resumed_from=d.resumed_from, transferred=d.transferred,
+                mtime_ns=dest.stat().st_mtime_ns, seconds=time.perf_counter() - t0,
+                error="; ".join(f"healed: {p}" for p in problems),
+            )  # fmt: skip
+        problems.append(problem)
+        log.warning("%s: %s; downloading again from scratch", spec.path, problem)
+        _unlink(part, tag)
+    return _row(
+        spec, src, STATUS_FAILED, error=f"{problems[-1]} (after one re-download)",
+        attempts=d.attempts, sha256=d.sha256, transferred=d.transferred, seconds=time.perf_counter() - t0,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------
 # One capture: list, calibration, keys
 # ---------------------------------------------------------------------------------------------------------
+
+MAX_CALIBRATION_BYTES = 64 << 20  # a calibration JSON is ~100 KB; anything far larger is not one
 
 
 def camera_ids_from_calibration(data: bytes, where: str = "camera_calibration.json") -> list[str]:
@@ -702,7 +822,7 @@ class CapturePlan:
     specs: list[ObjectSpec] = field(default_factory=list)
     rows: list[dict] = field(
         default_factory=list
-    )  # rows already settled while planning (calibration, absent)
+    )  # rows settled while planning (objects absent in the source)
     error: str = ""
     error_type: str = ""
 
@@ -716,6 +836,42 @@ def _wanted_keys(assets: Sequence[str], camera_ids: Sequence[str]) -> list[tuple
     return [(a, k) for k, a in out.items()]
 
 
+def _find_folder(capture: CaptureId, src: Source, policy: RetryPolicy) -> tuple[str, dict | None]:
+    """(folder spelling in the source, its listing or None where listing is denied)."""
+    for name in capture.folder_names:
+        objs = policy.call(f"list {name}", _list_folder, src, name)
+        if objs is None:
+            if policy.call(name, _head, src, f"{name}/{CALIBRATION_KEY}") is not None:
+                return name, None
+        elif objs:
+            return name, objs
+    tried = " and ".join(src.url(f"{n}/") for n in capture.folder_names)
+    raise CaptureNotFoundError(f"capture {capture.folder} not found: nothing under {tried}")
+
+
+def _read_source(src: Source, spec: ObjectSpec) -> bytes:
+    """The whole object (a small one), size and single-part MD5 checked."""
+    chunks, _total, _etag, _start = _open(src, spec.source_key, 0, "")
+    data = b"".join(chunks)
+    if len(data) != spec.size:
+        raise RetryableError(f"body of {len(data)} bytes, listing says {spec.size}")
+    want = single_part_md5(spec.etag)
+    if want and hashlib.md5(data).hexdigest() != want:
+        raise RetryableError(f"MD5 mismatch: content {hashlib.md5(data).hexdigest()}, ETag {want}")
+    return data
+
+
+def _calibration(spec: ObjectSpec, out: str, src: Source, policy: RetryPolicy) -> bytes:
+    """The calibration's bytes: the local file if it can be vouched for, else read from the source into
+    memory (nothing is written before the free-space check; the file is fetched with the others)."""
+    if spec.size > MAX_CALIBRATION_BYTES:
+        raise ValueError(f"{spec.path}: {spec.size:,} bytes is no camera calibration")
+    dest = Path(out) / spec.path
+    if _vouch(spec, src, dest, policy) is not None:
+        return dest.read_bytes()
+    return policy.call(spec.path, _read_source, src, spec)
+
+
 def plan_capture(
     capture: CaptureId,
     out: str,
@@ -725,34 +881,17 @@ def plan_capture(
     prior: dict[str, dict],
     policy: RetryPolicy = RetryPolicy(),
 ) -> CapturePlan:
-    """Resolve one capture into object specs (a Dask task). ``prior``: its manifest rows by key. Never raises;
-    problems are in ``plan.error`` (+ ``error_type``)."""
+    """Resolve one capture into object specs (a Dask task); writes nothing. ``prior``: its manifest rows by
+    key. Never raises; problems are in ``plan.error`` (+ ``error_type``)."""
     plan = CapturePlan(capture.folder)
     try:
-        listing, folder = None, None
-        denied = False
-        for name in capture.folder_names:
-            objs = _retrying(policy, _list_folder, src, name)
-            if objs is None:
-                denied = True
-                if _retrying(policy, _head, src, f"{name}/{CALIBRATION_KEY}") is not None:
-                    folder = name
-                    break
-            elif objs:
-                listing, folder = objs, name
-                break
-        if folder is None:
-            tried = " and ".join(src.url(f"{n}/") for n in capture.folder_names)
-            raise CaptureNotFoundError(f"capture {capture.folder} not found: nothing under {tried}")
+        folder, listing = _find_folder(capture, src, policy)
         plan.folder = folder
 
-        def stat(key: str) -> tuple[int, str] | None:
-            if listing is not None:
-                return listing.get(key)
-            return _retrying(policy, _head, src, f"{folder}/{key}") if denied else None
-
         def spec(asset: str, key: str) -> ObjectSpec | None:
-            found = stat(key)
+            found = (
+                listing.get(key) if listing is not None else policy.call(key, _head, src, f"{folder}/{key}")
+            )
             if found is None:
                 return None
             p = prior.get(key) or {}
@@ -767,44 +906,36 @@ def plan_capture(
             raise CaptureNotFoundError(
                 f"capture {capture.folder}: {src.url(f'{folder}/{CALIBRATION_KEY}')} is absent"
             )
-        cal_row = fetch_object(cal, out, src, policy)
-        plan.rows.append(cal_row)
-        if cal_row["status"] != STATUS_OK:
-            raise RuntimeError(f"capture {capture.folder}: calibration not fetched: {cal_row['error']}")
-        cal_path = Path(out) / cal.path
-        ids = camera_ids_from_calibration(cal_path.read_bytes(), where=f"{capture.folder}/{CALIBRATION_KEY}")
+        data = _calibration(cal, out, src, policy)
+        ids = camera_ids_from_calibration(data, where=f"{capture.folder}/{CALIBRATION_KEY}")
         plan.camera_ids = ids
         if cameras:
             ids = [c for c in ids if c in set(cameras)]
         for asset, key in _wanted_keys(assets, ids):
-            if key == CALIBRATION_KEY:
-                continue
             s = spec(asset, key)
-            if s is None:
-                plan.rows.append(
-                    _row(
-                        ObjectSpec(capture.folder, folder, asset, key, 0, ""), src, STATUS_FAILED,
-                        error=f"absent in the source: {src.url(f'{folder}/{key}')}",
-                    )
-                )  # fmt: skip
-            else:
+            if s is not None:
                 plan.specs.append(s)
+                continue
+            absent = ObjectSpec(capture.folder, folder, asset, key, 0, "")
+            plan.rows.append(
+                _row(absent, src, STATUS_FAILED, error=f"absent in the source: {src.url(f'{folder}/{key}')}")
+            )
     except Exception as exc:
-        plan.error, plan.error_type = str(exc), type(exc).__name__
+        plan.error, plan.error_type = gave_up(policy, exc), type(exc).__name__
     return plan
 
 
 def _local_capture_done(out: Path, capture: CaptureId, assets, cameras, rows: dict) -> list[dict] | None:
     """The capture's manifest rows if every wanted file is present and unchanged (size + mtime) since it was
-    recorded ok; None if anything needs the bucket."""
+    recorded ok from the source; None if anything needs the source (rows rebuilt from disk have no source)."""
 
     def intact(key: str) -> dict | None:
         row = rows.get((capture.folder, key))
-        if not row or row.get("status") != STATUS_OK:
+        if not row or row.get("status") != STATUS_OK or not row.get("source"):
             return None
         try:
-            st = (out / row["path"]).stat()
-        except (FileNotFoundError, NotADirectoryError):
+            st = (out / safe_relpath(row["path"])).stat()
+        except (FileNotFoundError, NotADirectoryError, UnsafePathError):
             return None
         return row if st.st_size == row["bytes"] and st.st_mtime_ns == row["mtime_ns"] else None
 
@@ -831,30 +962,6 @@ def _local_capture_done(out: Path, capture: CaptureId, assets, cameras, rows: di
 # ---------------------------------------------------------------------------------------------------------
 
 
-def parse_captures(value: str | os.PathLike | Sequence[str | CaptureId] | None) -> list[CaptureId] | None:
-    """``--captures``: a CSV file of ids (columns mcd, sid, mct), or a comma list of folder names (either
-    spelling), or a sequence of CaptureId/str. None stays None (= the release list)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, (str, os.PathLike)):
-        text = str(value)
-        if os.path.isfile(text):
-            with open(text, newline="") as f:
-                ids = read_capture_ids_csv(f)
-            if not ids:
-                raise ValueError(f"--captures {text}: the file lists no captures")
-            return ids
-        if text.lower().endswith(".csv"):
-            raise FileNotFoundError(f"--captures {text}: no such file")
-        items: Sequence = [t for t in text.split(",") if t.strip()]
-    else:
-        items = value
-    out = [c if isinstance(c, CaptureId) else CaptureId.parse(str(c)) for c in items]
-    if not out:
-        raise ValueError("--captures lists no captures")
-    return list(dict.fromkeys(out))
-
-
 def parse_cameras(value: str | Sequence[str] | None) -> list[str] | None:
     """``--cameras``: comma list (or sequence) of dome camera ids like ``400940``; None = all."""
     if value is None or value == "":
@@ -875,6 +982,49 @@ def _prepare_out(out: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise PermissionError(f"output directory {out} is not writable: {exc.strerror or exc}") from exc
+
+
+RAW_LOCK_NAME = "fetch.lock"
+
+
+def raw_tree_lock(out: str | os.PathLike) -> StoreLock:
+    """The exclusive lock ``OUT/_manifests/fetch.lock`` that ``fetch`` and ``verify`` hold on a raw tree (the
+    repack lock's mechanism): a second one is refused with :class:`StoreLockedError` naming pid and host."""
+    return StoreLock(out, name=RAW_LOCK_NAME, subject=f"raw tree {out}", job="fetch or verify")
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    """What to fetch and how (the options of ``ava256 fetch``).
+
+    size: release size; n: the first ``n`` captures (of ``captures`` or of the release list); captures: see
+    :func:`ava256.captures_arg.parse_captures`; assets: comma list of ``ava256.capture.ASSETS`` (meta is always
+    included); cameras: dome camera ids (default all in each capture's calibration); source, endpoint_url,
+    unsigned: see :func:`resolve_source`; workers: concurrent downloads (Dask threads, or processes with
+    ``processes``); scheduler: address of a running Dask scheduler; retries: attempts per request;
+    reserve_bytes: free space to leave on OUT's disk; fsync: flush each file to disk before its rename (durable
+    ``ok`` rows after a power loss)."""
+
+    size: str = "4TB"
+    n: int | None = None
+    captures: CapturesArg = None
+    assets: str | Sequence[str] | None = None
+    cameras: str | Sequence[str] | None = None
+    source: str | os.PathLike | None = None
+    endpoint_url: str | None = None
+    unsigned: bool | None = None
+    workers: int = 8
+    scheduler: str | None = None
+    processes: bool = False
+    progress: bool = True
+    retries: int = 6
+    retry_base_delay: float = 0.5
+    reserve_bytes: int = 0
+    fsync: bool = True
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(attempts=max(1, self.retries), base_delay=self.retry_base_delay)
 
 
 @dataclass
@@ -920,228 +1070,380 @@ class FetchSummary:
 
 
 def fetch(
-    out: str | os.PathLike,
-    size: str = "4TB",
-    n: int | None = None,
-    captures: str | os.PathLike | Sequence[str | CaptureId] | None = None,
-    assets: str | Sequence[str] | None = None,
-    cameras: str | Sequence[str] | None = None,
-    workers: int = 8,
-    endpoint_url: str | None = None,
-    source: str | os.PathLike | None = None,
-    *,
-    scheduler: str | None = None,
-    processes: bool = False,
-    client=None,
-    progress: bool = True,
-    retries: int = 6,
-    retry_base_delay: float = 0.5,
-    reserve_bytes: int = 0,
-    unsigned: bool | None = None,
-    fsync: bool = True,
+    out: str | os.PathLike, options: FetchOptions | None = None, /, *, client=None, **kw: object
 ) -> FetchSummary:
-    """Fetch captures of release ``size`` into ``out`` (see the module doc). Returns a :class:`FetchSummary`;
-    per-object failures are in ``summary.failed`` (and the manifest), never raised.
+    """Fetch captures into ``out`` (see the module doc) with ``options`` (a :class:`FetchOptions`; keyword
+    arguments override its fields). Holds ``OUT/_manifests/fetch.lock`` for the run. Returns a
+    :class:`FetchSummary`; per-object and per-capture failures are in ``summary.failed`` (and the manifest),
+    never raised. client: an existing ``distributed.Client`` to use instead of making one.
 
-    n: the first ``n`` captures (of ``captures`` or of the release list); captures: see :func:`parse_captures`;
-    assets: comma list of ``ava256.capture.ASSETS`` (meta is always included); cameras: dome camera ids (default
-    all in each capture's calibration); workers: concurrent downloads (Dask threads); client: an existing
-    ``distributed.Client`` to use instead of making one; reserve_bytes: free space to leave on OUT's disk;
-    fsync: flush each file to disk before its rename (durable ``ok`` rows after a power loss).
-
-    Raises ValueError (bad size/asset/camera/capture ids), CaptureNotFoundError, UnsafePathError,
-    PermissionError (unwritable OUT), DiskFullError (not enough space) before downloading object data.
-    """
+    Raises ValueError (bad size/asset/camera/capture ids), CaptureNotFoundError, PermissionError (unwritable
+    OUT), StoreLockedError (another fetch or verify holds OUT), DiskFullError (not enough space) before
+    writing anything but the lock."""
     t0 = time.perf_counter()
-    size = parse_size(size).name
-    chosen_assets = parse_assets(assets)
-    wanted_cameras = parse_cameras(cameras)
-    ids = parse_captures(captures)
+    if options is not None and not isinstance(options, FetchOptions):
+        raise TypeError(
+            f"fetch(out, options): options must be a FetchOptions, not {options!r} (size= is a keyword)"
+        )
+    opts = dataclasses.replace(options or FetchOptions(), **kw)
+    size = parse_size(opts.size).name
+    assets = parse_assets(opts.assets)
+    cameras = parse_cameras(opts.cameras)
+    ids = parse_captures(opts.captures)
     if ids is None:
         ids = list(release_capture_ids())
-    if n is not None:
-        if n < 1:
-            raise ValueError(f"-n must be >= 1, got {n}")
-        ids = ids[:n]
-    if wanted_cameras and not any(a in ("image", "segmentation") for a in chosen_assets):
-        log.info("--cameras given but no per-camera asset selected (%s)", ",".join(chosen_assets))
+    if opts.n is not None:
+        if opts.n < 1:
+            raise ValueError(f"-n must be >= 1, got {opts.n}")
+        ids = ids[: opts.n]
+    if cameras and not any(a in ("image", "segmentation") for a in assets):
+        log.info("--cameras given but no per-camera asset selected (%s)", ",".join(assets))
     out = Path(out).expanduser().resolve()
-    src = resolve_source(size, source, endpoint_url, unsigned)  # first: a bad source creates nothing
+    src = resolve_source(
+        size, opts.source, opts.endpoint_url, opts.unsigned
+    )  # first: a bad source creates nothing
     _prepare_out(out)
-    policy = RetryPolicy(attempts=max(1, retries), base_delay=retry_base_delay)
-    rows = read_fetch_manifest(out)
-    summary = FetchSummary(out=out, source=src.describe(), captures=len(ids))
-    log.info("fetch %d capture(s) of %s from %s into %s", len(ids), size, src.describe(), out)
+    with raw_tree_lock(out):
+        run = _FetchRun(out, src, opts, assets, cameras, t0)
+        log.info("fetch %d capture(s) of %s from %s into %s", len(ids), size, src.describe(), out)
+        to_plan = run.skip_intact(ids)
+        if not to_plan:
+            return run.finish()
+        if client is not None:
+            return run.run(client, to_plan)
+        from ava256.pipeline.cluster import dask_client
 
-    # Captures whose files are all intact need nothing from the bucket.
-    to_plan, skipped_rows = [], []
-    for cap in ids:
-        done = _local_capture_done(out, cap, chosen_assets, wanted_cameras, rows)
-        if done is None:
-            to_plan.append(cap)
-        else:
-            skipped_rows.extend(done)
-    summary.skipped = len(skipped_rows)
-
-    if client is not None:
-        return _run(client, out, src, ids, to_plan, chosen_assets, wanted_cameras, rows, policy, summary,
-                    skipped_rows, progress, reserve_bytes, t0, fsync)  # fmt: skip
-    if not to_plan:
-        return _finish(out, rows, summary, {(r["capture"], r["key"]) for r in skipped_rows}, t0)
-    from ava256.pipeline.cluster import dask_client
-
-    with dask_client(workers, processes=processes, scheduler=scheduler) as c:
-        return _run(c, out, src, ids, to_plan, chosen_assets, wanted_cameras, rows, policy, summary,
-                    skipped_rows, progress, reserve_bytes, t0, fsync)  # fmt: skip
+        with dask_client(opts.workers, processes=opts.processes, scheduler=opts.scheduler) as c:
+            return run.run(c, to_plan)
 
 
-def _finish(
-    out: Path, rows: dict, summary: FetchSummary, mine: set[tuple[str, str]], t0: float
-) -> FetchSummary:
-    summary.objects = len(mine)
-    summary.bytes_total = sum((rows[k].get("bytes") or 0) for k in mine if rows[k]["status"] == STATUS_OK)
-    summary.failed = [rows[k] for k in sorted(mine) if rows[k]["status"] != STATUS_OK]
-    write_fetch_manifest(out, rows.values())
-    summary.seconds = time.perf_counter() - t0
+class _FetchRun:
+    """One fetch run on the driver: the manifest rows, what this run wrote, and the summary."""
+
+    def __init__(self, out: Path, src: Source, opts: FetchOptions, assets, cameras, t0: float) -> None:
+        self.out, self.src, self.opts, self.assets, self.cameras, self.t0 = (
+            out,
+            src,
+            opts,
+            assets,
+            cameras,
+            t0,
+        )
+        self.policy = opts.policy
+        self.rows = read_fetch_manifest(out)  # under the lock: nobody else writes it meanwhile
+        self.mine: set[tuple[str, str]] = set()  # rows this run is about (fetched, skipped or failed)
+        self.written: dict[tuple[str, str], dict] = {}  # rows this run changed
+        self.summary = FetchSummary(out=out, source=src.describe())
+        self.reserve = _ManifestReserve(out, 0)
+        self.reserve.release()  # one left by a killed run: its space counts as free again
+
+    # --- the manifest --------------------------------------------------------------------------------------
+    def record(self, row: dict) -> None:
+        row = {k: v for k, v in row.items() if not k.startswith("_") and k != "transferred"}
+        key = (row["capture"], row["key"])
+        self.rows[key] = self.written[key] = row
+        self.mine.add(key)
+
+    def tally(self, row: dict) -> None:
+        self.summary.bytes_transferred += row["transferred"]
+        if row["status"] == STATUS_OK:
+            fresh = row["transferred"] > 0 or row["resumed_from"] > 0
+            self.summary.downloaded += int(fresh)
+            self.summary.skipped += int(not fresh)
+
+    def flush(self) -> None:
+        """Write this run's rows over the manifest on disk (atomic). On a full disk the reserve is freed for it;
+        DiskFullError naming the manifest if even that is not enough."""
+        if not self.written:
+            return
+        for last_try in (False, True):
+            try:
+                update_fetch_manifest(self.out, self.written.values())
+                return
+            except OSError as exc:
+                if not _no_space(exc):
+                    raise
+                if last_try or not self.reserve.release():
+                    raise _disk_full(exc, manifest_path(self.out)) from exc
+                log.warning("disk full: freed the space reserved for the manifest to write it")
+
+    def finish(self) -> FetchSummary:
+        s = self.summary
+        try:
+            self.flush()
+        finally:
+            self.reserve.release()
+        s.objects = len(self.mine)
+        s.bytes_total = sum(
+            (self.rows[k].get("bytes") or 0) for k in self.mine if self.rows[k]["status"] == STATUS_OK
+        )
+        s.failed = [self.rows[k] for k in sorted(self.mine) if self.rows[k]["status"] != STATUS_OK]
+        s.seconds = time.perf_counter() - self.t0
+        for line in s.lines():
+            log.info(line)
+        return s
+
+    # --- the steps -----------------------------------------------------------------------------------------
+    def skip_intact(self, ids: list[CaptureId]) -> list[CaptureId]:
+        """Captures whose files are all intact need nothing from the source; returns the others."""
+        self.summary.captures = len(ids)
+        to_plan = []
+        for cap in ids:
+            done = _local_capture_done(self.out, cap, self.assets, self.cameras, self.rows)
+            if done is None:
+                to_plan.append(cap)
+                continue
+            self.summary.skipped += len(done)
+            self.mine.update((r["capture"], r["key"]) for r in done)
+        return to_plan
+
+    def run(self, client, to_plan: list[CaptureId]) -> FetchSummary:
+        specs = self.plan(client, to_plan)
+        self.check_space(specs)
+        self.reserve = _ManifestReserve(self.out, manifest_reserve_bytes(len(self.rows) + len(specs)))
+        self.reserve.take()
+        try:
+            self.download(client, specs)
+        except BaseException:
+            self.flush()  # what finished is on the record, whatever stopped the run
+            self.reserve.release()
+            raise
+        return self.finish()
+
+    def plan(self, client, to_plan: list[CaptureId]) -> list[ObjectSpec]:
+        """Plan every capture (one task each). A capture that cannot be planned (unsafe or broken calibration,
+        source errors) fails alone, on its calibration row; a capture that is not there stops the run."""
+        prior = {cap.folder: {k: r for (c, k), r in self.rows.items() if c == cap.folder} for cap in to_plan}
+        futures = [
+            client.submit(
+                plan_capture,
+                cap,
+                str(self.out),
+                self.src,
+                self.assets,
+                self.cameras,
+                prior[cap.folder],
+                self.policy,
+                pure=False,
+            )  # fmt: skip
+            for cap in to_plan
+        ]
+        plans: list[CapturePlan] = client.gather(futures)
+        missing = [p for p in plans if p.error_type == "CaptureNotFoundError"]
+        if missing:
+            msg = "; ".join(p.error for p in missing[:10])
+            more = f"; … {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise CaptureNotFoundError(f"{msg}{more} (size/--source right?)")
+        good = [p for p in plans if not p.error]
+        for p in plans:
+            if p.error:
+                self._capture_failed(p)
+            for row in p.rows:
+                self.tally(row)
+                self.record(row)
+        self._check_cameras(good)
+        return [s for p in good for s in p.specs]
+
+    def _capture_failed(self, plan: CapturePlan) -> None:
+        log.error("capture %s not fetched: %s", plan.capture, plan.error)
+        spec = ObjectSpec(plan.capture, plan.folder or plan.capture, "meta", CALIBRATION_KEY, 0, "")
+        self.record(_row(spec, self.src, STATUS_FAILED, error=f"{plan.error}; capture not fetched"))
+
+    def _check_cameras(self, plans: list[CapturePlan]) -> None:
+        if not self.cameras or not plans:
+            return
+        known = set().union(*(p.camera_ids for p in plans))
+        if not set(self.cameras) <= known:
+            unknown = sorted(set(self.cameras) - known)
+            raise ValueError(f"unknown camera id(s) {unknown}; the captures have e.g. {sorted(known)[:8]}")
+        for p in plans:
+            absent = sorted(set(self.cameras) - set(p.camera_ids))
+            if absent:
+                log.warning("capture %s has no camera(s) %s; fetching the others", p.capture, absent)
+
+    def check_space(self, specs: list[ObjectSpec]) -> None:
+        """Refuse before writing anything if the bytes still to fetch (plus the manifest's reserve and
+        ``reserve_bytes``) do not fit."""
+        need = manifest_reserve_bytes(len(self.rows) + len(specs))
+        for s in specs:
+            have = 0
+            for p in (self.out / (s.path + PART_SUFFIX), self.out / s.path):
+                with contextlib.suppress(OSError):
+                    have = max(have, min(p.stat().st_size, s.size))
+            need += s.size - have
+        free = shutil.disk_usage(self.out).free
+        if need > free - self.opts.reserve_bytes:
+            keep = (
+                f", keeping {_bytes_text(self.opts.reserve_bytes)} in reserve"
+                if self.opts.reserve_bytes
+                else ""
+            )
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"not enough free space in {self.out}: {_bytes_text(need)} still to fetch "
+                f"({len(specs)} objects and the manifest), {_bytes_text(free)} free{keep}; nothing written",
+            )
+
+    def download(self, client, specs: list[ObjectSpec]) -> None:
+        from concurrent.futures import CancelledError
+
+        from distributed import as_completed
+
+        from ava256.progress import Progress
+
+        total = sum(s.size for s in specs)
+        bar = Progress(
+            f"fetch {len(specs)} objects", total, unit="B", unit_scale=True, enabled=self.opts.progress
+        )
+        last_flush, failed = time.monotonic(), 0
+        futs = client.map(fetch_object, specs, out=str(self.out), src=self.src, policy=self.policy,
+                          fsync=self.opts.fsync, pure=False)  # fmt: skip
+        spec_of = {fut.key: spec for fut, spec in zip(futs, specs)}
+        try:
+            # with_results: results come back in batches, not one event-loop round trip per object
+            for fut, row in as_completed(futs, with_results=True, raise_errors=False):
+                if fut.cancelled() or isinstance(row, CancelledError):
+                    continue
+                if isinstance(row, BaseException):  # a crashed worker, not a download problem
+                    error = f"task failed: {type(row).__name__}: {row}"
+                    row = _row(spec_of[fut.key], self.src, STATUS_FAILED, error=error)
+                self.tally(row)
+                if row["status"] != STATUS_OK:
+                    failed += 1
+                    bar.set_postfix(failed=failed)
+                bar.update(row["bytes"] or 0)
+                self.record(row)
+                if row.get("_fatal") and not self.summary.fatal:
+                    self.summary.fatal = f"{row['error']}; remaining downloads cancelled"
+                    log.error("%s", self.summary.fatal)
+                    client.cancel(futs)
+                if time.monotonic() - last_flush > MANIFEST_FLUSH_SECONDS:
+                    self.flush()
+                    last_flush = time.monotonic()
+        finally:
+            bar.close()
+            if self.summary.fatal:
+                for s in specs:
+                    if (s.capture, s.key) not in self.mine:
+                        error = f"not attempted: the run stopped ({self.summary.fatal.split(';')[0]})"
+                        self.record(_row(s, self.src, STATUS_FAILED, error=error))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rebuilding the manifest from the files on disk
+# ---------------------------------------------------------------------------------------------------------
+
+REBUILT = "rebuilt from the file on disk (--rebuild-manifest); checked against the source by the next fetch"
+
+
+@dataclass
+class RebuildSummary:
+    out: Path
+    captures: int = 0
+    files: int = 0
+    kept: int = 0  # rows of a readable old manifest kept as they were (file unchanged, or no file)
+    skipped: list[str] = field(default_factory=list)  # files that are not catalog keys, or symlinks
+    replaced_unreadable: bool = False
+
+    def lines(self) -> list[str]:
+        out = [
+            f"rebuilt {manifest_path(self.out)}: {self.files} files re-hashed in {self.captures} captures"
+            + (f", {self.kept} rows kept from the old manifest" if self.kept else "")
+            + (" (the old one was unreadable)" if self.replaced_unreadable else "")
+        ]
+        for p in self.skipped[:10]:
+            out.append(f"  SKIPPED {p}")
+        if len(self.skipped) > 10:
+            out.append(f"  ... and {len(self.skipped) - 10} more")
+        return out
+
+
+def _catalog(capture_dir: Path) -> dict[str, str]:
+    """{key: asset} of a capture folder on disk (per-camera keys from its calibration, if that is readable)."""
+    try:
+        ids = camera_ids_from_calibration((capture_dir / CALIBRATION_KEY).read_bytes())
+    except (OSError, ValueError):
+        ids = []
+    return {k: a for a, k in _wanted_keys(ASSETS, ids)}
+
+
+def rebuild_manifest(out: str | os.PathLike) -> RebuildSummary:
+    """Rebuild ``OUT/_manifests/fetch.parquet`` from the files of ``out`` (re-hashing each), holding the raw
+    tree's lock. Catalog files of capture folders become ``ok`` rows without a source (so the next ``ava256
+    fetch`` checks them against the bucket's ETags instead of trusting them); ``.part`` files, symlinks and
+    other files are left out. Rows of a readable old manifest are kept for unchanged files and for keys
+    without a file (failed rows stay on the record)."""
+    out = Path(out).expanduser().resolve()
+    if not out.is_dir():
+        raise FileNotFoundError(f"raw tree {out} does not exist")
+    summary = RebuildSummary(out)
+    with raw_tree_lock(out):
+        try:
+            old = read_fetch_manifest(out)
+        except ValueError as exc:
+            log.warning("%s", exc)
+            old, summary.replaced_unreadable = {}, True
+        rows: dict[tuple[str, str], dict] = {}
+        for cap_dir in sorted(p for p in out.iterdir() if p.is_dir() and not p.is_symlink()):
+            try:
+                folder = CaptureId.parse(cap_dir.name).folder
+            except ValueError:
+                continue
+            summary.captures += 1
+            catalog = _catalog(cap_dir)
+            for dirpath, _dirs, files in os.walk(cap_dir):
+                for name in sorted(files):
+                    p = Path(dirpath) / name
+                    key = p.relative_to(cap_dir).as_posix()
+                    if p.is_symlink() or key not in catalog:
+                        if not name.endswith((PART_SUFFIX, ETAG_SUFFIX, ".tmp")):
+                            why = "a symlink" if p.is_symlink() else "not a catalog key"
+                            summary.skipped.append(f"{folder}/{key}: {why}")
+                        continue
+                    row = _rebuilt_row(folder, key, catalog[key], p, old.get((folder, key)))
+                    rows[(folder, key)] = row
+                    summary.files += 1
+                    summary.kept += row["error"] != REBUILT
+        for k, row in old.items():
+            if k not in rows:
+                rows[k] = row
+                summary.kept += 1
+        write_fetch_manifest(out, rows.values())
     for line in summary.lines():
         log.info(line)
     return summary
 
 
-def _run(client, out, src, ids, to_plan, assets, cameras, rows, policy, summary, skipped_rows, progress,
-         reserve_bytes, t0, fsync) -> FetchSummary:  # fmt: skip
-    from concurrent.futures import CancelledError
-
-    from distributed import as_completed
-
-    keys: set[tuple[str, str]] = set()
-
-    def record(row: dict) -> None:
-        row = {k: v for k, v in row.items() if not k.startswith("_") and k != "transferred"}
-        rows[(row["capture"], row["key"])] = row
-        keys.add((row["capture"], row["key"]))
-
-    def tally(row: dict) -> None:
-        summary.bytes_transferred += row["transferred"]
-        if row["status"] == STATUS_OK:
-            fresh = row["transferred"] > 0 or row["resumed_from"] > 0
-            summary.downloaded += int(fresh)
-            summary.skipped += int(not fresh)
-
-    # 1. plan
-    prior = {cap.folder: {k: r for (c, k), r in rows.items() if c == cap.folder} for cap in to_plan}
-    futures = [
-        client.submit(
-            plan_capture, cap, str(out), src, assets, cameras, prior[cap.folder], policy, pure=False
-        )
-        for cap in to_plan
-    ]
-    plans: list[CapturePlan] = client.gather(futures)
-    for plan in plans:
-        for row in plan.rows:
-            tally(row)
-            record(row)
-    errors = [p for p in plans if p.error]
-    if errors:
-        write_fetch_manifest(out, rows.values())
-        kinds = {p.error_type for p in errors}
-        msg = "; ".join(p.error for p in errors[:10]) + (
-            f"; … {len(errors) - 10} more" if len(errors) > 10 else ""
-        )
-        if kinds <= {"CaptureNotFoundError"}:
-            raise CaptureNotFoundError(f"{msg} (size/--source right?)")
-        if "UnsafePathError" in kinds:
-            raise UnsafePathError(msg)
-        if kinds <= {"RuntimeError"}:  # calibration downloads failed after retries
-            raise ConnectionError(msg)
-        raise ValueError(msg)
-    if cameras:
-        known = set().union(*(p.camera_ids for p in plans)) if plans else set()
-        if plans and not set(cameras) <= known:
-            unknown = sorted(set(cameras) - known)
-            raise ValueError(f"unknown camera id(s) {unknown}; the captures have e.g. {sorted(known)[:8]}")
-        for p in plans:
-            absent = sorted(set(cameras) - set(p.camera_ids))
-            if absent:
-                log.warning("capture %s has no camera(s) %s; fetching the others", p.capture, absent)
-    for r in skipped_rows:
-        keys.add((r["capture"], r["key"]))
-    specs = [s for p in plans for s in p.specs]
-
-    # 2. space
-    need = sum(s.size for s in specs)
-    for s in specs:
-        part = out / (s.path + PART_SUFFIX)
-        if part.exists():
-            need -= min(part.stat().st_size, s.size)
-        dest = out / s.path
-        if dest.exists():
-            need -= min(dest.stat().st_size, s.size)
-    free = shutil.disk_usage(out).free
-    if need > free - reserve_bytes:
-        write_fetch_manifest(out, rows.values())
-        raise DiskFullError(
-            errno.ENOSPC,
-            f"not enough free space in {out}: {need / 1e9:.2f} GB to download, {free / 1e9:.2f} GB free"
-            + (f" (keeping {reserve_bytes / 1e9:.2f} GB in reserve)" if reserve_bytes else ""),
-        )
-
-    # 3. download
-    from ava256.progress import Progress
-
-    bar = Progress(
-        f"fetch {len(specs)} objects", sum(s.size for s in specs), unit="B", unit_scale=True, enabled=progress
-    )
-    last_flush = time.monotonic()
-    failed = 0
-    futs = client.map(fetch_object, specs, out=str(out), src=src, policy=policy, fsync=fsync, pure=False)
-    try:
-        spec_of = {fut.key: spec for fut, spec in zip(futs, specs)}
-        # with_results: results come back in batches, not one event-loop round trip per object
-        for fut, row in as_completed(futs, with_results=True, raise_errors=False):
-            if fut.cancelled() or isinstance(row, CancelledError):
-                continue
-            if isinstance(row, BaseException):  # a crashed worker, not a download problem
-                row = _row(
-                    spec_of[fut.key], src, STATUS_FAILED, error=f"task failed: {type(row).__name__}: {row}"
-                )
-            tally(row)
-            if row["status"] != STATUS_OK:
-                failed += 1
-                bar.set_postfix(failed=failed)
-            bar.update(row["bytes"] or 0)
-            record(row)
-            if row.get("_fatal") and not summary.fatal:
-                summary.fatal = f"{row['_fatal']} ({row['error']}); remaining downloads cancelled"
-                log.error("%s", summary.fatal)
-                client.cancel(futs)
-            if time.monotonic() - last_flush > MANIFEST_FLUSH_SECONDS:
-                write_fetch_manifest(out, rows.values())
-                last_flush = time.monotonic()
-    finally:
-        bar.close()
-        if summary.fatal:
-            for s in specs:
-                k = (s.capture, s.key)
-                if k not in keys:
-                    record(_row(s, src, STATUS_FAILED, error="not attempted: the run stopped (disk full)"))
-        write_fetch_manifest(out, rows.values())
-    return _finish(out, rows, summary, keys, t0)
+def _rebuilt_row(folder: str, key: str, asset: str, p: Path, old: dict | None) -> dict:
+    st = p.stat()
+    n, sha, md5 = hash_file(p, md5=True)
+    if old and old.get("status") == STATUS_OK and old.get("sha256") == sha and old.get("bytes") == n:
+        return {**old, "mtime_ns": st.st_mtime_ns}  # the old row still describes the file
+    return {
+        "capture": folder, "asset": asset, "key": key, "path": f"{folder}/{key}", "source": "", "bytes": n,
+        "etag": "", "md5": md5, "sha256": sha, "status": STATUS_OK, "error": REBUILT, "attempts": 0,
+        "resumed_from": 0, "seconds": 0.0, "mtime_ns": st.st_mtime_ns, "time": datetime.now(UTC),
+    }  # fmt: skip
 
 
 __all__ = [
     "CaptureNotFoundError",
     "DiskFullError",
+    "FetchOptions",
     "FetchSummary",
     "ObjectSpec",
+    "RebuildSummary",
     "RetryPolicy",
+    "RetryableError",
     "Source",
     "fetch",
     "fetch_object",
     "hash_file",
     "is_retryable",
-    "parse_captures",
     "parse_cameras",
+    "parse_captures",
     "plan_capture",
+    "raw_tree_lock",
+    "rebuild_manifest",
     "resolve_source",
 ]

@@ -36,9 +36,11 @@ import pandas as pd
 import pyarrow as pa
 
 from ava256 import capture as cat
+from ava256.captures_arg import capture_folders as parse_captures_arg
 from ava256.manifests import repack as rm
 from ava256.manifests import samples as sm
 from ava256.manifests.atomic import write_table_atomic
+from ava256.manifests.fetch import torn_manifest_hint
 from ava256.pipeline import repack_tasks as rt
 from ava256.store import layout as L
 from ava256.store.lock import locked_store
@@ -76,21 +78,6 @@ class RepackSummary:
 # ---------------------------------------------------------------------------------------------------------
 # Discovery
 # ---------------------------------------------------------------------------------------------------------
-
-
-def parse_captures_arg(value: str | Sequence[str] | None) -> list[str] | None:
-    """``--captures``: a comma list of capture folders, or a CSV file with columns mcd, sid, mct. Returns
-    canonical folder names, or None for all."""
-    if value is None or value == "" or value == ():
-        return None
-    if isinstance(value, str):
-        p = Path(value)
-        if p.is_file():
-            return [c.folder for c in cat.read_capture_ids_csv(p.read_text().splitlines())]
-        items = [v for v in value.split(",") if v.strip()]
-    else:
-        items = list(value)
-    return [cat.CaptureId.parse(v).folder for v in items]
 
 
 def discover_captures(
@@ -138,7 +125,7 @@ def _fetch_rows_by_capture(raw: Path) -> dict[str, list[dict[str, Any]]]:
     try:
         table = pq.read_table(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a torn/foreign file
-        raise ValueError(f"cannot read fetch manifest {path}: {exc}") from exc
+        raise ValueError(f"cannot read fetch manifest {path}: {exc}; {torn_manifest_hint(raw)}") from exc
     if not {"capture", "key"} <= set(table.column_names):
         raise ValueError(f"{path} is not a fetch manifest (needs columns capture, key)")
     cols = [c for c in ("capture", "key", "bytes", "etag", "sha256", "status") if c in table.column_names]

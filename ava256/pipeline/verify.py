@@ -3,7 +3,8 @@
 One Dask task per file (sha256 of the whole file, streamed). A file that is gone is marked ``missing``, one whose
 size or sha256 differs ``corrupt``; both keep their recorded sha256/etag, so the next ``ava256 fetch OUT``
 downloads them again (and only them). Intact files get their current mtime recorded, so the fast "already
-present" check of fetch holds for them again.
+present" check of fetch holds for them again. Holds ``OUT/_manifests/fetch.lock`` (shared with ``ava256 fetch``)
+for the run, so a fetch cannot overwrite its marks; it writes only the rows it checked.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ava256.capture import UnsafePathError, safe_relpath
 from ava256.manifests.fetch import (
     STATUS_CORRUPT,
     STATUS_FAILED,
@@ -22,16 +24,19 @@ from ava256.manifests.fetch import (
     STATUS_OK,
     manifest_path,
     read_fetch_manifest,
-    write_fetch_manifest,
+    update_fetch_manifest,
 )
-from ava256.pipeline.fetch import hash_file
+from ava256.pipeline.fetch import hash_file, raw_tree_lock
 
 log = logging.getLogger(__name__)
 
 
 def verify_file(out: str, path: str, size: int, sha256: str) -> tuple[str, str, int | None, int]:
     """Check ``OUT/path`` against (size, sha256): (status, error, mtime_ns, bytes read)."""
-    p = Path(out) / path
+    try:
+        p = Path(out) / safe_relpath(path)  # a manifest is not trusted to name files outside OUT
+    except UnsafePathError as exc:
+        return STATUS_CORRUPT, str(exc), None, 0
     try:
         st = p.stat()
     except (FileNotFoundError, NotADirectoryError):
@@ -88,33 +93,45 @@ def verify(
 ) -> VerifySummary:
     """Re-hash every recorded file of ``out`` and update the manifest (see the module doc).
 
-    Raises FileNotFoundError if ``out`` has no fetch manifest."""
+    Raises FileNotFoundError if ``out`` has no fetch manifest, StoreLockedError if a fetch or verify holds it."""
     t0 = time.perf_counter()
     out = Path(out).expanduser().resolve()
+    missing = f"no fetch manifest at {manifest_path(out)}; run `ava256 fetch {out} …` first"
+    if not manifest_path(out).parent.is_dir():  # not a raw tree: leave it as it is (no lock file)
+        raise FileNotFoundError(missing)
+    with raw_tree_lock(out):
+        if not manifest_path(out).exists():
+            raise FileNotFoundError(missing)
+        return _verify_locked(out, workers, scheduler, processes, client, progress, t0)
+
+
+def _verify_locked(out: Path, workers: int, scheduler, processes: bool, client, progress: bool,
+                   t0: float) -> VerifySummary:  # fmt: skip
     rows = read_fetch_manifest(out)
     if not rows:
-        raise FileNotFoundError(
-            f"no fetch manifest at {manifest_path(out)}; run `ava256 fetch {out} …` first"
-        )
+        raise FileNotFoundError(f"the fetch manifest {manifest_path(out)} lists no files")
     summary = VerifySummary(out)
     todo = [r for r in rows.values() if r["status"] != STATUS_FAILED and r.get("sha256")]
     summary.not_fetched = [r for r in rows.values() if r["status"] == STATUS_FAILED]
-    if todo:
-        if client is None:
+    checked: dict[tuple[str, str], dict] = {}
+    try:
+        if todo and client is None:
             from ava256.pipeline.cluster import dask_client
 
             with dask_client(workers, processes=processes, scheduler=scheduler) as c:
-                _run(c, out, todo, rows, summary, progress)
-        else:
-            _run(client, out, todo, rows, summary, progress)
-    write_fetch_manifest(out, rows.values())
+                _run(c, out, todo, checked, summary, progress)
+        elif todo:
+            _run(client, out, todo, checked, summary, progress)
+    finally:
+        if checked:
+            update_fetch_manifest(out, checked.values())  # only the rows checked; the others stay as on disk
     summary.seconds = time.perf_counter() - t0
     for line in summary.lines():
         log.info(line)
     return summary
 
 
-def _run(client, out: Path, todo: list[dict], rows: dict, summary: VerifySummary, progress: bool) -> None:
+def _run(client, out: Path, todo: list[dict], checked: dict, summary: VerifySummary, progress: bool) -> None:
     from distributed import as_completed
 
     from ava256.progress import Progress
@@ -137,5 +154,5 @@ def _run(client, out: Path, todo: list[dict], rows: dict, summary: VerifySummary
                 summary.ok += 1
             else:
                 summary.problems.append(row)
-            rows[(row["capture"], row["key"])] = row
+            checked[(row["capture"], row["key"])] = row
     summary.problems.sort(key=lambda r: r["path"])

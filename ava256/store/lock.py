@@ -1,4 +1,5 @@
-"""One writer per store: the repack lock file ``STORE/_manifests/repack.lock``.
+"""One writer per store: the repack lock file ``STORE/_manifests/repack.lock`` (and, with other names, one
+writer per raw tree: ``OUT/_manifests/fetch.lock`` held by ``ava256 fetch`` and ``ava256 verify``).
 
 Two repack processes pointed at one store would both write the driver-only ``valid/*`` mask chunks and the
 manifest part files (read-modify-write), so the second one is **refused**: :class:`StoreLock` creates the lock
@@ -43,7 +44,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class StoreLockedError(BlockingIOError):
-    """The store is held by another live repack (message names its pid, host and start time)."""
+    """The store (or raw tree) is held by another live process (message names its pid, host and start time)."""
 
 
 def _proc_start(pid: int) -> str:
@@ -66,14 +67,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def lock_path(store: str | os.PathLike[str]) -> str:
-    """``STORE/_manifests/repack.lock`` (a path or URL string)."""
-    return "/".join([os.fspath(store).rstrip("/"), "_manifests", LOCK_NAME])
+def lock_path(store: str | os.PathLike[str], name: str = LOCK_NAME) -> str:
+    """``STORE/_manifests/{name}`` (a path or URL string; ``repack.lock`` by default)."""
+    return "/".join([os.fspath(store).rstrip("/"), "_manifests", name])
 
 
 class StoreLock:
-    """Exclusive repack lock of ``store`` (see the module doc). Use as a context manager or
-    :meth:`acquire` / :meth:`release`; :func:`locked_store` decorates a function taking the store."""
+    """Exclusive lock of ``store`` (see the module doc). Use as a context manager or :meth:`acquire` /
+    :meth:`release`; :func:`locked_store` decorates a function taking the store.
+
+    ``name``, ``subject`` and ``job`` make the same lock for another kind of directory, e.g. a raw tree:
+    ``StoreLock(out, name="fetch.lock", subject=f"raw tree {out}", job="fetch or verify")``."""
 
     def __init__(
         self,
@@ -82,10 +86,14 @@ class StoreLock:
         heartbeat: float = HEARTBEAT_SECONDS,
         stale_after: float = STALE_AFTER_SECONDS,
         storage_options: dict[str, Any] | None = None,
+        name: str = LOCK_NAME,
+        subject: str = "store",
+        job: str = "repack",
     ) -> None:
         import fsspec
 
-        self.path = lock_path(store)
+        self.path = lock_path(store, name)
+        self.subject, self.job = subject, job
         self.fs, self._fpath = fsspec.core.url_to_fs(self.path, **(storage_options or {}))
         self.local = "file" in (
             self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
@@ -199,13 +207,14 @@ class StoreLock:
             reason = self.stale_reason(owner)
             if not reason and not owner:
                 raise StoreLockedError(
-                    errno.EAGAIN, f"store is locked ({self.path} is being written or unreadable)"
+                    errno.EAGAIN, f"{self.subject} is locked ({self.path} is being written or unreadable)"
                 )
             if not reason:
+                busy = "being repacked" if self.job == "repack" else "in use"
                 raise StoreLockedError(
                     errno.EAGAIN,
-                    f"store is being repacked by pid {owner.get('pid')} on {owner.get('host')} since "
-                    f"{owner.get('started')} ({owner.get('cmd', '')[:120]}); refusing to run a second repack "
+                    f"{self.subject} is {busy} by pid {owner.get('pid')} on {owner.get('host')} since "
+                    f"{owner.get('started')} ({owner.get('cmd', '')[:120]}); refusing to run a second {self.job} "
                     f"on it. If that process is really gone, delete {self.path}",
                 )
             log.warning("taking over the stale lock %s: %s (was %s)", self.path, reason, owner)

@@ -12,11 +12,11 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from conftest import write_tiny_capture
 
 from ava256.capture import (
     CALIBRATION_KEY,
     TEXTURE_KEY,
-    UnsafePathError,
     capture_keys,
     image_key,
     parse_assets,
@@ -271,18 +271,48 @@ def test_unwritable_out_and_cli_messages(tiny_bucket, tmp_path):
     assert result.exit_code == 1 and "no fetch manifest" in result.output
 
 
-def test_unsafe_keys_from_a_hostile_bucket_are_rejected(local_s3, dask_threads, tmp_path):
-    """A calibration whose camera id would build a key with '..' must not produce any download."""
-    cap = release_capture_ids()[3]
-    root = tmp_path / "hostile"
-    cal = root / "evil" / "4TB" / cap.folder / CALIBRATION_KEY
-    cal.parent.mkdir(parents=True)
-    cal.write_text(json.dumps({"KRT": [{"cameraId": "../../../../tmp/pwned"}]}))
-    upload_tree(local_s3.endpoint_url, LOCAL_BUCKET, root)
-    with pytest.raises(UnsafePathError, match="not plain names"):
-        fetch(tmp_path / "raw", "4TB", captures=cap.folder, source=f"s3://{LOCAL_BUCKET}/evil",
-              endpoint_url=local_s3.endpoint_url, client=dask_threads, progress=False)  # fmt: skip
-    assert not list((tmp_path / "raw").rglob("*.zip"))
+HOSTILE_IDS = ["../../../../tmp/pwned", "a/b", "/etc/passwd"]
+
+
+def test_unsafe_camera_ids_fail_their_capture_alone(local_s3, dask_threads, tmp_path):
+    """Calibrations whose camera ids would build keys with '..', '/' or an absolute path: each such capture
+    fails alone, on the record (its calibration row), with no download; the clean capture is fetched."""
+    caps = release_capture_ids()[3:7]
+    size_root = tmp_path / "hostile" / "evil" / "4TB"
+    for cap, cam in zip(caps, HOSTILE_IDS):
+        cal = size_root / cap.folder / CALIBRATION_KEY
+        cal.parent.mkdir(parents=True)
+        cal.write_text(json.dumps({"KRT": [{"cameraId": "400940"}, {"cameraId": cam}]}))
+    clean = write_tiny_capture(size_root, caps[3], ["400940"], seed=3)
+    upload_tree(local_s3.endpoint_url, LOCAL_BUCKET, tmp_path / "hostile")
+    out = tmp_path / "raw"
+    args = dict(captures=[c.folder for c in caps], source=f"s3://{LOCAL_BUCKET}/evil",
+                endpoint_url=local_s3.endpoint_url, progress=False, retry_base_delay=0.01)  # fmt: skip
+    summary = fetch(out, client=dask_threads, **args)
+    assert not summary.ok and not summary.fatal
+    assert sorted(r["path"] for r in summary.failed) == sorted(
+        f"{c.folder}/{CALIBRATION_KEY}" for c in caps[:3]
+    )
+    by_capture = {r["capture"]: r for r in summary.failed}
+    for cap, cam in zip(caps, HOSTILE_IDS):
+        error = by_capture[cap.folder]["error"]
+        assert "not plain names" in error and repr(cam) in error and "capture not fetched" in error
+    rows = read_fetch_manifest(out)
+    for key, data in clean.items():
+        assert (
+            rows[(caps[3].folder, key)]["status"] == "ok"
+            and (out / caps[3].folder / key).read_bytes() == data
+        )
+    for cap in caps[:3]:  # nothing of a hostile capture was written, not even its calibration
+        assert rows[(cap.folder, CALIBRATION_KEY)]["status"] == "failed"
+        assert not (out / cap.folder).exists()
+    assert not (tmp_path / "tmp").exists() and not list(tmp_path.rglob("pwned*"))
+
+    result = CliRunner().invoke(cli, ["fetch", str(out), "--no-progress", "--captures", ",".join(c.folder for c in caps),
+                                      "--source", args["source"], "--endpoint-url", local_s3.endpoint_url])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert f"FAILED {caps[0].folder}/{CALIBRATION_KEY}: UnsafePathError" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_manifest_write_is_atomic_and_bad_manifest_is_named(tmp_path):
