@@ -10,6 +10,7 @@ bucket is launched as soon as its last gradient is written; ``gradient_as_bucket
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import math
 from typing import Any
@@ -21,6 +22,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 LR_SCALINGS = ("none", "linear", "sqrt")
+_DDP_ARGS = frozenset(inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters)
 
 
 class ReplicaDivergence(RuntimeError):
@@ -36,11 +38,13 @@ def ddp_options(tc: dict[str, Any]) -> dict[str, Any]:
     mb = float(tc["ddp_bucket_mb"])
     if mb <= 0:
         raise ValueError(f"train.ddp_bucket_mb must be > 0, got {mb}")
+    # newer torch names the per-forward buffer sync forward_sync_buffers (the sync at wrap time stays)
+    sync = "forward_sync_buffers" if "forward_sync_buffers" in _DDP_ARGS else "broadcast_buffers"
     return {
         "bucket_cap_mb": mb,
         "static_graph": bool(tc["ddp_static_graph"]),
         "gradient_as_bucket_view": bool(tc["ddp_gradient_as_bucket_view"]),
-        "broadcast_buffers": bool(tc["ddp_broadcast_buffers"]),
+        sync: bool(tc["ddp_broadcast_buffers"]),
     }
 
 
