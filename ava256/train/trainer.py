@@ -32,6 +32,7 @@ from ava256.train.checkpoint import (
 )
 from ava256.train.control import StopSignals, check_resume, cpu_time_warning, isolated_rng, start_banner
 from ava256.train.data import DataInfo, open_datasets
+from ava256.train.ddp import check_replicas, scaled_lr, wrap
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +249,7 @@ def _train(
     seed_everything(int(tc["seed"]) + dd.rank)
 
     model = build_model(cfg["model"], info).to(dd.device)
-    opt = torch.optim.Adam(model.param_groups(float(tc["lr"])))
+    opt = torch.optim.Adam(model.param_groups(scaled_lr(cfg, dd.world)))
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=int(tc["lr_step"]), gamma=float(tc["lr_gamma"]))
     sampler = ResumableSampler(len(train_ds), seed=int(tc["seed"]), rank=dd.rank, world=dd.world)
     iteration = 0
@@ -272,9 +273,7 @@ def _train(
 
     net: torch.nn.Module = model
     if dd.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dd.local_rank] if dd.device.type == "cuda" else None
-        )
+        net = wrap(model, dd.device, dd.local_rank, tc)
     amp = bool(tc["amp"]) and dd.device.type == "cuda"
     weights = {k: float(v) for k, v in cfg["loss"].items()}
     bs = int(dc["batch_size"])
@@ -288,10 +287,11 @@ def _train(
         metrics = _Metrics(out / "metrics.jsonl", iteration)
 
     def save(it: int) -> Path:
-        rngs = [rng_state()]
+        rngs, replicas = [rng_state()], None
         if dd.world > 1:
             rngs = [None] * dd.world
             dist.all_gather_object(rngs, rng_state())
+            replicas = check_replicas(model)  # one model on every rank, or a one-line error
         if dd.main:
             save_checkpoint(
                 ckpt_dir,
@@ -303,6 +303,7 @@ def _train(
                     "scheduler": sched.state_dict(),
                     "sampler": sampler.state_dict(),
                     "rng": rngs,
+                    "replicas": replicas,  # every rank's parameter digest (DDP)
                     "config": cfg,
                     "split": split,
                     "model_config": model.cfg.to_dict(),
