@@ -317,11 +317,15 @@ def repack_cmd(raw, store, captures, downsample, codec, workers, scheduler, prog
             scheduler=scheduler,
             progress=progress,
         )
-    except (ValueError, FileNotFoundError, OSError) as exc:
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:  # a write that names no file (ENOSPC): the store
+            raise click.ClickException(f"[Errno {exc.errno}] {exc.strerror}: writing under {store}") from exc
+        raise click.ClickException(str(exc)) from exc
+    except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"repack: {summary.line()}")
-    for cap, reason in summary.failed_captures.items():
-        click.echo(f"  FAILED {cap}: {reason}", err=True)
+    for cap, file, reason in summary.failures:  # one line per failed task or capture
+        click.echo(f"  FAILED {cap} {file}: {reason}", err=True)
     if summary.failed_captures or summary.tasks_failed:
         _next(
             f"fix or re-fetch the inputs named above, then ava256 repack {shlex.quote(raw)} {shlex.quote(store)} redoes them"

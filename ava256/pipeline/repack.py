@@ -59,6 +59,8 @@ class RepackSummary:
     tasks_run: int = 0
     tasks_skipped: int = 0
     tasks_failed: int = 0
+    #: (capture, file, reason) of every failed task and capture of this run, for one line each
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
     frames_invalid: int = 0
     images_written: int = 0
     seconds: float = 0.0
@@ -119,11 +121,17 @@ def discover_captures(
     out = []
     for folder, p in found.items():
         rows = fetch_rows.get(folder)
+        expected: tuple[tuple[str, str], ...] = ()
         if rows:
             h, method = rt.hash_fetch_rows(rows), "fetch-manifest"
+            expected = tuple(
+                (str(r["key"]), f"{r.get('status') or 'ok'}{': ' + r['error'] if r.get('error') else ''}")
+                for r in rows
+                if r.get("key")
+            )
         else:
             h, method = rt.hash_tree_stat(p), "stat"
-        out.append(rt.CaptureSource(folder, str(p), p.name, h, method))
+        out.append(rt.CaptureSource(folder, str(p), p.name, h, method, expected))
     return out
 
 
@@ -141,7 +149,9 @@ def _fetch_rows_by_capture(raw: Path) -> dict[str, list[dict[str, Any]]]:
         raise ValueError(f"cannot read fetch manifest {path}: {exc}") from exc
     if not {"capture", "key"} <= set(table.column_names):
         raise ValueError(f"{path} is not a fetch manifest (needs columns capture, key)")
-    cols = [c for c in ("capture", "key", "bytes", "etag", "sha256", "status") if c in table.column_names]
+    cols = [
+        c for c in ("capture", "key", "bytes", "etag", "sha256", "status", "error") if c in table.column_names
+    ]
     by: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in table.select(cols).to_pylist():
         by[str(row["capture"])].append(row)
@@ -176,7 +186,7 @@ class ManifestBook:
         self.dirty.add(capture)
 
     def add(self, row: dict[str, Any]) -> None:
-        self.rows[row["capture"]][row["task_id"]] = {k: row[k] for k in rm.COLUMNS}
+        self.rows[row["capture"]][row["task_id"]] = {k: row.get(k) for k in rm.COLUMNS}
         self.dirty.add(row["capture"])
 
     def flush(self) -> None:
@@ -241,11 +251,50 @@ def _store_matches(
     )
 
 
-def _shards_present(store_path: str, keys: Sequence[str]) -> bool:
+def shard_sizes(store_path: str, keys: Sequence[str]) -> list[int]:
+    """Bytes of each shard file ``keys`` (relative to the capture group) names; -1 for one that is absent."""
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(store_path)
-    return all(fs.exists(f"{root.rstrip('/')}/{k}") for k in keys)
+    out = []
+    for k in keys:
+        try:
+            out.append(int(fs.size(f"{root.rstrip('/')}/{k}")))
+        except FileNotFoundError:
+            out.append(-1)
+    return out
+
+
+def _task_intact(store_path: str, keys: Sequence[str], recorded: Sequence[int] | None) -> bool:
+    """Whether a done task's shards are as it left them: each the size recorded when it finished (rows of
+    older manifests, without sizes: each present)."""
+    sizes = shard_sizes(store_path, keys)
+    if recorded is None or len(recorded) != len(sizes):
+        return all(n >= 0 for n in sizes)
+    return [int(n) for n in recorded] == sizes
+
+
+def remove_orphan_partials(store: str) -> int:
+    """Delete shard temp files (``*.partial``) that a killed repack left in the capture groups of ``store``;
+    called with the store lock held, so no live writer owns them. Returns how many were removed."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(store)
+    n = 0
+    for folder in L.list_capture_stores(store):
+        base = f"{root.rstrip('/')}/{folder}{L.STORE_SUFFIX}"
+        try:
+            found = fs.find(base)
+        except FileNotFoundError:
+            continue
+        for p in found:
+            if p.endswith(".partial"):
+                with contextlib.suppress(FileNotFoundError):
+                    fs.rm_file(p)
+                    n += 1
+    if n:
+        log.warning("removed %d orphan shard temp file(s) (*.partial) a killed repack left in %s", n, store)
+    return n
 
 
 @locked_store  # one repack per store: a second one is refused (ava256.store.lock)
@@ -293,6 +342,7 @@ def repack(
     sources = discover_captures(raw, parse_captures_arg(captures))
     if not sources:
         raise ValueError(f"no capture folders (mcd--mct--sid) under {raw}")
+    remove_orphan_partials(store)
     book = ManifestBook(store)
     summary = RepackSummary(captures=[s.folder for s in sources])
 
@@ -306,6 +356,7 @@ def repack(
             except Exception as exc:  # noqa: BLE001 - a capture that cannot be probed is recorded, others go on
                 log.error("capture %s cannot be repacked: %s", s.folder, exc)
                 summary.failed_captures[s.folder] = str(exc)
+                summary.failures.append((s.folder, s.rel, str(exc)))
                 book.add(_capture_failure_row(s, str(exc)))
 
         # 2. (re)create stores; tasks are planned lazily per capture below (the driver never holds all of a
@@ -332,6 +383,9 @@ def repack(
                 book.drop_capture(folder)
                 summary.recreated.append(folder)
             book.add(_probe_row(plan))
+            for e in plan.failures:
+                summary.failures.append((folder, e["file"], e["reason"]))
+            summary.tasks_failed += bool(plan.failures)
         book.flush()
 
         # 3. run the tasks, a bounded number in flight; masks then manifest rows as results arrive
@@ -358,7 +412,7 @@ def repack(
                         row is not None
                         and row["status"] == rm.STATUS_DONE
                         and row["source_hash"] == plan.source_hash
-                        and _shards_present(path, rt.task_shard_keys(task, specs))
+                        and _task_intact(path, rt.task_shard_keys(task, specs), row.get("shard_bytes"))
                     ):
                         summary.tasks_skipped += 1
                         bar.skip(1)
@@ -454,8 +508,13 @@ def _apply_results(
             summary.frames_invalid += int(res["n_frames"] - res["n_valid"])
             if task.asset == "image":
                 summary.images_written += int(res["n_frames"])
+            specs = specs_by_capture[task.capture]
+            res["shard_bytes"] = shard_sizes(task.store_path, rt.task_shard_keys(task, specs))
         else:
             summary.tasks_failed += 1
+            errs = res.get("errors") or [{"file": f"{task.raw_rel}/{task.source_key}", "reason": "failed"}]
+            last = errs[-1]  # the task's own failure comes last, after any bad frames
+            summary.failures.append((task.capture, last.get("file") or "", last.get("reason") or ""))
         summary.tasks_run += 1
         summary.peak_rss_mb = max(summary.peak_rss_mb, float(res["peak_rss_mb"]))
     for (capture, vname, start, stop), cols in columns.items():
@@ -500,7 +559,9 @@ def _base_row(capture: str, task_id: str, source_hash: str) -> dict[str, Any]:
 def _probe_row(plan: rt.CapturePlan) -> dict[str, Any]:
     """The ``meta`` row of a capture: probe-level problems (missing stats, undecodable assets)."""
     row = _base_row(plan.folder, f"{plan.folder}/meta", plan.source_hash)
-    row["errors"] = list(plan.errors)
+    row["errors"] = list(plan.errors) + list(plan.failures)
+    if plan.failures:  # e.g. an archive none of whose members is named like a frame, or one fetch listed
+        row["status"] = rm.STATUS_FAILED
     return row
 
 
