@@ -316,6 +316,7 @@ def repack(
     encode_thread: bool | None = None,
     progress: bool = True,
     checksum: bool = True,
+    max_member_mb: float | None = None,
 ) -> RepackSummary:
     """Repack the captures under ``raw`` into ``store`` (see the module docstring). Idempotent and
     resumable: re-running skips finished tasks; a capture whose raw inputs or options changed is redone.
@@ -325,7 +326,9 @@ def repack(
     cluster, 1 for a given client or scheduler. ``encode_thread``: compress in a helper thread per worker,
     overlapping decoding; default: only for a local cluster with at least two cores per worker thread (with
     one core per worker it costs more CPU than it hides). ``checksum``: a crc32c in every chunk (the default;
-    False only to measure its cost: :func:`ava256.store.layout.array_specs`)."""
+    False only to measure its cost: :func:`ava256.store.layout.array_specs`). ``max_member_mb``: a zip member
+    declaring more is recorded corrupt without being inflated (default: each asset's cap,
+    :data:`ava256.capture.FRAME_ARCHIVES`)."""
     from distributed import as_completed
 
     from ava256.progress import Progress
@@ -348,7 +351,8 @@ def repack(
 
     with _client(scheduler, workers, processes, client) as c:
         # 1. probe every capture on the cluster
-        futs = {s.folder: c.submit(rt.probe_capture, s, downsample, pure=False) for s in sources}
+        cap_bytes = int(max_member_mb * 2**20) if max_member_mb else 0
+        futs = {s.folder: c.submit(rt.probe_capture, s, downsample, cap_bytes, pure=False) for s in sources}
         plans: dict[str, rt.CapturePlan] = {}
         for s in sources:
             try:
@@ -417,7 +421,9 @@ def repack(
                         summary.tasks_skipped += 1
                         bar.skip(1)
                         continue
-                    yield dataclasses.replace(task, decode_threads=dthreads, encode_thread=bool(ethread))
+                    yield dataclasses.replace(
+                        task, decode_threads=dthreads, encode_thread=bool(ethread), max_member_bytes=cap_bytes
+                    )
 
         window = 4 * n_workers
         pending: list[dict[str, Any]] = []

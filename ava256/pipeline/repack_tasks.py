@@ -177,7 +177,7 @@ def _first_decodable(
     return None, UNDECODABLE
 
 
-def probe_capture(src: CaptureSource, downsample: int = 1) -> CapturePlan:
+def probe_capture(src: CaptureSource, downsample: int = 1, max_member_bytes: int = 0) -> CapturePlan:
     """Read a capture's calibration, frame lists, normalisation stats and one sample of each asset (to learn
     image/texture/IR sizes). Raises ValueError/FileNotFoundError naming the capture and file when the
     calibration or frame list is missing or unreadable (the capture cannot be repacked)."""
@@ -219,7 +219,9 @@ def probe_capture(src: CaptureSource, downsample: int = 1) -> CapturePlan:
         arch = cat.frame_archive(asset)
         whys: dict[str, str] = {}
         for c in cameras:
-            value, why = _first_decodable(root / arch.archive_key(c), asset, c, ids, decode)
+            value, why = _first_decodable(
+                root / arch.archive_key(c), asset, c, ids, decode, max_bytes=max_member_bytes or None
+            )
             if value is not None:
                 return value
             whys[c] = why
