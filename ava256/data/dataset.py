@@ -66,6 +66,27 @@ from ava256.store.fastread import ChunkReader
 log = logging.getLogger(__name__)
 
 NEUTRAL_SEGMENT = "EXP_neutral_peak"
+
+#: what a chunk read raises for a corrupt or unreadable chunk (checksums, sizes, I/O): the sample is skipped
+READ_ERRORS = (ValueError, OSError, EOFError)
+
+
+@dataclass(frozen=True)
+class BadSample:
+    """A sample whose chunk could not be read: returned by ``__getitems__`` in its place (never a silent
+    drop); :func:`ava256.data.collate_samples` lists these under the batch key ``"bad_samples"``."""
+
+    capture: str
+    frame_index: int
+    camera_index: int
+    array: str
+    chunk: tuple[int, ...]
+    reason: str
+
+    def where(self) -> str:
+        return f"capture {self.capture} array {self.array} chunk {','.join(map(str, self.chunk))}"
+
+
 #: The per-frame assets a training sample needs (a sample is valid iff all are valid and its image is).
 SAMPLE_FRAME_ASSETS = ("head_pose", "vertices", "uv_texture")
 
@@ -453,13 +474,16 @@ class ZarrSampleDataset(Dataset):
         image_u8 = _batch_tensor((B, H, W, 3), torch.uint8, shared=not self.normalize)
         tex_u8 = _batch_tensor((B, T, T, 3), torch.uint8, shared=not self.normalize)
         verts_b = _batch_tensor((B, V, 3), torch.float32)
-        poses = self._read_batch(keys, arrays, image_u8.numpy(), tex_u8.numpy(), verts_b.numpy())
+        poses, bad = self._read_batch(keys, arrays, image_u8.numpy(), tex_u8.numpy(), verts_b.numpy())
         if self.normalize:
             image_b = _batch_tensor((B, 3, H, W), torch.float32)
             tex_b = _batch_tensor((B, 3, T, T), torch.float32)
             neut_b = _batch_tensor((B, 3, T, T), torch.float32)
         out = []
         for b, ((index, cap, f, c), arrs) in enumerate(zip(keys, arrays)):
+            if b in bad:
+                out.append(bad[b])
+                continue
             meta = self._meta[cap]
             camrot, campos = camera_in_head_frame(meta.extrinsics[c], poses[b])
             focal, princpt = focal_principal(meta.intrinsics[c])
@@ -497,24 +521,41 @@ class ZarrSampleDataset(Dataset):
         verts: np.ndarray,
     ) -> list[np.ndarray]:
         """Read the image, head pose, vertices and uv texture chunk of each sample: pictures and vertices
-        into ``image`` (B, H, W, 3), ``tex`` (B, T, T, 3), ``verts`` (B, V, 3); returns the (3, 4) head poses."""
-        if all(a.readers is not None for a in arrays):
-            poses = []
-            for b, ((_, _, f, c), arrs) in enumerate(zip(keys, arrays)):
-                r_image, r_pose, r_verts, r_tex = arrs.readers
-                r_image.read((f, c, 0, 0, 0), out=image[b].reshape(r_image.chunk_shape))
-                poses.append(r_pose.read((f, 0, 0))[0])
-                r_verts.read((f, 0, 0), out=verts[b].reshape(r_verts.chunk_shape))
-                r_tex.read((f, 0, 0, 0), out=tex[b].reshape(r_tex.chunk_shape))
-            return poses
-        # Through zarr (remote stores, other layouts, ``fast_reads=False``): one chunk of each of 4 arrays.
-        poses = []
-        for b, ((_, _, f, c), arrs) in enumerate(zip(keys, arrays)):
-            image[b] = arrs.image[f, c]
-            poses.append(np.asarray(arrs.head_pose[f]))
-            verts[b] = arrs.vertices[f]
-            tex[b] = arrs.uv_texture[f]
-        return poses
+        into ``image`` (B, H, W, 3), ``tex`` (B, T, T, 3), ``verts`` (B, V, 3). Returns the (3, 4) head poses
+        (None for a bad sample) and the :class:`BadSample` of each sample whose chunk could not be read, by
+        position (logged once per chunk and process)."""
+        poses: list[np.ndarray | None] = []
+        bad: dict[int, BadSample] = {}
+        fast = all(a.readers is not None for a in arrays)
+        for b, ((_, cap, f, c), arrs) in enumerate(zip(keys, arrays)):
+            step = L.IMAGE, (f, c, 0, 0, 0)
+            try:
+                if fast:
+                    r_image, r_pose, r_verts, r_tex = arrs.readers
+                    r_image.read(step[1], out=image[b].reshape(r_image.chunk_shape))
+                    step = L.HEAD_POSE, (f, 0, 0)
+                    pose = r_pose.read(step[1])[0]
+                    step = L.VERTICES, (f, 0, 0)
+                    r_verts.read(step[1], out=verts[b].reshape(r_verts.chunk_shape))
+                    step = L.UV_TEXTURE, (f, 0, 0, 0)
+                    r_tex.read(step[1], out=tex[b].reshape(r_tex.chunk_shape))
+                else:  # remote stores, other layouts, ``fast_reads=False``: one chunk of each of 4 arrays
+                    image[b] = arrs.image[f, c]
+                    step = L.HEAD_POSE, (f, 0, 0)
+                    pose = np.asarray(arrs.head_pose[f])
+                    step = L.VERTICES, (f, 0, 0)
+                    verts[b] = arrs.vertices[f]
+                    step = L.UV_TEXTURE, (f, 0, 0, 0)
+                    tex[b] = arrs.uv_texture[f]
+            except READ_ERRORS as exc:
+                reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+                bs = BadSample(cap, int(f), int(c), step[0], tuple(int(x) for x in step[1]), reason)
+                bad[b] = bs
+                warn_once(log, f"bad:{bs.where()}", "skipping a sample: %s: %s (run `ava256 verify STORE`)",
+                          bs.where(), reason)  # fmt: skip
+                pose = None
+            poses.append(pose)
+        return poses, bad
 
 
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype, shared: bool = True) -> torch.Tensor:

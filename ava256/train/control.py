@@ -31,6 +31,8 @@ RESUMABLE_KEYS = frozenset(
         "train.ckpt_every",
         "train.keep_ckpts",
         "data.num_workers",
+        "data.bad_sample_limit",
+        "data.bad_sample_window",
         "data.workers",
         "data.prefetch_factor",
         "data.pin_memory",
