@@ -372,20 +372,23 @@ def repack(
             specs_by_capture[folder] = specs
             src = next(s for s in sources if s.folder == folder)
             if not _store_matches(path, src, downsample, codec, checksum):
-                log.info("creating %s (source hash %s via %s)", path, src.source_hash[:12], src.hash_method)
-                group = L.create_capture_group(
-                    path,
-                    plan.geometry,
-                    {**rt.group_attrs(plan, downsample, codec, checksum), L.ATTR_SOURCE_HASH: None},
-                    codec=codec,
-                    checksum=checksum,
-                    max_frames_per_shard=max_frames_per_shard,
-                )
-                rt.write_capture_metadata(group, plan)
-                # the hash last: a group killed before its metadata is written never matches, so it is redone
-                group.attrs[L.ATTR_SOURCE_HASH] = plan.source_hash
-                book.drop_capture(folder)
-                summary.recreated.append(folder)
+                with _writing(path):
+                    log.info(
+                        "creating %s (source hash %s via %s)", path, src.source_hash[:12], src.hash_method
+                    )
+                    group = L.create_capture_group(
+                        path,
+                        plan.geometry,
+                        {**rt.group_attrs(plan, downsample, codec, checksum), L.ATTR_SOURCE_HASH: None},
+                        codec=codec,
+                        checksum=checksum,
+                        max_frames_per_shard=max_frames_per_shard,
+                    )
+                    rt.write_capture_metadata(group, plan)
+                    # the hash last: a group killed before its metadata is written never matches, so it is redone
+                    group.attrs[L.ATTR_SOURCE_HASH] = plan.source_hash
+                    book.drop_capture(folder)
+                    summary.recreated.append(folder)
             book.add(_probe_row(plan))
             for e in plan.failures:
                 summary.failures.append((folder, e["file"], e["reason"]))
@@ -464,13 +467,26 @@ def repack(
     for folder in plans:
         rows = book.rows.get(folder, {}).values()
         ok = all(r["status"] == rm.STATUS_DONE for r in rows)
-        g = L.open_capture_group(L.capture_store_path(store, folder), mode="r+")
-        g.attrs[L.ATTR_COMPLETE] = bool(ok)
+        path = L.capture_store_path(store, folder)
+        with _writing(f"{path}/zarr.json"):
+            g = L.open_capture_group(path, mode="r+")
+            g.attrs[L.ATTR_COMPLETE] = bool(ok)
     book.consolidate()
     write_samples_manifest(store)
     summary.seconds = time.perf_counter() - t0
     log.info("repack: %s", summary.line())
     return summary
+
+
+@contextlib.contextmanager
+def _writing(what: str) -> Iterator[None]:
+    """Name ``what`` in an OSError that names no file (zarr's writes of a full disk: ENOSPC)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, what) from exc
+        raise
 
 
 def _take(it: Iterator[rt.RepackTask], n: int) -> list[rt.RepackTask]:
@@ -510,7 +526,8 @@ def _apply_results(
             if task.camera_index >= 0:
                 columns[task.capture, vname, task.frame_start, task.frame_stop][task.camera_index] = mask
             else:
-                arrays[task.capture, vname][task.frame_start : task.frame_stop] = mask
+                with _writing(f"{task.store_path}/{vname}"):
+                    arrays[task.capture, vname][task.frame_start : task.frame_stop] = mask
             summary.frames_invalid += int(res["n_frames"] - res["n_valid"])
             if task.asset == "image":
                 summary.images_written += int(res["n_frames"])
@@ -529,7 +546,8 @@ def _apply_results(
         block = np.zeros((stop - start, n_cams), bool) if len(cols) == n_cams else arr[start:stop]
         for ci, mask in cols.items():
             block[:, ci] = mask
-        arr[start:stop] = block
+        with _writing(f"{L.capture_store_path(store, capture)}/{vname}"):
+            arr[start:stop] = block
     for res in results:
         book.add(res)
         by_id.pop(res["task_id"], None)

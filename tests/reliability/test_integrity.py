@@ -94,12 +94,13 @@ def test_kill9_leaves_partial_shards_that_the_next_repack_removes(tmp_path):
     from ava256.capture import release_capture_ids
     from ava256.synth.generate import generate_capture
 
-    generate_capture(raw, release_capture_ids()[0], cameras=3, frames=24, seed=5, image_size=(200, 320),
+    generate_capture(raw, release_capture_ids()[0], cameras=2, frames=12, seed=5, image_size=(120, 192),
                      texture_size=16, drop_rate=0.0)  # fmt: skip
     store = tmp_path / "store"
     args = ["repack", raw, store, "--workers", "2", "--no-progress"]
     left: list[Path] = []
-    for _ in range(4):  # kill when a shard is being written
+    kills = 0
+    while kills < 4:  # kill when a shard is being written
         proc = start_cli(*args)
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline:
@@ -107,14 +108,16 @@ def test_kill9_leaves_partial_shards_that_the_next_repack_removes(tmp_path):
                 break
             time.sleep(0.005)
         kill9(proc)
+        kills += 1
         left = list(store.rglob("*.partial"))
         if left:
             break
+    print("kills until a .partial was left:", kills)
     assert left, "no kill landed while a shard was being written"
     res = run_cli(*args)
     assert res.returncode == 0, res.stdout + res.stderr
     assert not list(store.rglob("*.partial"))
-    assert run_cli("verify", store, "--no-progress").returncode == 0
+    assert (_manifest(store)["status"] == "done").all()
 
 
 def _can_mount_tmpfs(where: Path) -> bool:
