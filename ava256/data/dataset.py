@@ -453,7 +453,12 @@ class ZarrSampleDataset(Dataset):
         return (self.sample_key(i) for i in range(len(self)))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.__getitems__([index])[0]
+        """One sample; ValueError naming its capture, array and chunk if a chunk cannot be read (a batch read,
+        :meth:`__getitems__`, skips such a sample instead)."""
+        sample = self.__getitems__([index])[0]
+        if isinstance(sample, BadSample):
+            raise ValueError(f"sample {index}: {sample.where()}: {sample.reason}")
+        return sample
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """Samples ``indices`` (the DataLoader calls this with a batch's indices). The batch's pictures and
