@@ -273,8 +273,8 @@ def verify_cmd(out: str, workers: int, processes: bool, scheduler: str | None, p
 
     if not is_store(out):
         raise click.ClickException(
-            f"{out} is neither a fetched raw tree (no {MANIFESTS_DIR}/fetch.parquet) nor a repacked store "
-            "(no <mcd--mct--sid>.zarr capture groups)"
+            f"{out} is neither a fetched raw tree (no fetch manifest {MANIFESTS_DIR}/fetch.parquet) nor a repacked "
+            "store (no <mcd--mct--sid>.zarr capture groups)"
         )
     try:
         vs = verify_store(out, workers, scheduler=scheduler, processes=processes, progress=progress)
