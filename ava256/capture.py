@@ -170,45 +170,136 @@ TEXTURE_MEAN_KEY = "decoder/uv_image/color_mean.png"
 TEXTURE_VARIANCE_KEY = "decoder/uv_image/color_variance.txt"
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Per-frame archives and the naming of their members
+# ---------------------------------------------------------------------------------------------------------
+
+MiB = 2**20
+
+
+@dataclass(frozen=True)
+class FrameArchive:
+    """The per-frame zip of an asset: its key (``{camera}`` = a dome camera id or an encoder camera name),
+    the member names it may use (``{camera}``, ``{stem}`` = the archive's file name without ``.zip``, and
+    ``{frame:06d}``), and the largest member size (ZipInfo.file_size) repack accepts before inflating.
+
+    The release names members inconsistently (the datasheet leaves out prefixes the files have), so each
+    archive's naming is resolved from its listing (:func:`resolve_member_pattern`); the first pattern is the
+    canonical one, which synth writes and the original code reads."""
+
+    asset: str
+    key: str
+    members: tuple[str, ...]
+    max_member_bytes: int
+
+    def archive_key(self, camera: str = "") -> str:
+        return self.key.format(camera=camera)
+
+    def patterns(self, camera: str = "") -> tuple[str, ...]:
+        """Member name patterns for ``camera`` with ``{camera}`` and ``{stem}`` filled in (``{frame:06d}``
+        left)."""
+        stem = posixpath.basename(self.archive_key(camera)).removesuffix(".zip")
+        return tuple(m.replace("{camera}", camera).replace("{stem}", stem) for m in self.members)
+
+    def member(self, camera: str, frame_id: int, pattern: str | None = None) -> str:
+        """Member name of ``frame_id`` under ``pattern`` (default: the canonical one)."""
+        return (pattern or self.patterns(camera)[0]).replace("{frame:06d}", f"{int(frame_id):06d}")
+
+
+#: The per-frame archive of every per-frame asset (naming facts in one place: repack, synth and info read
+#: them). Member caps are generous multiples of the largest frame a release size holds (a 2048 x 1334 AVIF
+#: or PNG is a few MB; a mesh or pose is KB): anything declared larger is recorded corrupt without inflating.
+FRAME_ARCHIVES: dict[str, FrameArchive] = {
+    a.asset: a
+    for a in (
+        FrameArchive("image", "decoder/image/cam{camera}.zip",
+                     ("cam{camera}/{frame:06d}.avif", "{frame:06d}.avif"), 64 * MiB),
+        FrameArchive("segmentation", "decoder/segmentation_parts/cam{camera}.zip",
+                     ("cam{camera}/{frame:06d}.png", "{frame:06d}.png"), 64 * MiB),
+        FrameArchive("uv_texture", TEXTURE_KEY,
+                     ("{stem}/{frame:06d}.avif", "{frame:06d}.avif"), 64 * MiB),
+        FrameArchive("vertices", VERTICES_KEY,
+                     ("{frame:06d}.ply", "{stem}/{frame:06d}.ply"), 16 * MiB),
+        FrameArchive("keypoints_3d", KEYPOINTS_KEY,
+                     ("{frame:06d}.npy", "{stem}/{frame:06d}.npy"), 1 * MiB),
+        FrameArchive("head_pose", HEAD_POSE_KEY,
+                     ("{frame:06d}.txt", "{stem}/{frame:06d}.txt"), 1 * MiB),
+        FrameArchive("encoder_image", "encoder/image/{camera}.zip",
+                     ("{frame:06d}.avif", "{camera}/{frame:06d}.avif"), 16 * MiB),
+    )
+}  # fmt: skip
+
+
+def frame_archive(asset: str) -> FrameArchive:
+    """The :class:`FrameArchive` of a per-frame asset; ValueError for another name."""
+    try:
+        return FRAME_ARCHIVES[asset]
+    except KeyError:
+        raise ValueError(
+            f"asset {asset!r} has no per-frame archive; expected one of {', '.join(FRAME_ARCHIVES)}"
+        ) from None
+
+
+@lru_cache(maxsize=4096)
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    head, sep, tail = pattern.partition("{frame:06d}")
+    return re.compile(re.escape(head) + (r"\d+" if sep else "") + re.escape(tail))
+
+
+def resolve_member_pattern(asset: str, names: Iterable[str], camera: str = "") -> str | None:
+    """The member pattern of ``asset`` (for ``camera``) that most of an archive's member ``names`` follow
+    (ties: catalog order), or None when no name follows any of them."""
+    pats = frame_archive(asset).patterns(camera)
+    counts = [0] * len(pats)
+    regexes = [_pattern_regex(p) for p in pats]
+    for name in names:
+        for i, rx in enumerate(regexes):
+            if rx.fullmatch(name):
+                counts[i] += 1
+                break
+    best = max(range(len(pats)), key=lambda i: (counts[i], -i))
+    return pats[best] if counts[best] else None
+
+
+# The canonical key and member of each asset (frame_id is an int), as synth writes them.
 def image_key(camera_id: str) -> str:
-    return f"decoder/image/cam{camera_id}.zip"
+    return FRAME_ARCHIVES["image"].archive_key(camera_id)
 
 
 def segmentation_key(camera_id: str) -> str:
-    return f"decoder/segmentation_parts/cam{camera_id}.zip"
+    return FRAME_ARCHIVES["segmentation"].archive_key(camera_id)
 
 
 def encoder_image_key(encoder_camera: str) -> str:
-    return f"encoder/image/{encoder_camera}.zip"
+    return FRAME_ARCHIVES["encoder_image"].archive_key(encoder_camera)
 
 
-# Zip member names inside the archives (frame_id is an int).
 def image_member(camera_id: str, frame_id: int) -> str:
-    return f"cam{camera_id}/{frame_id:06d}.avif"
+    return FRAME_ARCHIVES["image"].member(camera_id, frame_id)
 
 
-def segmentation_member(frame_id: int) -> str:
-    return f"{frame_id:06d}.png"
+def segmentation_member(camera_id: str, frame_id: int) -> str:
+    return FRAME_ARCHIVES["segmentation"].member(camera_id, frame_id)
 
 
 def head_pose_member(frame_id: int) -> str:
-    return f"{frame_id:06d}.txt"
+    return FRAME_ARCHIVES["head_pose"].member("", frame_id)
 
 
 def keypoints_member(frame_id: int) -> str:
-    return f"{frame_id:06d}.npy"
+    return FRAME_ARCHIVES["keypoints_3d"].member("", frame_id)
 
 
 def vertices_member(frame_id: int) -> str:
-    return f"{frame_id:06d}.ply"
+    return FRAME_ARCHIVES["vertices"].member("", frame_id)
 
 
 def texture_member(frame_id: int) -> str:
-    return f"color/{frame_id:06d}.avif"
+    return FRAME_ARCHIVES["uv_texture"].member("", frame_id)
 
 
-def encoder_image_member(frame_id: int) -> str:
-    return f"{frame_id:06d}.avif"
+def encoder_image_member(frame_id: int, encoder_camera: str = "") -> str:
+    return FRAME_ARCHIVES["encoder_image"].member(encoder_camera, frame_id)
 
 
 #: Assets a user can select with ``--assets``. "meta" (calibration + frame lists) is always included.

@@ -259,26 +259,59 @@ def _rebuild_manifest(out: str) -> None:
 
 
 @cli.command("verify")
-@click.argument("out", type=click.Path(file_okay=False, exists=True))
+@click.argument("out")
 @click.option("--workers", "-j", default=8, type=click.IntRange(min=1), help="Files hashed concurrently.")
 @click.option("--processes", is_flag=True, help="Use worker processes instead of threads (LocalCluster).")
 @click.option("--scheduler", default=None, help="Address of a running Dask scheduler (tcp://host:8786).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def verify_cmd(out: str, workers: int, processes: bool, scheduler: str | None, progress: bool) -> None:
-    """Re-hash every file of a fetched raw tree against OUT/_manifests/fetch.parquet. Missing or corrupt files
-    are reported and marked in the manifest, so `ava256 fetch` downloads them again. Exits 1 if any."""
-    from ava256.pipeline.verify import verify
+    """Check OUT, which is either a fetched raw tree or a repacked store.
 
+    A raw tree (OUT/_manifests/fetch.parquet): re-hash every file against the fetch manifest; missing or
+    corrupt files are reported and marked there, so `ava256 fetch` downloads them again.
+    A store (OUT/<capture>.zarr): read every chunk of every array, checking its crc32c; each bad chunk is
+    reported (capture, array, chunk) and its repack tasks marked, so `ava256 repack` redoes them.
+    Exits 1 if anything is bad."""
+    from ava256.store.layout import MANIFESTS_DIR
+
+    is_url = "://" in out
+    if not is_url and not os.path.isdir(out):
+        raise BadUsage(f"{out} does not exist (or is not a folder)")
+    if not is_url and os.path.isfile(os.path.join(out, MANIFESTS_DIR, "fetch.parquet")):
+        from ava256.pipeline.verify import verify
+
+        try:
+            summary = verify(out, workers, scheduler=scheduler, processes=processes, progress=progress)
+        except (ValueError, OSError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        for line in summary.lines():
+            click.echo(line)
+        if not summary.clean:
+            _next(f"ava256 fetch {shlex.quote(out)} ... (the same options as before) downloads them again")
+            raise SystemExit(1)
+        _next(f"ava256 repack {shlex.quote(out)} STORE")
+        return
+    from ava256.pipeline.verify_store import is_store, verify_store
+
+    if not is_store(out):
+        raise click.ClickException(
+            f"{out} is neither a fetched raw tree (no fetch manifest {MANIFESTS_DIR}/fetch.parquet) nor a repacked "
+            "store (no <mcd--mct--sid>.zarr capture groups)"
+        )
     try:
-        summary = verify(out, workers, scheduler=scheduler, processes=processes, progress=progress)
+        vs = verify_store(out, workers, scheduler=scheduler, processes=processes, progress=progress)
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
-    for line in summary.lines():
+    for line in vs.lines():
         click.echo(line)
-    if not summary.clean:
-        _next(f"ava256 fetch {shlex.quote(out)} ... (the same options as before) downloads them again")
+    if not vs.clean:
+        _next(
+            "ava256 repack RAW "
+            + shlex.quote(out)
+            + " (the same options as before) rewrites the marked tasks"
+        )
         raise SystemExit(1)
-    _next(f"ava256 repack {shlex.quote(out)} STORE")
+    _next(f"ava256 split {shlex.quote(out)} --protocol free-face")
 
 
 # [cli:repack] ------------------------------------------------------------------------------------------
@@ -319,9 +352,16 @@ def verify_cmd(out: str, workers: int, processes: bool, scheduler: str | None, p
     help="Address of a running Dask scheduler (tcp://host:8786) instead of a local cluster.",
 )
 @click.option(
+    "--max-member-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="A zip member declaring more MB is recorded corrupt without being inflated [default: per asset: "
+    "64 for images, labels and textures, 16 for meshes and IR images, 1 for poses and keypoints].",
+)
+@click.option(
     "--progress/--no-progress", default=True, help="Show progress (a bar, or plain lines in a log)."
 )
-def repack_cmd(raw, store, captures, downsample, codec, workers, scheduler, progress):
+def repack_cmd(raw, store, captures, downsample, codec, workers, scheduler, max_member_mb, progress):
     """Decode the raw tree RAW (as written by `ava256 fetch`) into sharded Zarr v3 stores under STORE:
     STORE/<capture>.zarr plus STORE/_manifests/{repack,samples}.parquet. Re-running skips finished work;
     a capture whose raw files changed is redone."""
@@ -339,12 +379,17 @@ def repack_cmd(raw, store, captures, downsample, codec, workers, scheduler, prog
             workers=workers,
             scheduler=scheduler,
             progress=progress,
+            max_member_mb=max_member_mb,
         )
-    except (ValueError, FileNotFoundError, OSError) as exc:
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:  # a write that names no file (ENOSPC): the store
+            raise click.ClickException(f"[Errno {exc.errno}] {exc.strerror}: writing under {store}") from exc
+        raise click.ClickException(str(exc)) from exc
+    except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"repack: {summary.line()}")
-    for cap, reason in summary.failed_captures.items():
-        click.echo(f"  FAILED {cap}: {reason}", err=True)
+    for cap, file, reason in summary.failures:  # one line per failed task or capture
+        click.echo(f"  FAILED {cap} {file}: {reason}", err=True)
     if summary.failed_captures or summary.tasks_failed:
         _next(
             f"fix or re-fetch the inputs named above, then ava256 repack {shlex.quote(raw)} {shlex.quote(store)} redoes them"

@@ -1,5 +1,6 @@
 import pytest
 
+from ava256 import capture as cat
 from ava256.capture import (
     ASSETS,
     CaptureId,
@@ -72,3 +73,25 @@ def test_unsafe_paths_rejected(bad):
 
 def test_safe_paths_normalised():
     assert safe_relpath("decoder/./image/cam1.zip") == "decoder/image/cam1.zip"
+
+
+@pytest.mark.parametrize("asset", sorted(cat.FRAME_ARCHIVES))
+def test_every_archive_resolves_its_members_with_and_without_the_prefix(asset):
+    arch = cat.frame_archive(asset)
+    camera = {"image": "400940", "segmentation": "400940", "encoder_image": "cam-cyclop"}.get(asset, "")
+    prefixed, bare = sorted(arch.patterns(camera), key=lambda p: "/" not in p)
+    assert bare.startswith("{frame:06d}.") and prefixed.endswith(bare) and prefixed.count("/") == 1
+    for pattern in (prefixed, bare):
+        names = [arch.member(camera, f, pattern) for f in (3, 17, 123456)] + ["readme.txt"]
+        assert cat.resolve_member_pattern(asset, names, camera) == pattern
+    assert cat.resolve_member_pattern(asset, ["notes/000001.bin", "x.png"], camera) is None
+    assert cat.resolve_member_pattern(asset, [], camera) is None
+
+
+def test_segmentation_is_written_as_the_original_code_reads_it():
+    assert cat.segmentation_member("400940", 12) == "cam400940/000012.png"
+    assert cat.image_member("400940", 12) == "cam400940/000012.avif"
+    assert cat.texture_member(12) == "color/000012.avif"
+    # a zip mixing both forms resolves to the majority
+    names = ["cam1/000001.png", "000002.png", "000003.png"]
+    assert cat.resolve_member_pattern("segmentation", names, "1") == "{frame:06d}.png"

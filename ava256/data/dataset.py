@@ -66,6 +66,27 @@ from ava256.store.fastread import ChunkReader
 log = logging.getLogger(__name__)
 
 NEUTRAL_SEGMENT = "EXP_neutral_peak"
+
+#: what a chunk read raises for a corrupt or unreadable chunk (checksums, sizes, I/O): the sample is skipped
+READ_ERRORS = (ValueError, OSError, EOFError)
+
+
+@dataclass(frozen=True)
+class BadSample:
+    """A sample whose chunk could not be read: returned by ``__getitems__`` in its place (never a silent
+    drop); :func:`ava256.data.collate_samples` lists these under the batch key ``"bad_samples"``."""
+
+    capture: str
+    frame_index: int
+    camera_index: int
+    array: str
+    chunk: tuple[int, ...]
+    reason: str
+
+    def where(self) -> str:
+        return f"capture {self.capture} array {self.array} chunk {','.join(map(str, self.chunk))}"
+
+
 #: The per-frame assets a training sample needs (a sample is valid iff all are valid and its image is).
 SAMPLE_FRAME_ASSETS = ("head_pose", "vertices", "uv_texture")
 
@@ -437,7 +458,12 @@ class ZarrSampleDataset(Dataset):
         return (self.sample_key(i) for i in range(len(self)))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.__getitems__([index])[0]
+        """One sample; ValueError naming its capture, array and chunk if a chunk cannot be read (a batch read,
+        :meth:`__getitems__`, skips such a sample instead)."""
+        sample = self.__getitems__([index])[0]
+        if isinstance(sample, BadSample):
+            raise ValueError(f"sample {index}: {sample.where()}: {sample.reason}")
+        return sample
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """Samples ``indices`` (the DataLoader calls this with a batch's indices). The batch's pictures and
@@ -463,7 +489,7 @@ class ZarrSampleDataset(Dataset):
         image_u8 = None if ship_image else _batch_tensor((B, H, W, 3), torch.uint8, shared=not self.normalize)
         tex_u8 = None if ship_tex else _batch_tensor((B, T, T, 3), torch.uint8, shared=not self.normalize)
         verts_b = _batch_tensor((B, V, 3), torch.float32)
-        poses, shipped = self._read_batch(
+        poses, bad, shipped = self._read_batch(
             keys,
             arrays,
             None if image_u8 is None else image_u8.numpy(),
@@ -476,6 +502,9 @@ class ZarrSampleDataset(Dataset):
             neut_b = _batch_tensor((B, 3, T, T), torch.float32)
         out = []
         for b, ((index, cap, f, c), arrs) in enumerate(zip(keys, arrays)):
+            if b in bad:
+                out.append(bad[b])
+                continue
             meta = self._meta[cap]
             camrot, campos = camera_in_head_frame(meta.extrinsics[c], poses[b])
             focal, princpt = focal_principal(meta.intrinsics[c])
@@ -516,37 +545,55 @@ class ZarrSampleDataset(Dataset):
         image: np.ndarray | None,
         tex: np.ndarray | None,
         verts: np.ndarray,
-    ) -> tuple[list[np.ndarray], dict[str, list[torch.Tensor]]]:
+    ) -> tuple[list[np.ndarray | None], dict[int, BadSample], dict[str, dict[int, torch.Tensor]]]:
         """Read the image, head pose, vertices and uv texture chunk of each sample: pictures and vertices
-        into ``image`` (B, H, W, 3), ``tex`` (B, T, T, 3), ``verts`` (B, V, 3); returns the (3, 4) head poses
-        and, for a picture array passed as None (fast path only), each sample's JPEG bytes by "image"/"tex"."""
-        shipped: dict[str, list[torch.Tensor]] = {"image": [], "tex": []}
-        if all(a.readers is not None for a in arrays):
-            poses = []
-            for b, ((_, cap, f, c), arrs) in enumerate(zip(keys, arrays)):
-                r_image, r_pose, r_verts, r_tex = arrs.readers
-                for key, r, co, dst in (
-                    ("image", r_image, (f, c, 0, 0, 0), image),
-                    ("tex", r_tex, (f, 0, 0, 0), tex),
-                ):
-                    if dst is not None:
-                        r.read(co, out=dst[b].reshape(r.chunk_shape))
-                        continue
-                    payload = r.read_payload(co)
-                    if payload is None:
-                        raise ValueError(f"capture {cap}: {key} chunk {co} is absent from the store")
-                    shipped[key].append(torch.from_numpy(np.array(payload)))
-                poses.append(r_pose.read((f, 0, 0))[0])
-                r_verts.read((f, 0, 0), out=verts[b].reshape(r_verts.chunk_shape))
-            return poses, shipped
-        # Through zarr (remote stores, other layouts, ``fast_reads=False``): one chunk of each of 4 arrays.
-        poses = []
-        for b, ((_, _, f, c), arrs) in enumerate(zip(keys, arrays)):
-            image[b] = arrs.image[f, c]
-            poses.append(np.asarray(arrs.head_pose[f]))
-            verts[b] = arrs.vertices[f]
-            tex[b] = arrs.uv_texture[f]
-        return poses, shipped
+        into ``image`` (B, H, W, 3), ``tex`` (B, T, T, 3), ``verts`` (B, V, 3); a picture array passed as None
+        (fast path only) is not decoded: its chunks' JPEG bytes are returned instead. Returns the (3, 4) head
+        poses (None for a bad sample), the :class:`BadSample` of each sample whose chunk could not be read, by
+        position (logged once per chunk and process), and the shipped JPEG bytes by "image"/"tex" and position."""
+        poses: list[np.ndarray | None] = []
+        bad: dict[int, BadSample] = {}
+        shipped: dict[str, dict[int, torch.Tensor]] = {"image": {}, "tex": {}}
+        fast = all(a.readers is not None for a in arrays)
+
+        def fast_read(key: str, b: int, reader: ChunkReader, coords: tuple[int, ...], dst: np.ndarray | None):
+            if dst is not None:
+                reader.read(coords, out=dst[b].reshape(reader.chunk_shape))
+                return
+            payload = reader.read_payload(coords)
+            if payload is None:
+                raise ValueError(f"{key} chunk {coords} is absent from the store")
+            shipped[key][b] = torch.from_numpy(np.array(payload))
+
+        for b, ((_, cap, f, c), arrs) in enumerate(zip(keys, arrays)):
+            step = L.IMAGE, (f, c, 0, 0, 0)
+            try:
+                if fast:
+                    r_image, r_pose, r_verts, r_tex = arrs.readers
+                    fast_read("image", b, r_image, step[1], image)
+                    step = L.HEAD_POSE, (f, 0, 0)
+                    pose = r_pose.read(step[1])[0]
+                    step = L.VERTICES, (f, 0, 0)
+                    r_verts.read(step[1], out=verts[b].reshape(r_verts.chunk_shape))
+                    step = L.UV_TEXTURE, (f, 0, 0, 0)
+                    fast_read("tex", b, r_tex, step[1], tex)
+                else:  # remote stores, other layouts, ``fast_reads=False``: one chunk of each of 4 arrays
+                    image[b] = arrs.image[f, c]
+                    step = L.HEAD_POSE, (f, 0, 0)
+                    pose = np.asarray(arrs.head_pose[f])
+                    step = L.VERTICES, (f, 0, 0)
+                    verts[b] = arrs.vertices[f]
+                    step = L.UV_TEXTURE, (f, 0, 0, 0)
+                    tex[b] = arrs.uv_texture[f]
+            except READ_ERRORS as exc:
+                reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+                bs = BadSample(cap, int(f), int(c), step[0], tuple(int(x) for x in step[1]), reason)
+                bad[b] = bs
+                warn_once(log, f"bad:{bs.where()}", "skipping a sample: %s: %s (run `ava256 verify STORE`)",
+                          bs.where(), reason)  # fmt: skip
+                pose = None
+            poses.append(pose)
+        return poses, bad, shipped
 
 
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype, shared: bool = True) -> torch.Tensor:

@@ -26,18 +26,34 @@ JPEG_SUFFIX = "_jpeg"
 def collate_samples(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
     """Stack sample dicts into a batch: tensors gain a leading batch dimension, ``capture`` becomes a list
     of str and ``frame_index`` an int64 tensor. ``None`` entries are dropped (a dataset never returns None;
-    this keeps a custom one from breaking a batch); an all-None batch gives None.
+    this keeps a custom one from breaking a batch); an all-None batch gives None. Samples that could not be read
+    (:class:`ava256.data.dataset.BadSample`) are left out and listed under ``batch["bad_samples"]``; a batch of
+    only those is ``{"bad_samples": [...]}``.
 
     When the samples' tensors are the consecutive slots ``base[0], ..., base[B-1]`` of one batch tensor
     (``ZarrSampleDataset.__getitems__`` writes its float pictures that way), the batch is ``base`` itself:
     no second copy. (Broadcast views of per-worker constants are deliberately not used: ``pin_memory`` cannot
     copy into a tensor with overlapping elements.)"""
-    items = [s for s in samples if s is not None]
+    from ava256.data.dataset import BadSample
+
+    bad = [s for s in samples if isinstance(s, BadSample)]
+    items = [s for s in samples if s is not None and not isinstance(s, BadSample)]
     if not items:
-        return None
+        return {BAD_SAMPLES: bad} if bad else None
+    batch = _collate(items)
+    if bad:
+        batch[BAD_SAMPLES] = bad
+    return batch
+
+
+#: batch key listing the :class:`ava256.data.dataset.BadSample` s skipped from that batch (absent if none)
+BAD_SAMPLES = "bad_samples"
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     shipped = [k for k in items[0] if k.endswith(JPEG_SUFFIX)]
     if shipped:  # JPEG files of different lengths stay lists, for finish_batch to decode
-        rest = collate_samples([{k: v for k, v in s.items() if k not in shipped} for s in items])
+        rest = _collate([{k: v for k, v in s.items() if k not in shipped} for s in items])
         return {**rest, **{k: [s[k] for s in items] for k in shipped}}
     first = items[0]
     ready: dict[str, torch.Tensor] = {}

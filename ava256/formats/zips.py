@@ -14,6 +14,14 @@ from typing import BinaryIO
 from ava256.atomic import atomic_write
 from ava256.capture import UnsafePathError, safe_relpath
 
+#: Largest member :meth:`ZipReader.read` inflates unless told otherwise (repack uses the per-asset caps of
+#: :data:`ava256.capture.FRAME_ARCHIVES`).
+DEFAULT_MAX_MEMBER_BYTES = 256 * 2**20
+
+
+class MemberTooLarge(ValueError):
+    """A member declares, or inflates to, more bytes than the reader's cap (a zip bomb or a wrong file)."""
+
 
 class ZipReader:
     """Context manager over a zip file (path or binary file object).
@@ -63,13 +71,26 @@ class ZipReader:
             raise KeyError(f"{self.source}: no member {name!r}")
         return self._infos[name]
 
-    def read(self, name: str) -> bytes:
-        """Bytes of one member (only that member is read)."""
+    def read(self, name: str, max_bytes: int | None = None) -> bytes:
+        """Bytes of one member (only that member is read). ``max_bytes`` (default
+        :data:`DEFAULT_MAX_MEMBER_BYTES`) bounds what is inflated: a member whose declared size
+        (``ZipInfo.file_size``) exceeds it raises :class:`MemberTooLarge` before anything is read, and the
+        read itself stops after ``max_bytes + 1`` bytes whatever the header says."""
         info = self.info(name)
+        cap = DEFAULT_MAX_MEMBER_BYTES if max_bytes is None else int(max_bytes)
+        if info.file_size > cap:
+            raise MemberTooLarge(
+                f"{self.source}: member {name!r} declares {info.file_size} bytes, over the cap of {cap} "
+                "(not inflated)"
+            )
         try:
-            return self._zf.read(info)
+            with self._zf.open(info) as f:
+                data = f.read(cap + 1)
         except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
             raise zipfile.BadZipFile(f"{self.source}: member {name!r} is corrupt ({exc})") from exc
+        if len(data) > cap:
+            raise MemberTooLarge(f"{self.source}: member {name!r} inflates past the cap of {cap} bytes")
+        return data
 
 
 def write_stored_zip(path: str | os.PathLike, members: Iterable[tuple[str, bytes]]) -> int:

@@ -26,9 +26,14 @@ def write_batches_atomic(tables: Iterable[pa.Table], schema: pa.Schema, path: st
     if _is_url(path):
         return _write_url(tables, schema, os.fspath(path))
     path = Path(path)
-    with atomic_write(path) as f, pq.ParquetWriter(f, schema) as writer:
-        for t in tables:
-            writer.write_table(t.select(schema.names).cast(schema))
+    try:
+        with atomic_write(path) as f, pq.ParquetWriter(f, schema) as writer:
+            for t in tables:
+                writer.write_table(t.select(schema.names).cast(schema))
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:  # e.g. ENOSPC from a write: name the manifest
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     return path
 
 

@@ -55,9 +55,16 @@ REPACK_SCHEMA = pa.schema(
         pa.field("source_hash", pa.string(), nullable=False),
         pa.field("worker", pa.string(), nullable=False),
         pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        # bytes of each shard file the task wrote, in frame order (-1: no file), recorded when it finished;
+        # a re-run redoes a task whose shards differ. Null for rows without shards (meta, failed).
+        pa.field("shard_bytes", pa.list_(pa.int64()), nullable=True),
     ]
 )
 COLUMNS: tuple[str, ...] = tuple(REPACK_SCHEMA.names)
+OPTIONAL = frozenset({"shard_bytes"})  # columns a row may lack (older manifests; rows without shards)
+
+#: ``errors[].reason`` of a task that ``ava256 verify STORE`` found a corrupt chunk in (the task is redone)
+VERIFY_FAILED_PREFIX = "verify: "
 
 
 def empty_table() -> pa.Table:
@@ -69,7 +76,7 @@ def rows_to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     rows = list(rows)
     if not rows:
         return empty_table()
-    cols = {name: [r[name] for r in rows] for name in COLUMNS}
+    cols = {name: [r.get(name) if name in OPTIONAL else r[name] for r in rows] for name in COLUMNS}
     return pa.Table.from_pydict(cols, schema=REPACK_SCHEMA)
 
 

@@ -61,6 +61,8 @@ class RepackSummary:
     tasks_run: int = 0
     tasks_skipped: int = 0
     tasks_failed: int = 0
+    #: (capture, file, reason) of every failed task and capture of this run, for one line each
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
     frames_invalid: int = 0
     images_written: int = 0
     seconds: float = 0.0
@@ -106,11 +108,17 @@ def discover_captures(
     out = []
     for folder, p in found.items():
         rows = fetch_rows.get(folder)
+        expected: tuple[tuple[str, str], ...] = ()
         if rows:
             h, method = rt.hash_fetch_rows(rows), "fetch-manifest"
+            expected = tuple(
+                (str(r["key"]), f"{r.get('status') or 'ok'}{': ' + r['error'] if r.get('error') else ''}")
+                for r in rows
+                if r.get("key")
+            )
         else:
             h, method = rt.hash_tree_stat(p), "stat"
-        out.append(rt.CaptureSource(folder, str(p), p.name, h, method))
+        out.append(rt.CaptureSource(folder, str(p), p.name, h, method, expected))
     return out
 
 
@@ -128,7 +136,9 @@ def _fetch_rows_by_capture(raw: Path) -> dict[str, list[dict[str, Any]]]:
         raise ValueError(f"cannot read fetch manifest {path}: {exc}; {torn_manifest_hint(raw)}") from exc
     if not {"capture", "key"} <= set(table.column_names):
         raise ValueError(f"{path} is not a fetch manifest (needs columns capture, key)")
-    cols = [c for c in ("capture", "key", "bytes", "etag", "sha256", "status") if c in table.column_names]
+    cols = [
+        c for c in ("capture", "key", "bytes", "etag", "sha256", "status", "error") if c in table.column_names
+    ]
     by: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in table.select(cols).to_pylist():
         by[str(row["capture"])].append(row)
@@ -163,7 +173,7 @@ class ManifestBook:
         self.dirty.add(capture)
 
     def add(self, row: dict[str, Any]) -> None:
-        self.rows[row["capture"]][row["task_id"]] = {k: row[k] for k in rm.COLUMNS}
+        self.rows[row["capture"]][row["task_id"]] = {k: row.get(k) for k in rm.COLUMNS}
         self.dirty.add(row["capture"])
 
     def flush(self) -> None:
@@ -228,11 +238,50 @@ def _store_matches(
     )
 
 
-def _shards_present(store_path: str, keys: Sequence[str]) -> bool:
+def shard_sizes(store_path: str, keys: Sequence[str]) -> list[int]:
+    """Bytes of each shard file ``keys`` (relative to the capture group) names; -1 for one that is absent."""
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(store_path)
-    return all(fs.exists(f"{root.rstrip('/')}/{k}") for k in keys)
+    out = []
+    for k in keys:
+        try:
+            out.append(int(fs.size(f"{root.rstrip('/')}/{k}")))
+        except FileNotFoundError:
+            out.append(-1)
+    return out
+
+
+def _task_intact(store_path: str, keys: Sequence[str], recorded: Sequence[int] | None) -> bool:
+    """Whether a done task's shards are as it left them: each the size recorded when it finished (rows of
+    older manifests, without sizes: each present)."""
+    sizes = shard_sizes(store_path, keys)
+    if recorded is None or len(recorded) != len(sizes):
+        return all(n >= 0 for n in sizes)
+    return [int(n) for n in recorded] == sizes
+
+
+def remove_orphan_partials(store: str) -> int:
+    """Delete shard temp files (``*.partial``) that a killed repack left in the capture groups of ``store``;
+    called with the store lock held, so no live writer owns them. Returns how many were removed."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(store)
+    n = 0
+    for folder in L.list_capture_stores(store):
+        base = f"{root.rstrip('/')}/{folder}{L.STORE_SUFFIX}"
+        try:
+            found = fs.find(base)
+        except FileNotFoundError:
+            continue
+        for p in found:
+            if p.endswith(".partial"):
+                with contextlib.suppress(FileNotFoundError):
+                    fs.rm_file(p)
+                    n += 1
+    if n:
+        log.warning("removed %d orphan shard temp file(s) (*.partial) a killed repack left in %s", n, store)
+    return n
 
 
 @locked_store  # one repack per store: a second one is refused (ava256.store.lock)
@@ -254,6 +303,7 @@ def repack(
     encode_thread: bool | None = None,
     progress: bool = True,
     checksum: bool = True,
+    max_member_mb: float | None = None,
 ) -> RepackSummary:
     """Repack the captures under ``raw`` into ``store`` (see the module docstring). Idempotent and
     resumable: re-running skips finished tasks; a capture whose raw inputs or options changed is redone.
@@ -263,7 +313,9 @@ def repack(
     cluster, 1 for a given client or scheduler. ``encode_thread``: compress in a helper thread per worker,
     overlapping decoding; default: only for a local cluster with at least two cores per worker thread (with
     one core per worker it costs more CPU than it hides). ``checksum``: a crc32c in every chunk (the default;
-    False only to measure its cost: :func:`ava256.store.layout.array_specs`)."""
+    False only to measure its cost: :func:`ava256.store.layout.array_specs`). ``max_member_mb``: a zip member
+    declaring more is recorded corrupt without being inflated (default: each asset's cap,
+    :data:`ava256.capture.FRAME_ARCHIVES`)."""
     from distributed import as_completed
 
     from ava256.progress import Progress
@@ -280,12 +332,14 @@ def repack(
     sources = discover_captures(raw, parse_captures_arg(captures))
     if not sources:
         raise ValueError(f"no capture folders (mcd--mct--sid) under {raw}")
+    remove_orphan_partials(store)
     book = ManifestBook(store)
     summary = RepackSummary(captures=[s.folder for s in sources])
 
     with _client(scheduler, workers, processes, client) as c:
         # 1. probe every capture on the cluster
-        futs = {s.folder: c.submit(rt.probe_capture, s, downsample, pure=False) for s in sources}
+        cap_bytes = int(max_member_mb * 2**20) if max_member_mb else 0
+        futs = {s.folder: c.submit(rt.probe_capture, s, downsample, cap_bytes, pure=False) for s in sources}
         plans: dict[str, rt.CapturePlan] = {}
         for s in sources:
             try:
@@ -293,6 +347,7 @@ def repack(
             except Exception as exc:  # noqa: BLE001 - a capture that cannot be probed is recorded, others go on
                 log.error("capture %s cannot be repacked: %s", s.folder, exc)
                 summary.failed_captures[s.folder] = str(exc)
+                summary.failures.append((s.folder, s.rel, str(exc)))
                 book.add(_capture_failure_row(s, str(exc)))
 
         # 2. (re)create stores; tasks are planned lazily per capture below (the driver never holds all of a
@@ -304,21 +359,27 @@ def repack(
             specs_by_capture[folder] = specs
             src = next(s for s in sources if s.folder == folder)
             if not _store_matches(path, src, downsample, codec, checksum):
-                log.info("creating %s (source hash %s via %s)", path, src.source_hash[:12], src.hash_method)
-                group = L.create_capture_group(
-                    path,
-                    plan.geometry,
-                    {**rt.group_attrs(plan, downsample, codec, checksum), L.ATTR_SOURCE_HASH: None},
-                    codec=codec,
-                    checksum=checksum,
-                    max_frames_per_shard=max_frames_per_shard,
-                )
-                rt.write_capture_metadata(group, plan)
-                # the hash last: a group killed before its metadata is written never matches, so it is redone
-                group.attrs[L.ATTR_SOURCE_HASH] = plan.source_hash
-                book.drop_capture(folder)
-                summary.recreated.append(folder)
+                with _writing(path):
+                    log.info(
+                        "creating %s (source hash %s via %s)", path, src.source_hash[:12], src.hash_method
+                    )
+                    group = L.create_capture_group(
+                        path,
+                        plan.geometry,
+                        {**rt.group_attrs(plan, downsample, codec, checksum), L.ATTR_SOURCE_HASH: None},
+                        codec=codec,
+                        checksum=checksum,
+                        max_frames_per_shard=max_frames_per_shard,
+                    )
+                    rt.write_capture_metadata(group, plan)
+                    # the hash last: a group killed before its metadata is written never matches, so it is redone
+                    group.attrs[L.ATTR_SOURCE_HASH] = plan.source_hash
+                    book.drop_capture(folder)
+                    summary.recreated.append(folder)
             book.add(_probe_row(plan))
+            for e in plan.failures:
+                summary.failures.append((folder, e["file"], e["reason"]))
+            summary.tasks_failed += bool(plan.failures)
         book.flush()
 
         # 3. run the tasks, a bounded number in flight; masks then manifest rows as results arrive
@@ -345,12 +406,14 @@ def repack(
                         row is not None
                         and row["status"] == rm.STATUS_DONE
                         and row["source_hash"] == plan.source_hash
-                        and _shards_present(path, rt.task_shard_keys(task, specs))
+                        and _task_intact(path, rt.task_shard_keys(task, specs), row.get("shard_bytes"))
                     ):
                         summary.tasks_skipped += 1
                         bar.skip(1)
                         continue
-                    yield dataclasses.replace(task, decode_threads=dthreads, encode_thread=bool(ethread))
+                    yield dataclasses.replace(
+                        task, decode_threads=dthreads, encode_thread=bool(ethread), max_member_bytes=cap_bytes
+                    )
 
         window = 4 * n_workers
         pending: list[dict[str, Any]] = []
@@ -391,13 +454,26 @@ def repack(
     for folder in plans:
         rows = book.rows.get(folder, {}).values()
         ok = all(r["status"] == rm.STATUS_DONE for r in rows)
-        g = L.open_capture_group(L.capture_store_path(store, folder), mode="r+")
-        g.attrs[L.ATTR_COMPLETE] = bool(ok)
+        path = L.capture_store_path(store, folder)
+        with _writing(f"{path}/zarr.json"):
+            g = L.open_capture_group(path, mode="r+")
+            g.attrs[L.ATTR_COMPLETE] = bool(ok)
     book.consolidate()
     write_samples_manifest(store)
     summary.seconds = time.perf_counter() - t0
     log.info("repack: %s", summary.line())
     return summary
+
+
+@contextlib.contextmanager
+def _writing(what: str) -> Iterator[None]:
+    """Name ``what`` in an OSError that names no file (zarr's writes of a full disk: ENOSPC)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, what) from exc
+        raise
 
 
 def _take(it: Iterator[rt.RepackTask], n: int) -> list[rt.RepackTask]:
@@ -437,12 +513,18 @@ def _apply_results(
             if task.camera_index >= 0:
                 columns[task.capture, vname, task.frame_start, task.frame_stop][task.camera_index] = mask
             else:
-                arrays[task.capture, vname][task.frame_start : task.frame_stop] = mask
+                with _writing(f"{task.store_path}/{vname}"):
+                    arrays[task.capture, vname][task.frame_start : task.frame_stop] = mask
             summary.frames_invalid += int(res["n_frames"] - res["n_valid"])
             if task.asset == "image":
                 summary.images_written += int(res["n_frames"])
+            specs = specs_by_capture[task.capture]
+            res["shard_bytes"] = shard_sizes(task.store_path, rt.task_shard_keys(task, specs))
         else:
             summary.tasks_failed += 1
+            errs = res.get("errors") or [{"file": f"{task.raw_rel}/{task.source_key}", "reason": "failed"}]
+            last = errs[-1]  # the task's own failure comes last, after any bad frames
+            summary.failures.append((task.capture, last.get("file") or "", last.get("reason") or ""))
         summary.tasks_run += 1
         summary.peak_rss_mb = max(summary.peak_rss_mb, float(res["peak_rss_mb"]))
     for (capture, vname, start, stop), cols in columns.items():
@@ -451,7 +533,8 @@ def _apply_results(
         block = np.zeros((stop - start, n_cams), bool) if len(cols) == n_cams else arr[start:stop]
         for ci, mask in cols.items():
             block[:, ci] = mask
-        arr[start:stop] = block
+        with _writing(f"{L.capture_store_path(store, capture)}/{vname}"):
+            arr[start:stop] = block
     for res in results:
         book.add(res)
         by_id.pop(res["task_id"], None)
@@ -487,7 +570,9 @@ def _base_row(capture: str, task_id: str, source_hash: str) -> dict[str, Any]:
 def _probe_row(plan: rt.CapturePlan) -> dict[str, Any]:
     """The ``meta`` row of a capture: probe-level problems (missing stats, undecodable assets)."""
     row = _base_row(plan.folder, f"{plan.folder}/meta", plan.source_hash)
-    row["errors"] = list(plan.errors)
+    row["errors"] = list(plan.errors) + list(plan.failures)
+    if plan.failures:  # e.g. an archive none of whose members is named like a frame, or one fetch listed
+        row["status"] = rm.STATUS_FAILED
     return row
 
 

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import platform
+import posixpath
 import resource
 import socket
 import time
@@ -63,6 +64,8 @@ class CaptureSource:
     rel: str
     source_hash: str
     hash_method: str  # "fetch-manifest" or "stat"
+    #: (key, "status: error") of every object the fetch manifest lists for this capture
+    expected_keys: tuple[tuple[str, str], ...] = ()
 
 
 def hash_fetch_rows(rows: Sequence[dict[str, Any]]) -> str:
@@ -124,39 +127,57 @@ class CapturePlan:
     texture_var: float = float("nan")
     vertex_mean: np.ndarray | None = None  # (V, 3) float32
     vertex_var: float = float("nan")
-    errors: list[dict[str, str]] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)  # recorded; the capture is repacked
+    failures: list[dict[str, str]] = field(default_factory=list)  # recorded; the capture's meta task fails
 
 
 def _err(src_rel: str, capture: str, key: str, member: str, reason: str) -> dict[str, str]:
     return {"capture": capture, "file": f"{src_rel}/{key}", "member": member, "reason": reason}
 
 
+#: what :func:`_first_decodable` found in an archive
+ABSENT, UNRESOLVED, UNDECODABLE = "absent", "unresolved", "undecodable"
+
+
 def _first_decodable(
-    path: Path, members: Sequence[str], decode: Callable[[bytes], Any], tries: int = 8
-) -> Any:
-    """``decode`` of the first readable member among ``members`` of the zip at ``path`` (None if none). The
-    probe reads image headers only (:func:`image_size`, :func:`label_size`): a member whose pixels turn out
-    corrupt is recorded by its task, and its header still gives the image's size."""
+    path: Path,
+    asset: str,
+    camera: str,
+    frame_ids: Sequence[int],
+    decode: Callable[[bytes], Any],
+    tries: int = 8,
+    max_bytes: int | None = None,
+) -> tuple[Any, str]:
+    """``(decode(first readable member), "")`` of the zip at ``path``, whose member naming is resolved from
+    its listing (:func:`ava256.capture.resolve_member_pattern`); else ``(None, why)`` with why one of
+    :data:`ABSENT` (no such file), :data:`UNRESOLVED` (no member named like a frame) or :data:`UNDECODABLE`.
+    The probe reads image headers only (:func:`image_size`, :func:`label_size`): a member whose pixels turn
+    out corrupt is recorded by its task, and its header still gives the image's size."""
     if not path.is_file():
-        return None
+        return None, ABSENT
+    cap = cat.frame_archive(asset).max_member_bytes if max_bytes is None else max_bytes
     try:
         with ZipReader(path) as z:
+            pattern = cat.resolve_member_pattern(asset, z.names(), camera)
+            if pattern is None:
+                return None, UNRESOLVED
             n = 0
-            for m in members:
+            for f in frame_ids:
+                m = cat.frame_archive(asset).member(camera, f, pattern)
                 if not z.has(m):
                     continue
                 try:
-                    return decode(z.read(m))
+                    return decode(z.read(m, cap)), ""
                 except (ValueError, zipfile.BadZipFile, OSError):
                     n += 1
                     if n >= tries:
-                        return None
+                        return None, UNDECODABLE
     except (zipfile.BadZipFile, OSError, ValueError):
-        return None
-    return None
+        return None, UNDECODABLE
+    return None, UNDECODABLE
 
 
-def probe_capture(src: CaptureSource, downsample: int = 1) -> CapturePlan:
+def probe_capture(src: CaptureSource, downsample: int = 1, max_member_bytes: int = 0) -> CapturePlan:
     """Read a capture's calibration, frame lists, normalisation stats and one sample of each asset (to learn
     image/texture/IR sizes). Raises ValueError/FileNotFoundError naming the capture and file when the
     calibration or frame list is missing or unreadable (the capture cannot be repacked)."""
@@ -185,59 +206,83 @@ def probe_capture(src: CaptureSource, downsample: int = 1) -> CapturePlan:
     cams = list(calib.camera_ids)
 
     assets: list[str] = []
-    image_hw = seg_hw = None
-    for c in cams:
-        hw = _first_decodable(
-            root / cat.image_key(c), [cat.image_member(c, f) for f in frame_ids], image_size
+    failures: list[dict[str, str]] = []
+    for row_key, why in src.expected_keys:  # what the fetch manifest says this capture has
+        if not (root / row_key).is_file():
+            failures.append(
+                _err(src.rel, src.folder, row_key, "", f"listed in the fetch manifest ({why}) but absent")
+            )
+
+    def first(asset: str, cameras: Sequence[str], ids: Sequence[int], decode: Callable[[bytes], Any]) -> Any:
+        """The first decodable sample of ``asset`` over ``cameras``; a failure on the record where its
+        archives are present but none has a member named like a frame, or none decodes."""
+        arch = cat.frame_archive(asset)
+        whys: dict[str, str] = {}
+        for c in cameras:
+            value, why = _first_decodable(
+                root / arch.archive_key(c), asset, c, ids, decode, max_bytes=max_member_bytes or None
+            )
+            if value is not None:
+                return value
+            whys[c] = why
+        present = [c for c, w in whys.items() if w != ABSENT]
+        if not present:
+            return None
+        key = (
+            arch.archive_key(present[0])
+            if len(cameras) == 1
+            else posixpath.dirname(arch.archive_key(present[0]))
         )
-        if hw is not None:
-            image_hw = hw
-            break
+        if all(whys[c] == UNRESOLVED for c in present):
+            expected = " or ".join(
+                arch.member(present[0], ids[0] if ids else 0, p) for p in arch.patterns(present[0])
+            )
+            reason = f"{asset}: no member of {len(present)} archive(s) is named like a frame (expected e.g. {expected})"
+        else:
+            reason = f"{asset}: no member of {len(present)} archive(s) could be decoded"
+        failures.append(_err(src.rel, src.folder, key, "", reason))
+        return None
+
+    image_hw = seg_hw = None
+    image_hw = first("image", cams, frame_ids, image_size)
     if image_hw:
         assets.append("image")
-        for c in cams:
-            hw = _first_decodable(
-                root / cat.segmentation_key(c), [cat.segmentation_member(f) for f in frame_ids], label_size
+        seg_hw = first("segmentation", cams, frame_ids, label_size)
+        if seg_hw is not None:
+            assets.append("segmentation")
+    elif any((root / cat.segmentation_key(c)).is_file() for c in cams):
+        errors.append(
+            _err(
+                src.rel,
+                src.folder,
+                "decoder/segmentation_parts",
+                "",
+                "segmentation without camera images (their size) is not repacked",
             )
-            if hw is not None:
-                seg_hw = hw
-                assets.append("segmentation")
-                break
-    elif any((root / cat.image_key(c)).is_file() for c in cams):
-        errors.append(_err(src.rel, src.folder, "decoder/image", "", "no camera image could be decoded"))
+        )
 
     T = None
-    if (root / cat.TEXTURE_KEY).is_file():
-        hw = _first_decodable(root / cat.TEXTURE_KEY, [cat.texture_member(f) for f in frame_ids], image_size)
-        if hw is not None and hw[0] == hw[1]:
-            T = hw[0]
-            assets.append("uv_texture")
-        else:
-            errors.append(
-                _err(src.rel, src.folder, cat.TEXTURE_KEY, "", "no square uv texture could be decoded")
-            )
+    hw = first("uv_texture", [""], frame_ids, image_size)
+    if hw is not None and hw[0] == hw[1]:
+        T = hw[0]
+        assets.append("uv_texture")
+    elif hw is not None:
+        failures.append(
+            _err(src.rel, src.folder, cat.TEXTURE_KEY, "", f"uv texture is not square ({hw[0]} x {hw[1]})")
+        )
     V = None
-    if (root / cat.VERTICES_KEY).is_file():
-        a = _first_decodable(root / cat.VERTICES_KEY, [cat.vertices_member(f) for f in frame_ids], read_ply)
-        if a is not None:
-            V = int(a.shape[0])
-            assets.append("vertices")
-        else:
-            errors.append(_err(src.rel, src.folder, cat.VERTICES_KEY, "", "no mesh could be decoded"))
-    if (root / cat.KEYPOINTS_KEY).is_file():
-        assets.append("keypoints_3d")
-    if (root / cat.HEAD_POSE_KEY).is_file():
-        assets.append("head_pose")
+    a = first("vertices", [""], frame_ids, read_ply)
+    if a is not None:
+        V = int(a.shape[0])
+        assets.append("vertices")
+    for asset in ("keypoints_3d", "head_pose"):  # small members: each task resolves and decodes its own
+        if (root / cat.frame_archive(asset).archive_key()).is_file():
+            assets.append(asset)
     enc_hw = None
     if enc_ids:
-        for c in cat.ENCODER_CAMERAS:
-            hw = _first_decodable(
-                root / cat.encoder_image_key(c), [cat.encoder_image_member(f) for f in enc_ids], image_size
-            )
-            if hw is not None:
-                enc_hw = hw
-                assets.append("encoder_image")
-                break
+        enc_hw = first("encoder_image", cat.ENCODER_CAMERAS, enc_ids, image_size)
+        if enc_hw is not None:
+            assets.append("encoder_image")
 
     # normalisation stats
     tex_mean = vert_mean = None
@@ -305,6 +350,7 @@ def probe_capture(src: CaptureSource, downsample: int = 1) -> CapturePlan:
         vertex_mean=vert_mean,
         vertex_var=vert_var,
         errors=errors,
+        failures=failures,
     )
 
 
@@ -362,6 +408,10 @@ def write_capture_metadata(group: zarr.Group, plan: CapturePlan) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
+class UnresolvedArchive(ValueError):
+    """A task's archive is present but none of its members is named like a frame."""
+
+
 @dataclass(frozen=True)
 class RepackTask:
     """Write frames ``[frame_start, frame_stop)`` of one asset (of one camera for per-camera assets) into
@@ -385,6 +435,7 @@ class RepackTask:
     source_hash: str
     decode_threads: int = 0  # threads per AVIF decode in the worker (0: Pillow's default, all cores)
     encode_thread: bool = False  # compress in a helper thread, overlapping the next decode (spare cores only)
+    max_member_bytes: int = 0  # members declared larger are corrupt, never inflated (0: the catalog's cap)
 
     @property
     def frame_ids(self) -> np.ndarray:
@@ -400,34 +451,8 @@ class RepackTask:
         return list(range(self.frame_start, self.frame_stop, self.frames_per_shard))
 
 
-def _member_name(asset: str, camera_id: str, frame_id: int) -> str:
-    if asset == "image":
-        return cat.image_member(camera_id, frame_id)
-    if asset == "segmentation":
-        return cat.segmentation_member(frame_id)
-    if asset == "uv_texture":
-        return cat.texture_member(frame_id)
-    if asset == "vertices":
-        return cat.vertices_member(frame_id)
-    if asset == "keypoints_3d":
-        return cat.keypoints_member(frame_id)
-    if asset == "head_pose":
-        return cat.head_pose_member(frame_id)
-    if asset == "encoder_image":
-        return cat.encoder_image_member(frame_id)
-    raise ValueError(f"unknown asset {asset!r}")
-
-
 def _source_key(asset: str, camera_id: str) -> str:
-    return {
-        "image": lambda: cat.image_key(camera_id),
-        "segmentation": lambda: cat.segmentation_key(camera_id),
-        "uv_texture": lambda: cat.TEXTURE_KEY,
-        "vertices": lambda: cat.VERTICES_KEY,
-        "keypoints_3d": lambda: cat.KEYPOINTS_KEY,
-        "head_pose": lambda: cat.HEAD_POSE_KEY,
-        "encoder_image": lambda: cat.encoder_image_key(camera_id),
-    }[asset]()
+    return cat.frame_archive(asset).archive_key(camera_id)
 
 
 def decode_member(task: RepackTask, data: bytes) -> np.ndarray:
@@ -560,6 +585,18 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
                 n_corrupt = n
             if reader is not None and reader.unsafe:  # zip-slip names: never read, but on the record
                 err(", ".join(reader.unsafe[:10]), "unsafe member name(s) ignored (absolute or '..' paths)")
+        arch = cat.frame_archive(task.asset)
+        cap = task.max_member_bytes or arch.max_member_bytes
+        pattern = None
+        if reader is not None:
+            pattern = cat.resolve_member_pattern(task.asset, reader.names(), task.camera_id)
+            if pattern is None:  # present, but nothing in it is named like a frame: the task fails
+                expected = " or ".join(arch.member(task.camera_id, int(task.frame_ids[0]), p)
+                                       for p in arch.patterns(task.camera_id))  # fmt: skip
+                reader.close()
+                raise UnresolvedArchive(
+                    f"none of its {len(reader.names())} member(s) is named like a frame (expected e.g. {expected})"
+                )
         # Each decoded frame is encoded into its chunk bytes at once -- or, with ``encode_thread`` (spare
         # cores), by a helper thread while the next frame decodes (the compressors release the GIL) -- and
         # appended to its shard's file (renamed into place once the shard is complete). Memory: a few decoded
@@ -591,13 +628,13 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
                             i = f - task.frame_start
                             x = None
                             if reader is not None:
-                                member = _member_name(task.asset, task.camera_id, int(frame_ids[i]))
+                                member = arch.member(task.camera_id, int(frame_ids[i]), pattern)
                                 if not reader.has(member):
                                     n_missing += 1
                                     err(member, "missing member (dropped frame)")
                                 else:
                                     try:
-                                        x = decode_member(task, reader.read(member))
+                                        x = decode_member(task, reader.read(member, cap))
                                         valid[i] = True
                                     except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
                                         n_corrupt += 1
@@ -631,9 +668,10 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
                 with contextlib.suppress(Exception):  # a task already failing: its own error is recorded
                     enc.close()
     except Exception as exc:  # noqa: BLE001 - recorded in the manifest, retried on the next run
-        log.exception("repack task %s failed", task.task_id)
         status = STATUS_FAILED
-        err("", f"task failed: {type(exc).__name__}: {exc}")
+        reason = failure_reason(exc, f"{task.store_path}/{task.array}")
+        log.error("repack task %s failed: %s", task.task_id, reason)  # one line; no traceback
+        err("", reason)
     return {
         "capture": task.capture,
         "task_id": task.task_id,
@@ -656,6 +694,16 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
         "finished_at": datetime.now(UTC),
         "valid": valid.tolist(),
     }
+
+
+def failure_reason(exc: BaseException, where: str = "") -> str:
+    """One line for a failed task: the exception's type and first message line; an OSError that names no
+    file (a write's ENOSPC) is said to be under ``where``."""
+    if isinstance(exc, UnresolvedArchive):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None and where:
+        return f"{type(exc).__name__}: [Errno {exc.errno}] {exc.strerror}: writing under {where}"
+    return (f"{type(exc).__name__}: {exc}".splitlines() or [""])[0]
 
 
 def _new_buffer(arr: zarr.Array, task: RepackTask, n: int) -> np.ndarray:

@@ -131,15 +131,21 @@ class ShardFile:
 
     def _write(self, data: Any) -> None:
         mv = memoryview(data).cast("B")
-        while mv:
-            mv = mv[os.write(self._fd, mv) :]
+        try:
+            while mv:
+                mv = mv[os.write(self._fd, mv) :]
+        except OSError as exc:  # os.write names no file: say which (e.g. ENOSPC)
+            raise OSError(exc.errno, exc.strerror, str(self._tmp)) from exc
 
     def close(self) -> None:
         """Append the index and rename the file into place; on failure no file is left."""
         try:
             self._write(self._w.fmt.index_bytes(self._sizes))
-            os.close(self._fd)
-            self._fd = -1
+            fd, self._fd = self._fd, -1
+            try:
+                os.close(fd)  # a delayed write error (ENOSPC on NFS) can surface here
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, str(self._tmp)) from exc
             os.replace(self._tmp, self.path)
         except BaseException:
             self.abort()

@@ -895,7 +895,7 @@ def generate_capture(
                 if img is not None:
                     zips.add(cap.image_key(cid), cap.image_member(cid, fid), img)
                 if lab is not None:
-                    zips.add(cap.segmentation_key(cid), cap.segmentation_member(fid), lab)
+                    zips.add(cap.segmentation_key(cid), cap.segmentation_member(cid, fid), lab)
         if "encoder_image" in chosen:
             expr_e = scene.expr[np.minimum(np.arange(len(efl)), n - 1)]
             erngs = {name: _rng(seed, capture.folder, "encoder", name) for name in ENCODER_CAMERAS}

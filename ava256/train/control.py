@@ -35,6 +35,8 @@ RESUMABLE_KEYS = frozenset(
         "train.ddp_gradient_as_bucket_view",
         "train.ddp_broadcast_buffers",
         "data.num_workers",
+        "data.bad_sample_limit",
+        "data.bad_sample_window",
         "data.workers",
         "data.prefetch_factor",
         "data.pin_memory",

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ava256.atomic import atomic_write_text
 from ava256.data import ResumableSampler, batch_size_of, collate_samples, make_loader
+from ava256.data.loader import BAD_SAMPLES
 from ava256.models import Autoencoder, ModelConfig, losses, psnr, ssim
 from ava256.progress import Progress
 from ava256.train.checkpoint import (
@@ -51,6 +52,42 @@ class TrainResult:
     stopped_by: int = 0  # the signal (SIGINT, SIGTERM) that stopped the run after saving, 0 if none
     checkpoint: Path | None = None  # the newest checkpoint this call saved
     main: bool = True  # rank 0 (the rank that reports)
+
+
+class BadDataError(ValueError):
+    """Too many samples of the recent window could not be read: the store needs ``ava256 verify``."""
+
+
+class BadSampleWindow:
+    """Counts skipped (unreadable) samples over the last ``window`` samples drawn; :meth:`add` raises
+    :class:`BadDataError` once more than ``limit`` of them (at least one sample) were bad, so one bad chunk
+    never stops a run but a damaged store does."""
+
+    def __init__(self, limit: float, window: int, store: object = None):
+        from collections import deque
+
+        self.limit, self.window, self.store = float(limit), max(1, int(window)), store
+        self.allowed = max(1, math.floor(self.limit * self.window))
+        self._batches: deque[tuple[int, int]] = deque()  # (samples drawn, bad) per batch
+        self._drawn = self._bad = 0
+        self.total = 0
+
+    def add(self, drawn: int, bad: list[Any]) -> None:
+        self._batches.append((drawn, len(bad)))
+        self._drawn += drawn
+        self._bad += len(bad)
+        self.total += len(bad)
+        while self._batches and self._drawn - self._batches[0][0] >= self.window:
+            d, b = self._batches.popleft()
+            self._drawn -= d
+            self._bad -= b
+        if bad and self._bad > self.allowed:
+            last = bad[-1]
+            raise BadDataError(
+                f"{self._bad} of the last {self._drawn} samples could not be read (over data.bad_sample_limit="
+                f"{self.limit} of data.bad_sample_window={self.window}); the last: {last.where()}: {last.reason}. "
+                f"Run `ava256 verify {self.store or 'STORE'}`, then `ava256 repack RAW STORE` rewrites the bad chunks"
+            )
 
 
 @dataclass
@@ -140,6 +177,10 @@ def evaluate(
     for i, batch in enumerate(loader):
         if i >= max_batches:
             break
+        if batch is not None:
+            batch.pop(BAD_SAMPLES, None)  # unreadable samples are skipped (the dataset logged them)
+        if not batch:
+            continue
         batch = prepare_batch(batch, device, dataset)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             out = model(batch, sample=False)
@@ -340,11 +381,20 @@ def _train(
     stopped = False
     saved_at = start_iteration if ckpt is not None else -1
     signals.device, signals.world, signals.echo = dd.device, dd.world, say
+    bad_window = BadSampleWindow(
+        float(dc.get("bad_sample_limit", 0.01)), int(dc.get("bad_sample_window", 1000)), store
+    )
     model.train()
     while iteration < iters and not stopped:
         epoch_done = True
         for batch in loader:
             t0 = time.perf_counter()
+            bad = batch.pop(BAD_SAMPLES, []) if batch is not None else []
+            n_ok = batch_size_of(batch) if batch else 0
+            bad_window.add(n_ok + len(bad), bad)
+            if n_ok == 0:  # every sample of the batch was unreadable: nothing to train on
+                sampler.advance(len(bad))
+                continue
             batch = prepare_batch(batch, dd.device, train_ds)
             with torch.autocast(device_type=dd.device.type, dtype=torch.bfloat16, enabled=amp):
                 outs = net(batch, guide=iteration < int(tc["guide_iters"]))
@@ -354,7 +404,7 @@ def _train(
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), float(tc["grad_clip"]))
             opt.step()
             sched.step()
-            sampler.advance(batch_size_of(batch))
+            sampler.advance(n_ok + len(bad))
             iteration += 1
             ran += 1
             samples_seen += bs * dd.world
@@ -370,6 +420,8 @@ def _train(
                     "lr": sched.get_last_lr()[0],
                     "grad_norm": float(gnorm),
                     "step_s": dt_step,
+                    "data/bad_samples": len(bad),
+                    "data/bad_samples_total": bad_window.total,
                 }
                 row |= {f"loss/{k}": float(v.detach()) for k, v in terms.items()}
                 metrics.write(row)

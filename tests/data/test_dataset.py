@@ -238,7 +238,7 @@ def test_thread_loader_errors_early_stop_and_compact_batches(tiny_data):
         if i == 1:
             break
     assert threading.active_count() <= before
-    # a failing read is raised at its batch, naming the sample's chunk
+    # an unreadable chunk skips its samples, each listed at its batch with its array and chunk
     cap = ds.sample_key(0)[0]
     shard = next(
         p for p in (tiny_data.store / f"{cap}{L.STORE_SUFFIX}" / L.UV_TEXTURE / "c").rglob("*") if p.is_file()
@@ -250,8 +250,12 @@ def test_thread_loader_errors_early_stop_and_compact_batches(tiny_data):
     bad = broken / shard.relative_to(tiny_data.store)
     bad.write_bytes(bad.read_bytes()[:100])
     bad_ds = ZarrSampleDataset(broken, df, normalize=False)
-    with pytest.raises(ValueError, match=str(L.UV_TEXTURE)):
-        list(make_loader(bad_ds, batch_size=2, num_workers=2, shuffle=False))
+    got = list(make_loader(bad_ds, batch_size=2, num_workers=2, shuffle=False))
+    skipped = [b for batch in got for b in batch.get("bad_samples", [])]
+    assert skipped and all(b.array == L.UV_TEXTURE and b.capture == cap for b in skipped)
+    assert all("shorter than its index" in b.reason for b in skipped)
+    kept = sum(int(batch["idindex"].shape[0]) for batch in got if "idindex" in batch)
+    assert kept + len(skipped) == len(ds)  # every sample is either delivered or on the record
     with pytest.raises(ValueError, match="workers must be one of"):
         make_loader(ds, workers="fibers")
 

@@ -29,6 +29,12 @@ ENCODER_HW = (40, 40)
 N_VERTICES = 7306
 
 
+def datasheet_segmentation_member(frame_id: int) -> str:
+    """Segmentation members named as the datasheet says (no ``cam{id}/`` prefix); synth writes the prefixed
+    form the original code reads, so the repack tests cover both."""
+    return f"{frame_id:06d}.png"
+
+
 def write_capture(root: Path, capture: cat.CaptureId, seed: int = 0) -> Path:
     """Write a whole capture under ``root/<capture.folder>``; returns that folder."""
     rng = np.random.default_rng(seed)
@@ -59,7 +65,7 @@ def write_capture(root: Path, capture: cat.CaptureId, seed: int = 0) -> Path:
             base / cat.image_key(cam), [(cat.image_member(cam, f), avif((H, W, 3))) for f in fids]
         )
         labels = [
-            (cat.segmentation_member(f), encode_png(rng.integers(0, 11, (H, W), dtype=np.uint8)))
+            (datasheet_segmentation_member(f), encode_png(rng.integers(0, 11, (H, W), dtype=np.uint8)))
             for f in fids
         ]
         write_stored_zip(base / cat.segmentation_key(cam), labels)

@@ -22,6 +22,7 @@ from repack_data import (
     N_ENCODER_FRAMES,
     N_FRAMES,
     TEXTURE,
+    datasheet_segmentation_member,
     replace_member,
     write_capture,
 )
@@ -112,7 +113,9 @@ def test_fidelity_every_value_equals_a_direct_decode(repacked):
             sg = members(base / cat.segmentation_key(cam))
             for fi, f in enumerate(fids):
                 np.testing.assert_array_equal(img[fi, ci], decode_rgb(im[cat.image_member(cam, f)]))
-                np.testing.assert_array_equal(seg[fi, ci], decode_labels(sg[cat.segmentation_member(f)]))
+                np.testing.assert_array_equal(
+                    seg[fi, ci], decode_labels(sg[datasheet_segmentation_member(f)])
+                )
         tex, verts, kps, hp = (
             members(base / k)
             for k in (cat.TEXTURE_KEY, cat.VERTICES_KEY, cat.KEYPOINTS_KEY, cat.HEAD_POSE_KEY)
@@ -305,7 +308,7 @@ def test_downsample_scales_images_labels_and_intrinsics(raw, tmp_path, client):
     # box filter at factor 2 = mean of each 2x2 block (Pillow rounds)
     block = src.reshape(h, 2, w, 2, 3).astype(np.float64).mean(axis=(1, 3))
     assert np.abs(g[L.IMAGE][3, 0].astype(np.float64) - block).max() <= 1.0
-    lab = decode_labels(members(base / cat.segmentation_key(CAMERAS[0]))[cat.segmentation_member(fid)])
+    lab = decode_labels(members(base / cat.segmentation_key(CAMERAS[0]))[datasheet_segmentation_member(fid)])
     np.testing.assert_array_equal(g[L.SEGMENTATION][3, 0], resize_labels(lab, (h, w)))
     assert set(np.unique(g[L.SEGMENTATION][3, 0])) <= set(np.unique(lab))
     # intrinsics: the stored K maps a world point to where the source pixel lands after downsampling

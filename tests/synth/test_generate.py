@@ -99,10 +99,10 @@ def test_images_segmentation_and_coherence(tiny_bucket):
             assert all(info.compress_type == zipfile.ZIP_STORED for info in zf.infolist())
         with ZipReader(d / cap.image_key(cid)) as zi, ZipReader(d / cap.segmentation_key(cid)) as zs:
             assert zi.names() == [cap.image_member(cid, f) for f in fl.frame_ids.tolist()]
-            assert zs.names() == [cap.segmentation_member(f) for f in fl.frame_ids.tolist()]
+            assert zs.names() == [cap.segmentation_member(cid, f) for f in fl.frame_ids.tolist()]
             fid = int(fl.frame_ids[0])
             img = decode_rgb(zi.read(cap.image_member(cid, fid)))
-            lab = decode_labels(zs.read(cap.segmentation_member(fid)))
+            lab = decode_labels(zs.read(cap.segmentation_member(cid, fid)))
         assert zi.read  # closed readers keep their API
         assert img.shape == (h, w, 3) and lab.shape == (h, w)
         assert lab.max() <= 10 and (lab == 0).any() and (lab == 2).any()
@@ -240,7 +240,7 @@ def test_forced_drops_are_missing_entries(tmp_path):
         with ZipReader(d / cap.image_key(camera_id)) as zr:
             assert zr.names() == [cap.image_member(camera_id, f) for f in expect]
         with ZipReader(d / cap.segmentation_key(camera_id)) as zr:
-            assert zr.names() == [cap.segmentation_member(f) for f in expect]
+            assert zr.names() == [cap.segmentation_member(camera_id, f) for f in expect]
     for asset, key, member in (
         ("head_pose", cap.HEAD_POSE_KEY, cap.head_pose_member),
         ("vertices", cap.VERTICES_KEY, cap.vertices_member),
