@@ -41,8 +41,12 @@ RESUMABLE_KEYS = frozenset(
         "data.prefetch_factor",
         "data.pin_memory",
         "data.val_batches",
+        "data.gpu_decode",
     }
 )
+#: keys that checkpoints of older ava256 versions lack, with the value that trains as those runs did (None:
+#: any value does): a resume may add them
+ADDED_KEYS: dict[str, Any] = {"train.lr_scaling": "none", "train.lr_ref_batch": None}
 
 # A CPU run longer than this is almost certainly a mistake (a GPU config on a CPU build of torch).
 CPU_ABSURD_SECONDS = 24 * 3600.0
@@ -158,8 +162,12 @@ def check_resume(run: str, state: dict[str, Any], cfg: dict[str, Any], split: st
             f"{run} was trained on split {state['split']!r}, not {split!r}: "
             f"resume with --split {state['split']} or start a new run with another --out"
         )
+    old = _flatten(state.get("config") or {})
     changes = config_changes(state.get("config") or {}, cfg)
-    refused = {k: v for k, v in changes.items() if k not in RESUMABLE_KEYS}
+    added = {
+        k for k, (_, b) in changes.items() if k not in old and k in ADDED_KEYS and ADDED_KEYS[k] in (None, b)
+    }
+    refused = {k: v for k, v in changes.items() if k not in RESUMABLE_KEYS and k not in added}
     if refused:
         what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
         raise ResumeConflict(

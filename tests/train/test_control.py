@@ -50,3 +50,14 @@ def test_resume_checks():
         check_resume("run", state, {"train": {"lr": 0.01, "iters": 10}, "model": {"voxels": 4}}, "free-face")
     with pytest.raises(ResumeConflict, match="split 'free-face', not 'cameras'"):
         check_resume("run", state, old, "cameras")
+
+
+def test_a_checkpoint_of_an_older_version_resumes_with_the_keys_added_since():
+    """Keys newer than a checkpoint may be added on resume when their value trains as the old run did."""
+    old = {"train": {"lr": 0.001, "iters": 10}}
+    state = {"config": old, "split": "s", "iteration": 5}
+    neutral = {"train": {"lr": 0.001, "iters": 10, "lr_scaling": "none", "lr_ref_batch": 4}}
+    warnings = check_resume("run", state, neutral, "s")
+    assert len(warnings) == 2 and all("changed on resume" in w for w in warnings)
+    with pytest.raises(ResumeConflict, match=r"train.lr_scaling: None -> 'linear'"):
+        check_resume("run", state, {"train": {**neutral["train"], "lr_scaling": "linear"}}, "s")
