@@ -122,7 +122,7 @@ def prepare_batch(batch: dict[str, Any], device: torch.device, dataset: Any = No
     """A loader batch as the model takes it, on ``device``: tensors moved (non-blocking from pinned memory),
     and a compact batch (``ZarrSampleDataset(normalize=False)``) completed, converted and normalised on the
     device by ``ava256.data.finish_batch`` with its ``dataset``."""
-    if batch["image"].dtype == torch.uint8:
+    if "image_jpeg" in batch or batch["image"].dtype == torch.uint8:
         from ava256.data import finish_batch
 
         if dataset is None:

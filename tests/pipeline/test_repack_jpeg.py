@@ -95,3 +95,26 @@ def test_shipped_jpeg_batches_finish_like_pixel_batches(jpeg_store, device):
         else:
             scale = 1.0 if k == "image" else float(plain.stats.tex_std) ** -1
             assert diff.mean().item() <= scale, k
+
+
+def test_training_on_shipped_jpeg_batches_equals_training_on_pixel_batches(jpeg_store, tmp_path):
+    """The trainer takes batches that carry JPEG bytes (on the CPU finish_batch decodes them with Pillow, as
+    the workers would): a few tiny iterations give the same losses either way."""
+    from ava256.data import ZarrSampleDataset
+    from ava256.manifests.samples import SAMPLES_MANIFEST, read_samples
+    from ava256.train.config import apply_overrides, load_config
+    from ava256.train.data import dataset_info
+    from ava256.train.trainer import train
+
+    _, root = jpeg_store
+    rows = read_samples(root / "jpeg" / L.MANIFESTS_DIR / SAMPLES_MANIFEST)
+    over = ["--train.iters=3", "--train.val_every=0", "--train.image_every=0", "--train.ckpt_every=0"]
+    losses = []
+    for ship in (False, True):
+        ds = ZarrSampleDataset(root / "jpeg", rows, normalize=False, ship_jpeg=ship)
+        cfg = apply_overrides(load_config("tiny"), over)
+        res = train(
+            None, None, cfg, tmp_path / f"run-{ship}", datasets=(ds, None, dataset_info(ds)), progress=False
+        )
+        losses.append(res.losses)
+    assert len(losses[0]) == 3 and losses[0] == losses[1]
