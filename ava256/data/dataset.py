@@ -4,8 +4,10 @@ One sample is one (capture, frame_index, camera_index) row of a split manifest. 
 four chunks: the camera image ``image[f, c]`` (H, W, 3), the mesh ``vertices[f]`` (V, 3), the uv texture
 ``uv_texture[f]`` (T, T, 3) and the head pose ``head_pose[f]`` (3, 4). On a local store each read is one
 ``pread`` of the chunk's byte range (shard indexes are cached), checksummed and decompressed straight into
-the batch tensor (:mod:`ava256.store.fastread`); other stores go through zarr. Everything else is a per-capture constant
-read once and cached: camera calibration, the neutral mesh and (in an LRU) the neutral texture.
+the batch tensor (:mod:`ava256.store.fastread`); on a store at an fsspec URL (``s3://``) a batch's chunks are
+ranged reads issued together (at most one request per chunk, shard indexes cached); other stores go through
+zarr. Everything else is a per-capture constant read once and cached: camera calibration, the neutral mesh
+and (in an LRU) the neutral texture.
 
 The sample dict (the loader -> model contract; docs/pipeline.md has the table):
 
@@ -61,7 +63,7 @@ from ava256.data.geometry import camera_in_head_frame, focal_principal, pixel_co
 from ava256.data.normalization import CaptureStats, NormStats, combine_stats
 from ava256.store import layout as L
 from ava256.store.chunks import warn_once
-from ava256.store.fastread import ChunkReader
+from ava256.store.fastread import ChunkReader, read_chunks
 
 log = logging.getLogger(__name__)
 
@@ -499,15 +501,20 @@ class ZarrSampleDataset(Dataset):
         """Read the image, head pose, vertices and uv texture chunk of each sample: pictures and vertices
         into ``image`` (B, H, W, 3), ``tex`` (B, T, T, 3), ``verts`` (B, V, 3); returns the (3, 4) head poses."""
         if all(a.readers is not None for a in arrays):
-            poses = []
+            # the whole batch in one call: on a remote store, one round of concurrent ranged reads
+            poses, requests = [], []
             for b, ((_, _, f, c), arrs) in enumerate(zip(keys, arrays)):
                 r_image, r_pose, r_verts, r_tex = arrs.readers
-                r_image.read((f, c, 0, 0, 0), out=image[b].reshape(r_image.chunk_shape))
-                poses.append(r_pose.read((f, 0, 0))[0])
-                r_verts.read((f, 0, 0), out=verts[b].reshape(r_verts.chunk_shape))
-                r_tex.read((f, 0, 0, 0), out=tex[b].reshape(r_tex.chunk_shape))
-            return poses
-        # Through zarr (remote stores, other layouts, ``fast_reads=False``): one chunk of each of 4 arrays.
+                poses.append(np.empty(r_pose.chunk_shape, dtype=r_pose.dtype))
+                requests += [
+                    (r_image, (f, c, 0, 0, 0), image[b].reshape(r_image.chunk_shape)),
+                    (r_pose, (f, 0, 0), poses[b]),
+                    (r_verts, (f, 0, 0), verts[b].reshape(r_verts.chunk_shape)),
+                    (r_tex, (f, 0, 0, 0), tex[b].reshape(r_tex.chunk_shape)),
+                ]
+            read_chunks(requests)
+            return [p[0] for p in poses]
+        # Through zarr (other store types and layouts, ``fast_reads=False``): one chunk of each of 4 arrays.
         poses = []
         for b, ((_, _, f, c), arrs) in enumerate(zip(keys, arrays)):
             image[b] = arrs.image[f, c]
