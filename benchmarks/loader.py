@@ -21,6 +21,7 @@ all with ``--workers`` workers (threads or processes, as named) and ``make_loade
 - ``zarr-s3``: ``zarr`` on the same store served from S3: uploaded to a local S3 server (moto, in its own
   process, on loopback) at ``s3://ava256-bench/store``, or ``--s3-store URL`` (an existing store; endpoint and
   credentials from the AWS_* environment variables). Chunks are ranged GETs, a batch's issued together;
+  ``zarr-s3-via-zarr``: the same store read through ``zarr.Array.__getitem__`` (two GETs per chunk);
 - ``zarr-float``: the full float contract dict built in the loader threads (``normalize=True``);
 - ``legacy``: :class:`ava256.data.legacy.LegacySampleDataset` on the raw tree, in worker processes as the
   seed did; ``legacy-threads``: the same in threads;
@@ -161,6 +162,7 @@ KINDS = {
     "zarr-no-checksum": ("store-no-checksum", "compact", "threads"),
     "zarr-via-zarr": ("store-via-zarr", "compact", "threads"),
     "zarr-s3": ("s3", "compact", "threads"),
+    "zarr-s3-via-zarr": ("s3-via-zarr", "compact", "threads"),
     "zarr-float": ("store", "float", "threads"),
     "legacy": ("raw", "float", "processes"),
     "legacy-threads": ("raw", "float", "threads"),
@@ -175,9 +177,12 @@ def build_dataset(kind: str, work: Path, downsample: int):
 
     data, form, _ = KINDS[kind]
     df = read_samples(work / "store")
-    if data == "s3":
+    if data.startswith("s3"):
         url = os.environ["AVA256_BENCH_S3_STORE"]
-        return ZarrSampleDataset(url, read_samples(url), downsample=downsample, normalize=False)
+        fast = data == "s3"
+        return ZarrSampleDataset(
+            url, read_samples(url), downsample=downsample, normalize=False, fast_reads=fast
+        )
     if data.startswith("store"):
         store = work / ("store-no-checksum" if data == "store-no-checksum" else "store")
         fast = data != "store-via-zarr"
@@ -353,9 +358,10 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown loader(s) {sorted(unknown)}; expected some of {', '.join(KINDS)}")
     server = None
-    if "zarr-s3" in kinds and args.s3_store:
+    on_s3 = any(k.startswith("zarr-s3") for k in kinds)
+    if on_s3 and args.s3_store:
         os.environ["AVA256_BENCH_S3_STORE"] = args.s3_store
-    elif "zarr-s3" in kinds:
+    elif on_s3:
         server = serve_store(work / "store")
     runs: dict[str, list[dict]] = {k: [] for k in kinds}
     try:
