@@ -154,7 +154,7 @@ def test_a_missing_s3_store_is_one_line_and_exit_2(s3_stores, tmp_path):
 
 def test_the_loader_reads_an_s3_store_with_at_most_one_get_per_chunk(s3_stores, local_s3):
     """Counted at the server: a warm batch costs at most one GET per chunk (4 per sample), its samples equal
-    the local store's, and the shard indexes are read once (cold) then cached."""
+    the local store's, and the shard indexes are read once (cold) then cached; zarr's own reads cost 8."""
     from ava256.data import ZarrSampleDataset
     from ava256.pipeline.split import read_samples
 
@@ -183,6 +183,15 @@ def test_the_loader_reads_an_s3_store_with_at_most_one_get_per_chunk(s3_stores, 
     assert sum(r.counts["index_reads"] for r in readers) == idx0
     assert len(gets) == sum(r.counts["requests"] for r in readers) - warm0 <= 4 * n
     assert all(not r.range.startswith("bytes=-") for r in gets)  # no suffix (index) reads
+
+    # zarr's own reads of the same batches (fast_reads=False) re-read a shard index before every chunk
+    slow = ZarrSampleDataset(s3_stores.url, df, fast_reads=False, **kw)
+    slow.__getitems__(batches[0])
+    local_s3.faults.clear()
+    for b in batches[1:]:
+        slow.__getitems__(b)
+    zarr_gets = [r for r in local_s3.faults.requests if r.method == "GET" and "/c/" in r.path]
+    assert len(zarr_gets) == 8 * n > len(gets), (len(zarr_gets), len(gets))
 
 
 def test_xarray_opens_a_capture_over_s3_without_warnings(s3_stores):
