@@ -15,7 +15,8 @@ the reader's life: a store that training reads is not being rewritten), a chunk 
 reads the chunks of a whole batch at once: the missing indexes in one concurrent ``cat_ranges`` call, then
 every chunk in another, ranges of one shard closer than :data:`MERGE_GAP` merged into one request. A warm
 sample thus costs at most one request per chunk (four), fewer where a batch's chunks share a shard, and a
-batch costs one round trip, not one per chunk.
+batch costs one round trip, not one per chunk. A shard whose chunks total at most :data:`SMALL_SHARD` bytes (a
+capture's head poses) is read whole once and kept, so its chunks then cost no request.
 
 :meth:`ChunkReader.for_array` returns None for an array it does not cover (another store type or layout),
 after a one-time warning saying why; callers then read through zarr. The values are those of ``array[chunk]``
@@ -39,6 +40,12 @@ from zarr.storage import FsspecStore, LocalStore
 from ava256.store.chunks import MISSING, ChunkFormat, LayoutMismatch, chunk_format, warn_once
 
 log = logging.getLogger(__name__)
+
+#: a remote shard whose chunk data is at most this many bytes is read whole once and kept by its reader (head
+#: poses: 48 bytes a frame), so later samples of it cost no request
+SMALL_SHARD = 256 * 1024
+#: bytes of small shards a reader keeps (LRU)
+SMALL_SHARD_CACHE = 64 << 20
 
 #: two chunk ranges of one remote shard at most this many bytes apart are read by one request (on a real
 #: bucket a request costs about what ~1 MiB more of its body does: tens of ms of latency against ~100 MB/s)
@@ -67,6 +74,8 @@ class ChunkReader:
         self._index_cache = max(1, int(index_cache))
         self.counts = {"chunk_reads": 0, "index_reads": 0, "bytes": 0, "requests": 0}
         self._lock = threading.Lock()  # the index LRU is shared by a loader's threads
+        self._small: OrderedDict[str, bytes] = OrderedDict()  # remote small shards' chunk data (LRU)
+        self._small_bytes = 0
 
     @property
     def remote(self) -> bool:
@@ -122,6 +131,22 @@ class ChunkReader:
                 return False, None
             self._index.move_to_end(path)
             return True, hit[2]
+
+    def _kept_shard(self, path: str) -> bytes | None:
+        with self._lock:
+            blob = self._small.get(path)
+            if blob is not None:
+                self._small.move_to_end(path)
+            return blob
+
+    def _keep_shard(self, path: str, blob: bytes) -> None:
+        with self._lock:
+            if path in self._small:
+                return
+            self._small[path] = blob
+            self._small_bytes += len(blob)
+            while self._small_bytes > SMALL_SHARD_CACHE and len(self._small) > 1:
+                self._small_bytes -= len(self._small.popitem(last=False)[1])
 
     def _remember(self, path: str, size: int, mtime: int, index: np.ndarray | None) -> None:
         with self._lock:
@@ -255,8 +280,22 @@ def _read_remote(items: list[tuple[tuple[int, ...], ChunkReader, str, int, np.nd
         wanted.setdefault(path, []).append((offset, offset + nbytes, reader, out, coords))
     paths, starts, ends = [], [], []
     spans: list[list[tuple[int, int, ChunkReader, np.ndarray, tuple[int, ...]]]] = []
+    whole: set[int] = set()  # positions of requests that fetch a small shard whole (kept by its reader)
     for path, ranges in wanted.items():
         ranges.sort(key=lambda r: (r[0], r[1]))
+        reader = ranges[0][2]
+        kept = reader._kept_shard(path)
+        if kept is not None:  # a small shard read before: no request
+            _decode_span(path, 0, kept, ranges)
+            continue
+        extent = _data_extent(index[path])
+        if extent <= SMALL_SHARD:
+            whole.add(len(paths))
+            paths.append(path)
+            starts.append(0)
+            ends.append(extent)
+            spans.append(ranges)
+            continue
         for r in ranges:
             if spans and paths[-1] == path and r[0] - ends[-1] <= MERGE_GAP:
                 ends[-1] = max(ends[-1], r[1])
@@ -269,7 +308,7 @@ def _read_remote(items: list[tuple[tuple[int, ...], ChunkReader, str, int, np.nd
     if not paths:
         return
     got = fs.cat_ranges(paths, starts, ends, on_error="return")
-    for path, start, end, blob, span in zip(paths, starts, ends, got, spans):
+    for i, (path, start, end, blob, span) in enumerate(zip(paths, starts, ends, got, spans)):
         reader = span[0][2]
         reader.counts["requests"] += 1
         if isinstance(blob, BaseException):
@@ -279,7 +318,22 @@ def _read_remote(items: list[tuple[tuple[int, ...], ChunkReader, str, int, np.nd
         if len(blob) != end - start:
             raise OSError(f"{path}: short read ({len(blob)} of {end - start} bytes at {start})")
         reader.counts["bytes"] += len(blob)
-        view = memoryview(blob)
-        for lo, hi, rd, out, coords in span:
-            rd.counts["chunk_reads"] += 1
-            rd.fmt.decode_into(view[lo - start : hi - start], out, f"{path} chunk {coords}")
+        if i in whole:
+            reader._keep_shard(path, bytes(blob))
+        _decode_span(path, start, blob, span)
+
+
+def _decode_span(
+    path: str, start: int, blob: Any, span: list[tuple[int, int, ChunkReader, np.ndarray, tuple[int, ...]]]
+) -> None:
+    """Decode the chunks ``span`` (byte ranges of the shard ``path``) out of ``blob``, its bytes from ``start``."""
+    view = memoryview(blob)
+    for lo, hi, rd, out, coords in span:
+        rd.counts["chunk_reads"] += 1
+        rd.fmt.decode_into(view[lo - start : hi - start], out, f"{path} chunk {coords}")
+
+
+def _data_extent(index: np.ndarray) -> int:
+    """End of the last present chunk of a shard (its chunk data is ``[0, extent)``)."""
+    present = ~((index[:, 0] == MISSING) & (index[:, 1] == MISSING))
+    return int((index[present, 0] + index[present, 1]).max()) if present.any() else 0
