@@ -27,6 +27,17 @@ class BadUsage(click.ClickException):
     exit_code = 2
 
 
+def _require_store(store: str) -> str:
+    """STORE (a folder or an fsspec URL such as s3://bucket/prefix) if it exists; else a one-line usage error
+    (exit 2), before anything is created."""
+    from ava256.store.urls import StoreNotFound, require_store
+
+    try:
+        return require_store(store)
+    except StoreNotFound as exc:
+        raise BadUsage(str(exc)) from exc
+
+
 class _Group(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         rest = sorted(set(self.commands) - set(COMMAND_ORDER))
@@ -411,8 +422,7 @@ def info_cmd(store, as_json):
 
     from ava256.store.info import format_store_info, store_info
 
-    if "://" not in store and not os.path.isdir(store):
-        raise BadUsage(f"store {store} does not exist (or is not a folder)")
+    _require_store(store)
     try:
         info = store_info(store)
     except (ValueError, FileNotFoundError) as exc:
@@ -424,7 +434,7 @@ def info_cmd(store, as_json):
 
 
 @cli.command("split")
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store")
 @click.option(
     "--protocol",
     required=True,
@@ -447,9 +457,12 @@ def info_cmd(store, as_json):
 )
 def split_cmd(store: str, protocol: str, seed: int, name: str | None, held_out_cameras: int | None) -> None:
     """Write deterministic train/val/test partitions of STORE's samples manifest to
-    STORE/_splits/NAME/{train,val,test}.parquet (+ split.json). Invalid samples are excluded and counted."""
+    STORE/_splits/NAME/{train,val,test}.parquet (+ split.json). Invalid samples are excluded and counted.
+
+    STORE is a local folder or an fsspec URL (e.g. s3://bucket/prefix), as given to repack."""
     from ava256.pipeline.split import run_split
 
+    _require_store(store)
     try:
         info = run_split(store, protocol, seed, name, held_out_cameras=held_out_cameras)
     except (ValueError, FileNotFoundError, OSError) as exc:
@@ -472,7 +485,7 @@ def split_cmd(store: str, protocol: str, seed: int, name: str | None, held_out_c
     "train",
     context_settings=dict(ignore_unknown_options=True, allow_extra_args=True),
 )
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store")
 @click.option(
     "--split", "split", required=True, help="Split name (STORE/_splits/<name>/{train,val}.parquet)."
 )
@@ -499,6 +512,7 @@ def train_cmd(
     Multi-GPU: torchrun --nproc_per_node=N -m ava256.cli train ... (DDP is detected from the environment).
     SIGINT / SIGTERM save a checkpoint at the current iteration and exit 130 / 143.
     Writes OUT/checkpoints/ckpt_*.pt, OUT/metrics.jsonl, OUT/tb/ (TensorBoard), OUT/val.json, OUT/config.yaml.
+    STORE is a local folder or an fsspec URL (e.g. s3://bucket/prefix), as given to repack; OUT is local.
     """
     from pathlib import Path
 
@@ -506,6 +520,7 @@ def train_cmd(
     from ava256.train.control import ResumeConflict
     from ava256.train.trainer import train
 
+    _require_store(store)
     run = Path(out) if out else Path("runs") / split
     try:
         cfg = apply_overrides(load_config(config), ctx.args)
@@ -554,7 +569,7 @@ def train_cmd(
 
 @cli.command("render")
 @click.argument("ckpt", type=click.Path(exists=True))
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store")
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Output folder.")
 @click.option("--split", default=None, help="Split name [the one the checkpoint trained on].")
 @click.option(
@@ -579,9 +594,10 @@ def render_cmd(
 ) -> None:
     """Render CKPT (a checkpoint or a run folder) on STORE: reconstructions and cross-identity expression
     transfer (the first capture's expression codes decoded with other identities), as PNGs and GIFs
-    (MP4 too with an ffmpeg backend), plus render.json."""
+    (MP4 too with an ffmpeg backend), plus render.json. STORE is a local folder or an fsspec URL."""
     from ava256.train.render import render
 
+    _require_store(store)
     try:
         res = render(
             ckpt,

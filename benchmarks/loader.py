@@ -18,6 +18,10 @@ all with ``--workers`` workers (threads or processes, as named) and ``make_loade
 - ``zarr-no-checksum``: ``zarr`` on a store repacked without the chunk crc32c (what the checksum costs);
 - ``zarr-via-zarr``: ``zarr`` with ``fast_reads=False``: chunks read by ``zarr.Array.__getitem__`` instead of
   :class:`ava256.store.fastread.ChunkReader` (what the chunk reader earns);
+- ``zarr-s3``: ``zarr`` on the same store served from S3: uploaded to a local S3 server (moto, in its own
+  process, on loopback) at ``s3://ava256-bench/store``, or ``--s3-store URL`` (an existing store; endpoint and
+  credentials from the AWS_* environment variables). Chunks are ranged GETs, a batch's issued together;
+  ``zarr-s3-via-zarr``: the same store read through ``zarr.Array.__getitem__`` (two GETs per chunk);
 - ``zarr-float``: the full float contract dict built in the loader threads (``normalize=True``);
 - ``legacy``: :class:`ava256.data.legacy.LegacySampleDataset` on the raw tree, in worker processes as the
   seed did; ``legacy-threads``: the same in threads;
@@ -27,7 +31,8 @@ all with ``--workers`` workers (threads or processes, as named) and ``make_loade
 
 Figures: steady-state samples/s (after the first batch; the median of ``--rounds``), time to first batch,
 per-sample bytes read (``/proc/self/io`` rchar over an in-process pass) and for Zarr the file reads per
-sample (chunk + shard-index ``pread`` s), in-process ms per sample, and peak RSS of the main process and of
+sample (chunk + shard-index ``pread`` s or GETs; in the in-process pass, one sample at a time, and over the
+threaded loader's run, where a batch's reads are issued together), in-process ms per sample, and peak RSS of the main process and of
 the largest worker process. Run: ``python benchmarks/loader.py [--quick] [--workers N]``.
 """
 
@@ -118,6 +123,29 @@ def pad_zips(raw: Path, out: Path, members: int) -> None:
                 z.writestr(f"{prefix}{900000 + k:06d}.{ext}", b"")
 
 
+def serve_store(store: Path) -> subprocess.Popen:
+    """A local S3 server (moto) in its own process, holding ``store`` at ``s3://ava256-bench/store``; sets
+    the AWS_* variables the zarr-s3 child reads."""
+    from ava256.synth.server import upload_tree
+
+    proc = subprocess.Popen([sys.executable, "-m", "ava256.synth.server"], stdout=subprocess.PIPE, text=True)
+    endpoint = proc.stdout.readline().strip()
+    if not endpoint.startswith("http"):
+        proc.terminate()
+        raise SystemExit(f"local S3 server did not start (said {endpoint!r})")
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AVA256_BENCH_S3_STORE="s3://ava256-bench/store",
+    )
+    t = time.perf_counter()
+    upload_tree(endpoint, "ava256-bench", store, prefix="store/")
+    print(f"store uploaded to a local S3 server ({endpoint}) in {time.perf_counter() - t:.0f} s", flush=True)
+    return proc
+
+
 def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -133,6 +161,8 @@ KINDS = {
     "zarr-processes": ("store", "compact", "processes"),
     "zarr-no-checksum": ("store-no-checksum", "compact", "threads"),
     "zarr-via-zarr": ("store-via-zarr", "compact", "threads"),
+    "zarr-s3": ("s3", "compact", "threads"),
+    "zarr-s3-via-zarr": ("s3-via-zarr", "compact", "threads"),
     "zarr-float": ("store", "float", "threads"),
     "legacy": ("raw", "float", "processes"),
     "legacy-threads": ("raw", "float", "threads"),
@@ -147,6 +177,12 @@ def build_dataset(kind: str, work: Path, downsample: int):
 
     data, form, _ = KINDS[kind]
     df = read_samples(work / "store")
+    if data.startswith("s3"):
+        url = os.environ["AVA256_BENCH_S3_STORE"]
+        fast = data == "s3"
+        return ZarrSampleDataset(
+            url, read_samples(url), downsample=downsample, normalize=False, fast_reads=fast
+        )
     if data.startswith("store"):
         store = work / ("store-no-checksum" if data == "store-no-checksum" else "store")
         fast = data != "store-via-zarr"
@@ -199,6 +235,8 @@ def child(args: argparse.Namespace) -> None:
             break
     t_end = time.perf_counter()
     del loader, batch  # joins the workers, so RUSAGE_CHILDREN covers them
+    loop_readers = [r for a in getattr(ds, "_arrays", {}).values() for r in (a.readers or ())]
+    loop_requests = sum(r.counts["requests"] for r in loop_readers) / n if loop_readers else None
     span = t_end - t_first
     for b in kept:  # CPU finish cost, measured on its own
         t = time.perf_counter()
@@ -213,14 +251,14 @@ def child(args: argparse.Namespace) -> None:
     ds2 = build_dataset(args.child, work, args.downsample)
     ds2[order[0]]
     readers = [r for a in getattr(ds2, "_arrays", {}).values() for r in (a.readers or ())]
-    c0 = sum(r.counts["chunk_reads"] + r.counts["index_reads"] for r in readers)
+    c0 = sum(r.counts["requests"] for r in readers)
     r0, t1 = process_read_bytes(), time.perf_counter()
     for i in order[1 : m + 1]:
         ds2[i]
     ms = (time.perf_counter() - t1) / m * 1000
     r1 = process_read_bytes()
     readers = [r for a in getattr(ds2, "_arrays", {}).values() for r in (a.readers or ())]
-    c1 = sum(r.counts["chunk_reads"] + r.counts["index_reads"] for r in readers)
+    c1 = sum(r.counts["requests"] for r in readers)
     out = {
         "kind": args.child,
         "workers": workers,
@@ -231,6 +269,7 @@ def child(args: argparse.Namespace) -> None:
         "inproc_ms": ms,
         "read_bytes_per_sample": (r1 - r0) / m if r0 is not None else None,
         "reads_per_sample": (c1 - c0) / m if readers else None,
+        "loop_reads_per_sample": loop_requests if workers == "threads" else None,
         "finish_ms_per_batch": statistics.median(finish_ms) if finish_ms else None,
         "finish_device": device.type if finish_ms else None,
         "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -295,6 +334,12 @@ def main() -> None:
     ap.add_argument("--downsample", type=int, default=2)
     ap.add_argument("--zip-members", type=int, default=5000)
     ap.add_argument("--loaders", default=",".join(KINDS), help=f"comma-separated, from {', '.join(KINDS)}")
+    ap.add_argument(
+        "--s3-store",
+        default=None,
+        help="zarr-s3 reads this existing store (s3://bucket/prefix; AWS_* environment) instead of a copy of "
+        "the benchmark store on a local S3 server",
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -309,10 +354,24 @@ def main() -> None:
     work = Path(args.workdir)
     prepare(args)
     kinds = args.loaders.split(",")
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise SystemExit(f"unknown loader(s) {sorted(unknown)}; expected some of {', '.join(KINDS)}")
+    server = None
+    on_s3 = any(k.startswith("zarr-s3") for k in kinds)
+    if on_s3 and args.s3_store:
+        os.environ["AVA256_BENCH_S3_STORE"] = args.s3_store
+    elif on_s3:
+        server = serve_store(work / "store")
     runs: dict[str, list[dict]] = {k: [] for k in kinds}
-    for r in range(args.rounds):
-        for k in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
-            runs[k].append(run_child(k, args))
+    try:
+        for r in range(args.rounds):
+            for k in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
+                runs[k].append(run_child(k, args))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
     med = {
         k: {
             key: statistics.median(x[key] for x in v) if isinstance(v[0][key], (int, float)) else v[0][key]
@@ -339,7 +398,7 @@ def main() -> None:
         base["legacy-5k"] = med["legacy-5k"]["steady_sps"]
     hdr = (
         "| loader | workers | samples/s | vs best legacy | vs legacy-5k | first batch s | in-proc ms/sample | "
-        "MB read/sample | reads/sample | peak RSS main MB | peak RSS worker MB |"
+        "MB read/sample | reads/sample | reads/sample in loop | peak RSS main MB | peak RSS worker MB |"
     )
     print(hdr)
     print("|" + "---|" * (hdr.count("|") - 1))
@@ -349,11 +408,12 @@ def main() -> None:
             b: f"{m['steady_sps'] / base[b]:.1f}x" if b in base else "-" for b in ("legacy", "legacy-5k")
         }
         reqs = f"{m['reads_per_sample']:.2f}" if m["reads_per_sample"] is not None else "-"
+        loop = f"{m['loop_reads_per_sample']:.2f}" if m["loop_reads_per_sample"] is not None else "-"
         rb = f"{m['read_bytes_per_sample'] / MB:.2f}" if m["read_bytes_per_sample"] is not None else "-"
         wrss = f"{m['rss_worker_mb']:.0f}" if m["workers"] == "processes" else "-"
         print(
             f"| {k} | {m['workers']} | {m['steady_sps']:.1f} | {ratio['legacy']} | {ratio['legacy-5k']} | "
-            f"{m['first_batch_s']:.2f} | {m['inproc_ms']:.2f} | {rb} | {reqs} | {m['rss_main_mb']:.0f} | {wrss} |"
+            f"{m['first_batch_s']:.2f} | {m['inproc_ms']:.2f} | {rb} | {reqs} | {loop} | {m['rss_main_mb']:.0f} | {wrss} |"
         )
     for k in kinds:
         m = med[k]

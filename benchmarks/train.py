@@ -1,7 +1,8 @@
 """Training throughput: the real Zarr loader vs. in-memory tensors, same model, same config, one run.
 
 Data: synthetic format-exact captures (``ava256.synth``) generated into ``--workdir``, repacked
-(``ava256.pipeline.repack``) and split (free-face), unless ``--store``/``--split`` name an existing one.
+(``ava256.pipeline.repack``) and split (free-face), unless ``--store``/``--split`` name an existing one
+(a folder or an ``s3://`` URL; the endpoint and credentials from the AWS_* environment variables).
 Default image size 334 x 512 (W x H: the reference training's 512 x 333 resolution) and 1024 x 1024 uv
 textures, so every sample moves what a real one does.
 
@@ -49,10 +50,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def prepare(args: argparse.Namespace) -> tuple[Path, str]:
+def _store(text: str) -> Path | str:
+    """A local store folder, or an fsspec URL (``s3://bucket/store``: endpoint and credentials from AWS_*)."""
+    return text if "://" in text else Path(text)
+
+
+def prepare(args: argparse.Namespace) -> tuple[Path | str, str]:
     """Generate + repack + split the benchmark store once into ``--workdir`` (reused if present)."""
     if args.store:
-        return Path(args.store), args.split
+        return _store(args.store), args.split
     from ava256.pipeline.repack import repack
     from ava256.pipeline.split import run_split
     from ava256.synth.generate import generate_bucket
@@ -94,7 +100,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, str]:
     return store, "free-face"
 
 
-def run_mode(mode: str, store: Path, split: str, args: argparse.Namespace) -> dict:
+def run_mode(mode: str, store: Path | str, split: str, args: argparse.Namespace) -> dict:
     """One training run; returns its figures (rank 0)."""
     import torch
 
@@ -268,7 +274,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="CPU-sized smoke run (tiny config, tiny data).")
     ap.add_argument("--config", default=None, help="config name or file [reference; tiny with --quick]")
-    ap.add_argument("--store", default=None, help="existing store (else synthetic data in --workdir)")
+    ap.add_argument(
+        "--store",
+        default=None,
+        help="existing store: a folder or an s3:// URL (AWS_* environment) [synthetic data in --workdir]",
+    )
     ap.add_argument("--split", default="free-face")
     ap.add_argument("--workdir", default="bench-out/train")
     ap.add_argument("--captures", type=int, default=2)
@@ -303,7 +313,7 @@ def main() -> None:
     args.config = args.config or "reference"
 
     if args.child:  # a torchrun rank
-        store, split = Path(args.store), args.split
+        store, split = _store(args.store), args.split
         if args.profile:
             row = profile_mode(args.child, store, split, args)
         else:

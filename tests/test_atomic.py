@@ -50,3 +50,29 @@ def test_files_get_the_mode_the_umask_gives(tmp_path, umask):
     assert stat.S_IMODE((tmp_path / "m.parquet").stat().st_mode) == 0o666 & ~umask
     atomic_write_text(p, "replaced")  # replacing a file gives the new file the umask's mode too
     assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~umask
+
+
+def test_writes_at_an_fsspec_url_appear_whole_or_not_at_all():
+    """At a URL (``memory://`` here; ``s3://`` in tests/pipeline/test_s3_store.py) the data is uploaded in one
+    put on a clean exit; an error inside the block uploads nothing and leaves no local temp file behind."""
+    import tempfile
+
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    url = "memory://atomic-test/dir/a.bin"
+    assert atomic_write_bytes(url, b"one") == url and fs.cat_file("/atomic-test/dir/a.bin") == b"one"
+    atomic_write_text("memory://atomic-test/dir/t.txt", "tëxt")
+    assert fs.cat_file("/atomic-test/dir/t.txt") == "tëxt".encode()
+    staged = lambda: {n for n in os.listdir(tempfile.gettempdir()) if n.endswith(".upload")}  # noqa: E731
+    before = staged()
+    with pytest.raises(RuntimeError):
+        with atomic_write(url, "wb") as f:
+            f.write(b"two, half")
+            raise RuntimeError("crash mid-write")
+    assert fs.cat_file("/atomic-test/dir/a.bin") == b"one"  # the old object, untouched
+    with atomic_write("memory://atomic-test/dir/new.bin") as f:
+        f.write(b"x" * 1000)
+        assert not fs.exists("/atomic-test/dir/new.bin")  # nothing visible before the block ends
+    assert fs.cat_file("/atomic-test/dir/new.bin") == b"x" * 1000
+    assert staged() - before == set()

@@ -4,8 +4,10 @@ One sample is one (capture, frame_index, camera_index) row of a split manifest. 
 four chunks: the camera image ``image[f, c]`` (H, W, 3), the mesh ``vertices[f]`` (V, 3), the uv texture
 ``uv_texture[f]`` (T, T, 3) and the head pose ``head_pose[f]`` (3, 4). On a local store each read is one
 ``pread`` of the chunk's byte range (shard indexes are cached), checksummed and decompressed straight into
-the batch tensor (:mod:`ava256.store.fastread`); other stores go through zarr. Everything else is a per-capture constant
-read once and cached: camera calibration, the neutral mesh and (in an LRU) the neutral texture.
+the batch tensor (:mod:`ava256.store.fastread`); on a store at an fsspec URL (``s3://``) a batch's chunks are
+ranged reads issued together (at most one request per chunk, shard indexes cached); other stores go through
+zarr. Everything else is a per-capture constant read once and cached: camera calibration, the neutral mesh
+and (in an LRU) the neutral texture.
 
 The sample dict (the loader -> model contract; docs/pipeline.md has the table):
 
@@ -61,7 +63,7 @@ from ava256.data.geometry import camera_in_head_frame, focal_principal, pixel_co
 from ava256.data.normalization import CaptureStats, NormStats, combine_stats
 from ava256.store import layout as L
 from ava256.store.chunks import warn_once
-from ava256.store.fastread import ChunkReader
+from ava256.store.fastread import ChunkReader, read_chunks
 
 log = logging.getLogger(__name__)
 
@@ -482,7 +484,10 @@ class ZarrSampleDataset(Dataset):
         T, V = self.texture_size, self.n_vertices
         ship_image, ship_tex = (
             self.ship_jpeg
-            and all(a.readers is not None and a.readers[k].fmt.jpeg is not None for a in arrays)
+            and all(
+                a.readers is not None and a.readers[k].fmt.jpeg is not None and not a.readers[k].remote
+                for a in arrays
+            )
             for k in (0, 3)
         )
         # uint8 HWC pictures (unless their JPEG bytes are shipped) and mm vertices of the batch, filled by the reads
@@ -555,6 +560,11 @@ class ZarrSampleDataset(Dataset):
         bad: dict[int, BadSample] = {}
         shipped: dict[str, dict[int, torch.Tensor]] = {"image": {}, "tex": {}}
         fast = all(a.readers is not None for a in arrays)
+        if fast and any(r.remote for a in arrays for r in a.readers):
+            try:  # the whole batch in one call: one round of concurrent ranged reads
+                return self._read_remote_batch(keys, arrays, image, tex, verts), bad, shipped
+            except READ_ERRORS:
+                pass  # a bad chunk: read sample by sample below to find which
 
         def fast_read(key: str, b: int, reader: ChunkReader, coords: tuple[int, ...], dst: np.ndarray | None):
             if dst is not None:
@@ -594,6 +604,27 @@ class ZarrSampleDataset(Dataset):
                 pose = None
             poses.append(pose)
         return poses, bad, shipped
+
+    @staticmethod
+    def _read_remote_batch(
+        keys: Sequence[tuple[int, str, int, int]],
+        arrays: Sequence[_CaptureArrays],
+        image: np.ndarray,
+        tex: np.ndarray,
+        verts: np.ndarray,
+    ) -> list[np.ndarray]:
+        poses, requests = [], []
+        for b, ((_, _, f, c), arrs) in enumerate(zip(keys, arrays)):
+            r_image, r_pose, r_verts, r_tex = arrs.readers
+            poses.append(np.empty(r_pose.chunk_shape, dtype=r_pose.dtype))
+            requests += [
+                (r_image, (f, c, 0, 0, 0), image[b].reshape(r_image.chunk_shape)),
+                (r_pose, (f, 0, 0), poses[b]),
+                (r_verts, (f, 0, 0), verts[b].reshape(r_verts.chunk_shape)),
+                (r_tex, (f, 0, 0, 0), tex[b].reshape(r_tex.chunk_shape)),
+            ]
+        read_chunks(requests)
+        return [p[0] for p in poses]
 
 
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype, shared: bool = True) -> torch.Tensor:

@@ -3,10 +3,12 @@
 
 A split part has exactly the columns of ``samples.parquet`` (one row per (capture, frame, camera)), restricted
 to valid samples, sorted by (capture, frame_index, camera_index). Pure pyarrow/pandas: no Dask, no torch.
+STORE is a local folder or an fsspec URL (:mod:`ava256.store.urls`); paths returned for a URL are strings.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Mapping
@@ -19,6 +21,7 @@ import pyarrow.parquet as pq
 
 from ava256.atomic import atomic_write_bytes
 from ava256.manifests.samples import SAMPLES_SCHEMA
+from ava256.store import urls
 
 #: Names of the three parts of every split, in order.
 PARTS: tuple[str, ...] = ("train", "val", "test")
@@ -35,17 +38,18 @@ SAMPLE_COLUMNS: tuple[str, ...] = tuple(SAMPLES_SCHEMA.names)
 SORT_KEYS: tuple[str, ...] = ("capture", "frame_index", "camera_index")
 
 
-def split_dir(store: str | os.PathLike[str], name: str) -> Path:
-    """``STORE/_splits/<name>``; ValueError for a name that is not a plain folder name."""
+def split_dir(store: str | os.PathLike[str], name: str) -> Path | str:
+    """``STORE/_splits/<name>`` (a Path, or a URL string); ValueError for a name that is not a plain folder
+    name."""
     if not name or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
         raise ValueError(f"split name must be a plain folder name, got {name!r}")
-    return Path(store) / SPLITS_DIR / name
+    return urls.join(store, SPLITS_DIR, name)
 
 
-def split_part_path(store: str | os.PathLike[str], name: str, part: str) -> Path:
+def split_part_path(store: str | os.PathLike[str], name: str, part: str) -> Path | str:
     if part not in PARTS:
         raise ValueError(f"unknown split part {part!r}; expected one of {', '.join(PARTS)}")
-    return split_dir(store, name) / f"{part}.parquet"
+    return urls.join(split_dir(store, name), f"{part}.parquet")
 
 
 def conform(df: pd.DataFrame) -> pd.DataFrame:
@@ -60,7 +64,7 @@ def conform(df: pd.DataFrame) -> pd.DataFrame:
     return table.to_pandas()
 
 
-def write_part(path: Path, df: pd.DataFrame) -> None:
+def write_part(path: Path | str, df: pd.DataFrame) -> None:
     """Write one split part atomically (temp file + ``os.replace``) with :data:`SPLIT_SCHEMA`."""
     table = pa.Table.from_pandas(conform(df), schema=SPLIT_SCHEMA, preserve_index=False)
     sink = pa.BufferOutputStream()
@@ -77,13 +81,24 @@ def write_split(
     if missing:
         raise ValueError(f"split {name!r} lacks part(s) {missing}")
     folder = split_dir(store, name)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / PARAMS_FILE).unlink(missing_ok=True)  # an interrupted rewrite must not look complete
+    _remove(urls.join(folder, PARAMS_FILE))  # an interrupted rewrite must not look complete
     for part in PARTS:
-        write_part(folder / f"{part}.parquet", parts[part])
+        write_part(urls.join(folder, f"{part}.parquet"), parts[part])
     payload = {"format_version": SPLIT_FORMAT_VERSION, **params}
-    atomic_write_bytes(folder / PARAMS_FILE, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+    data = (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode()
+    atomic_write_bytes(urls.join(folder, PARAMS_FILE), data)
     return folder
+
+
+def _remove(path: Path | str) -> None:
+    if isinstance(path, Path):
+        path.unlink(missing_ok=True)
+        return
+    fs, p = urls.filesystem(path)
+    try:
+        fs.rm_file(p)
+    except FileNotFoundError:
+        pass
 
 
 def read_split_part(store: str | os.PathLike[str], name: str, part: str) -> pd.DataFrame:
@@ -91,19 +106,24 @@ def read_split_part(store: str | os.PathLike[str], name: str, part: str) -> pd.D
 
     FileNotFoundError names the split and lists the splits that exist."""
     path = split_part_path(store, name, part)
-    if not (path.parent / PARAMS_FILE).exists() or not path.exists():
-        root = Path(store) / SPLITS_DIR
-        have = sorted(p.name for p in root.iterdir() if (p / PARAMS_FILE).exists()) if root.is_dir() else []
+    try:
+        if not urls.isfile(urls.join(split_dir(store, name), PARAMS_FILE)):
+            raise FileNotFoundError(path)
+        data = urls.read_bytes(path)
+    except FileNotFoundError:
+        root = urls.join(store, SPLITS_DIR)
+        have = [n for n in urls.listdir(root) if urls.isfile(urls.join(root, n, PARAMS_FILE))]
         raise FileNotFoundError(
-            f"no complete split {name!r} under {root} (missing {path.name} or {PARAMS_FILE}); "
+            f"no complete split {name!r} under {root} (missing {part}.parquet or {PARAMS_FILE}); "
             f"existing splits: {have or 'none'} — run `ava256 split {store} --protocol ...`"
-        )
-    return pq.read_table(path, schema=SPLIT_SCHEMA).to_pandas()
+        ) from None
+    return pq.read_table(io.BytesIO(data), schema=SPLIT_SCHEMA).to_pandas()
 
 
 def read_split_params(store: str | os.PathLike[str], name: str) -> dict[str, Any]:
     """The ``split.json`` of a written split."""
-    path = split_dir(store, name) / PARAMS_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"no complete split {name!r}: {path} does not exist")
-    return json.loads(path.read_text())
+    path = urls.join(split_dir(store, name), PARAMS_FILE)
+    try:
+        return json.loads(urls.read_text(path))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no complete split {name!r}: {path} does not exist") from None

@@ -2,8 +2,9 @@
 
 The core, :func:`make_split`, is a pure, deterministic function of (samples table, protocol, seed): it does no
 I/O and its result does not depend on the row order of the input. :func:`run_split` is the thin shell that
-reads ``STORE/_manifests/samples.parquet`` and writes ``STORE/_splits/<name>/`` atomically. The table is small
-enough (one row per (capture, frame, camera)) to be split in one process, so there is no Dask graph here.
+reads ``STORE/_manifests/samples.parquet`` and writes ``STORE/_splits/<name>/`` atomically (STORE a local
+folder or an fsspec URL such as ``s3://bucket/store``). The table is small enough (one row per (capture,
+frame, camera)) to be split in one process, so there is no Dask graph here.
 
 Protocols (AVA-256 datasheet, plus a camera hold-out):
 
@@ -33,6 +34,7 @@ before anything is written.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from collections.abc import Iterable
@@ -46,6 +48,7 @@ import pyarrow.parquet as pq
 
 from ava256.manifests.samples import SAMPLES_MANIFEST as SAMPLES_FILE
 from ava256.manifests.splits import PARTS, SAMPLE_COLUMNS, SORT_KEYS, write_split
+from ava256.store import urls
 from ava256.store.layout import MANIFESTS_DIR
 
 log = logging.getLogger(__name__)
@@ -298,16 +301,24 @@ def make_split(
     return split
 
 
-def read_samples(store: str | os.PathLike[str]) -> pd.DataFrame:
-    """``STORE/_manifests/samples.parquet`` with its string columns dictionary-encoded (categoricals)."""
-    path = Path(store) / SAMPLES_MANIFEST
-    if not path.exists():
+def read_samples(store: str | os.PathLike[str], data: bytes | None = None) -> pd.DataFrame:
+    """``STORE/_manifests/samples.parquet`` (STORE a folder or an fsspec URL; ``data``: its bytes, already
+    read) with its string columns dictionary-encoded (categoricals)."""
+    if data is None:
+        data = _read_samples_bytes(store)
+    return pq.read_table(
+        io.BytesIO(data), columns=list(SAMPLE_COLUMNS), read_dictionary=list(_STRING_COLUMNS)
+    ).to_pandas()
+
+
+def _read_samples_bytes(store: str | os.PathLike[str]) -> bytes:
+    path = urls.join(store, MANIFESTS_DIR, SAMPLES_FILE)
+    try:
+        return urls.read_bytes(path)
+    except FileNotFoundError:
         raise FileNotFoundError(
             f"{path} does not exist — is {store} a repacked store (`ava256 repack RAW STORE`)?"
-        )
-    return pq.read_table(
-        path, columns=list(SAMPLE_COLUMNS), read_dictionary=list(_STRING_COLUMNS)
-    ).to_pandas()
+        ) from None
 
 
 def run_split(
@@ -320,11 +331,11 @@ def run_split(
 ) -> dict[str, Any]:
     """Read the store's samples manifest, split it by ``protocol`` and write ``STORE/_splits/<name>/``
     (``train/val/test.parquet`` + ``split.json``). Returns the ``split.json`` content plus ``path``."""
-    samples_path = Path(store) / SAMPLES_MANIFEST
-    samples = read_samples(store)
+    data = _read_samples_bytes(store)  # read once: the split and its digest are of the same bytes
+    samples = read_samples(store, data)
     split = make_split(samples, protocol, seed, held_out_cameras=held_out_cameras)
     name = name or default_split_name(protocol, seed)
-    digest = hashlib.sha256(samples_path.read_bytes()).hexdigest()
+    digest = hashlib.sha256(data).hexdigest()
     info = {**split.info, "name": name, "samples_manifest_sha256": digest}
     folder = write_split(store, name, split.parts(), info)
     log.info(

@@ -154,3 +154,48 @@ def test_corrupt_index_and_rewritten_shards(tmp_path):
     shard.write_bytes(bytes(raw[:20]))
     with pytest.raises(ValueError, match="shorter than its index"):
         ChunkReader.for_array(a).read((5, 2, 0, 0))
+
+
+@pytest.mark.parametrize("codec", ["blosclz", "none"])
+def test_an_fsspec_store_is_read_by_ranged_requests_batched_and_equal_to_zarr(codec, monkeypatch):
+    """A store at an fsspec URL (``memory://`` here; ``s3://`` in tests/pipeline/test_s3_store.py): every chunk
+    equals zarr's, absent shards and chunks read as the fill value, and a batch of chunks costs one request per
+    shard index once, then at most one per chunk (fewer where chunks of a shard are adjacent); a small shard
+    is read whole once, then costs nothing."""
+    from ava256.store import fastread
+    from ava256.store.fastread import read_chunks
+
+    monkeypatch.setattr(fastread, "SMALL_SHARD", 0)  # these shards are tiny: first the ranged reads
+    url = f"memory://fastread-{codec}"
+    a = zarr.create_array(store=url, shape=(10, 3, 6, 5), chunks=(1, 1, 6, 5), shards=(4, 1, 6, 5),
+                          dtype="uint8", compressors=L.picture_compressors(codec) + [Crc32cCodec()],
+                          fill_value=0, zarr_format=3, overwrite=True)  # fmt: skip
+    data = np.random.default_rng(3).integers(0, 255, a.shape, dtype=np.uint8)
+    a[:7] = data[:7]
+    a[9, 1] = data[9, 1]
+    r = ChunkReader.for_array(zarr.open_array(url, mode="r"))
+    assert r is not None and r.remote
+    for co, sl in all_chunks(a, r):
+        np.testing.assert_array_equal(r.read(co), a[sl], err_msg=str(co))
+    shards = 3 * 3  # 3 shards along frames x 3 cameras, absent ones included
+    assert r.counts["index_reads"] == shards
+
+    fresh = ChunkReader.for_array(zarr.open_array(url, mode="r"))
+    coords = [(0, 0, 0, 0), (1, 0, 0, 0), (2, 0, 0, 0), (5, 1, 0, 0), (9, 1, 0, 0), (8, 2, 0, 0)]
+    outs = read_chunks([(fresh, co, None) for co in coords])
+    for co, got in zip(coords, outs):
+        np.testing.assert_array_equal(got[0, 0], a[co[0], co[1]])
+    # shards (0,0), (1,1), (2,1), (2,2): 4 index reads; frames 0-2 of camera 0 are adjacent: 1 request,
+    # (5,1) and (9,1) one each, (8,2) is absent (no request)
+    assert fresh.counts["index_reads"] == 4 and fresh.counts["requests"] == 4 + 3
+    read_chunks([(fresh, co, None) for co in coords])  # warm: the indexes are cached
+    assert fresh.counts["index_reads"] == 4 and fresh.counts["requests"] == 4 + 3 + 3
+
+    monkeypatch.undo()  # small shards (these are ~100 bytes) are read whole once, then kept
+    small = ChunkReader.for_array(zarr.open_array(url, mode="r"))
+    outs = read_chunks([(small, co, None) for co in coords])
+    assert small.counts["requests"] == 4 + 3  # 4 indexes, 3 whole shards (the fourth is absent)
+    more = [(3, 0, 0, 0), (4, 1, 0, 0), (6, 1, 0, 0), (9, 1, 0, 0), (0, 0, 0, 0)]  # all in kept shards
+    for co, got in zip(coords + more, outs + read_chunks([(small, co, None) for co in more])):
+        np.testing.assert_array_equal(got[0, 0], a[co[0], co[1]])
+    assert small.counts["requests"] == 4 + 3
