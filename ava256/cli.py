@@ -288,7 +288,8 @@ def verify_cmd(out: str, workers: int, processes: bool, scheduler: str | None, p
     is_url = "://" in out
     if not is_url and not os.path.isdir(out):
         raise BadUsage(f"{out} does not exist (or is not a folder)")
-    if not is_url and os.path.isfile(os.path.join(out, MANIFESTS_DIR, "fetch.parquet")):
+    raw_markers = ("fetch.parquet", "fetch.lock")  # a manifest, or a first fetch still running
+    if not is_url and any(os.path.isfile(os.path.join(out, MANIFESTS_DIR, m)) for m in raw_markers):
         from ava256.pipeline.verify import verify
 
         try:
