@@ -208,3 +208,32 @@ def test_xarray_opens_a_capture_over_s3_without_warnings(s3_stores):
     ref = xr.open_zarr(f"{s3_stores.local}/{cap}.zarr", consolidated=False, chunks=None)
     np.testing.assert_array_equal(img, ref["image"].isel(frame=3, camera=1).values)
     assert list(ds["camera"].values) == list(ref["camera"].values) and cams["intrinsics"].shape[0] == 3
+
+
+def test_a_bad_chunk_on_s3_skips_only_its_sample(s3_stores):
+    """A flipped byte in one image chunk of the S3 store: the batch read falls back to sample-by-sample reads
+    and hands back that one sample as a BadSample naming its chunk, the others as on the local store."""
+    import zarr
+
+    from ava256.data import ZarrSampleDataset
+    from ava256.data.dataset import BadSample
+    from ava256.manifests.samples import SAMPLES_MANIFEST, read_samples
+
+    rows = read_samples(s3_stores.local / L.MANIFESTS_DIR / SAMPLES_MANIFEST)
+    local = ZarrSampleDataset(s3_stores.local, rows, normalize=False)
+    cap, frame, cam = local.sample_key(0)
+    assert frame % zarr.open_group(s3_stores.local / f"{cap}.zarr", mode="r")[L.IMAGE].shards[0] == 0
+    fs, path = urls.filesystem(f"{s3_stores.url}/{cap}.zarr/{L.IMAGE}/c/0/{cam}/0/0/0")
+    original = fs.cat_file(path)
+    damaged = bytearray(original)
+    damaged[10] ^= 0xFF  # inside the shard's first chunk: frame 0 of that camera
+    fs.pipe_file(path, bytes(damaged))
+    try:
+        remote = ZarrSampleDataset(s3_stores.url, rows, normalize=False, stats=local.stats)
+        got, want = remote.__getitems__([0, 1, 2, 3]), local.__getitems__([0, 1, 2, 3])
+        assert isinstance(got[0], BadSample) and got[0].array == L.IMAGE and got[0].chunk[:2] == (frame, cam)
+        for g, w in zip(got[1:], want[1:]):
+            assert not isinstance(g, BadSample)
+            assert all(bool((g[k] == w[k]).all()) for k in ("image", "tex", "verts"))
+    finally:
+        fs.pipe_file(path, original)
