@@ -30,6 +30,17 @@ class Selection:
     segments: tuple[str, ...] | None = None
     assets: tuple[str, ...] | None = None
 
+    def __post_init__(self) -> None:
+        # one spelling per selection, so equal selections compare equal (cameras sorted, assets in store order)
+        if self.cameras is not None:
+            object.__setattr__(self, "cameras", tuple(sorted(dict.fromkeys(str(c) for c in self.cameras))))
+        if self.assets is not None:
+            object.__setattr__(self, "assets", tuple(a for a in L.ASSET_ARRAYS if a in set(self.assets)))
+        if self.segments is not None:
+            object.__setattr__(self, "segments", tuple(dict.fromkeys(str(s) for s in self.segments)))
+        if self.frames is not None:
+            object.__setattr__(self, "frames", tuple(self.frames))
+
     @property
     def is_full(self) -> bool:
         return self.cameras is None and self.frames is None and self.segments is None and self.assets is None
@@ -127,9 +138,8 @@ def parse_selection(
             raise ValueError(
                 f"--assets: unknown asset(s) {', '.join(unknown)}; expected some of {', '.join(L.ASSET_ARRAYS)}"
             )
-        sel_assets = tuple(a for a in L.ASSET_ARRAYS if a in sel_assets)  # canonical order
     return Selection(
-        cameras=tuple(sorted(_list(cameras, "cameras"))) if cameras is not None else None,
+        cameras=_list(cameras, "cameras") if cameras is not None else None,
         frames=parse_frames(frames) if frames is not None else None,
         segments=_list(segments, "segments") if segments is not None else None,
         assets=sel_assets,

@@ -149,4 +149,7 @@ def test_bad_selection_options_are_one_line_usage_errors(tmp_path, args, message
 def test_selection_attrs_round_trip():
     assert Selection().to_attrs() is None and Selection.from_attrs(None) == Selection()
     assert Selection.from_attrs(json.loads(json.dumps(SEL.to_attrs()))) == SEL
+    assert Selection(cameras=("b", "a", "b"), assets=("head_pose", "image")) == Selection(
+        cameras=("a", "b"), assets=("image", "head_pose")
+    )
     assert SEL.describe().startswith(f"--cameras {CAMERAS[0]},{CAMERAS[2]} --frames 1::2 --assets image,")
