@@ -371,14 +371,59 @@ def verify_cmd(out: str, workers: int, processes: bool, scheduler: str | None, p
     "64 for images, labels and textures, 16 for meshes and IR images, 1 for poses and keypoints].",
 )
 @click.option(
+    "--cameras",
+    default=None,
+    help="Store only these cameras: a comma list of camera ids or a file of them [default: all].",
+)
+@click.option(
+    "--frames",
+    default=None,
+    metavar="START:STOP[:STEP]",
+    help="Store only these rows of each capture's frame list (after --segments), Python slice semantics, "
+    "e.g. 0:1000:10 [default: all].",
+)
+@click.option(
+    "--segments",
+    default=None,
+    help="Store only frames of these segments (comma list of frame-list segment names) [default: all].",
+)
+@click.option(
+    "--assets",
+    default=None,
+    help="Store only these assets (comma list of image, segmentation, uv_texture, vertices, keypoints_3d, "
+    "head_pose, encoder_image); calibration and stats are always stored. Training needs image, vertices, "
+    "uv_texture and head_pose [default: all].",
+)
+@click.option(
     "--progress/--no-progress", default=True, help="Show progress (a bar, or plain lines in a log)."
 )
-def repack_cmd(raw, store, captures, downsample, codec, workers, scheduler, max_member_mb, progress):
+def repack_cmd(
+    raw,
+    store,
+    captures,
+    downsample,
+    codec,
+    workers,
+    scheduler,
+    max_member_mb,
+    cameras,
+    frames,
+    segments,
+    assets,
+    progress,
+):
     """Decode the raw tree RAW (as written by `ava256 fetch`) into sharded Zarr v3 stores under STORE:
     STORE/<capture>.zarr plus STORE/_manifests/{repack,samples}.parquet. Re-running skips finished work;
-    a capture whose raw files changed is redone."""
+    a capture whose raw files changed is redone. With --cameras/--frames/--segments/--assets only that
+    selection is stored; it is part of the store: re-running a capture with another selection is refused
+    (use a new STORE, or delete STORE/<capture>.zarr)."""
     from ava256.pipeline.repack import discover_captures, parse_captures_arg, repack
+    from ava256.pipeline.selection import parse_selection
 
+    try:
+        selection = parse_selection(cameras, frames, segments, assets)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     try:
         if not discover_captures(raw, parse_captures_arg(captures)):  # before the store (and its lock) exists
             raise ValueError(f"no capture folders (mcd--mct--sid) under {raw}")
@@ -392,6 +437,7 @@ def repack_cmd(raw, store, captures, downsample, codec, workers, scheduler, max_
             scheduler=scheduler,
             progress=progress,
             max_member_mb=max_member_mb,
+            selection=selection,
         )
     except OSError as exc:
         if exc.filename is None and exc.errno is not None:  # a write that names no file (ENOSPC): the store

@@ -42,6 +42,7 @@ from ava256.manifests import samples as sm
 from ava256.manifests.atomic import write_table_atomic
 from ava256.manifests.fetch import torn_manifest_hint
 from ava256.pipeline import repack_tasks as rt
+from ava256.pipeline.selection import Selection
 from ava256.store import layout as L
 from ava256.store.lock import locked_store
 
@@ -219,11 +220,33 @@ def _client(scheduler: str | None, workers: int | None, processes: bool, client:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def check_selection(store: str, folders: Sequence[str], selection: Selection) -> None:
+    """ValueError (one line, naming the capture, both selections and the remedy) if a capture group in
+    ``store`` was repacked with another selection: a store holds one selection per capture, never a mix."""
+    for folder in folders:
+        path = L.capture_store_path(store, folder)
+        try:
+            g = L.open_capture_group(path, mode="r")
+        except FileNotFoundError:
+            continue
+        old = Selection.from_attrs(g.attrs.get(L.ATTR_SELECTION))
+        if old != selection:
+            raise ValueError(
+                f"capture {folder}: {path} holds the selection [{old.describe()}], this run asks for "
+                f"[{selection.describe()}]; repack into a new STORE, or delete {path} to recreate it"
+            )
+
+
 def _store_matches(
-    store_path: str, src: rt.CaptureSource, downsample: int, codec: str, checksum: bool = True
+    store_path: str,
+    src: rt.CaptureSource,
+    downsample: int,
+    codec: str,
+    checksum: bool = True,
+    selection: Selection | None = None,
 ) -> bool:
-    """True if a capture group exists with the same source hash, downsample, codec, chunk checksum and format
-    version."""
+    """True if a capture group exists with the same source hash, downsample, codec, chunk checksum, selection
+    and format version."""
     try:
         g = L.open_capture_group(store_path, mode="r")
     except FileNotFoundError:
@@ -235,6 +258,7 @@ def _store_matches(
         and a.get(L.ATTR_CODEC) == codec
         and a.get(L.ATTR_CHUNK_CHECKSUM, True) == checksum
         and a.get(L.ATTR_FORMAT_VERSION) == L.FORMAT_VERSION
+        and Selection.from_attrs(a.get(L.ATTR_SELECTION)) == (selection or Selection())
     )
 
 
@@ -304,6 +328,7 @@ def repack(
     progress: bool = True,
     checksum: bool = True,
     max_member_mb: float | None = None,
+    selection: Selection | None = None,
 ) -> RepackSummary:
     """Repack the captures under ``raw`` into ``store`` (see the module docstring). Idempotent and
     resumable: re-running skips finished tasks; a capture whose raw inputs or options changed is redone.
@@ -315,7 +340,9 @@ def repack(
     one core per worker it costs more CPU than it hides). ``checksum``: a crc32c in every chunk (the default;
     False only to measure its cost: :func:`ava256.store.layout.array_specs`). ``max_member_mb``: a zip member
     declaring more is recorded corrupt without being inflated (default: each asset's cap,
-    :data:`ava256.capture.FRAME_ARCHIVES`)."""
+    :data:`ava256.capture.FRAME_ARCHIVES`). ``selection``: store only these cameras, frames and assets
+    (:mod:`ava256.pipeline.selection`); a capture already in ``store`` with another selection is refused
+    (ValueError) before anything is written."""
     from distributed import as_completed
 
     from ava256.progress import Progress
@@ -332,6 +359,8 @@ def repack(
     sources = discover_captures(raw, parse_captures_arg(captures))
     if not sources:
         raise ValueError(f"no capture folders (mcd--mct--sid) under {raw}")
+    selection = selection or Selection()
+    check_selection(store, [s.folder for s in sources], selection)
     remove_orphan_partials(store)
     book = ManifestBook(store)
     summary = RepackSummary(captures=[s.folder for s in sources])
@@ -339,7 +368,10 @@ def repack(
     with _client(scheduler, workers, processes, client) as c:
         # 1. probe every capture on the cluster
         cap_bytes = int(max_member_mb * 2**20) if max_member_mb else 0
-        futs = {s.folder: c.submit(rt.probe_capture, s, downsample, cap_bytes, pure=False) for s in sources}
+        futs = {
+            s.folder: c.submit(rt.probe_capture, s, downsample, cap_bytes, selection, pure=False)
+            for s in sources
+        }
         plans: dict[str, rt.CapturePlan] = {}
         for s in sources:
             try:
@@ -358,7 +390,7 @@ def repack(
             specs = L.array_specs(plan.geometry, codec, max_frames_per_shard, checksum)
             specs_by_capture[folder] = specs
             src = next(s for s in sources if s.folder == folder)
-            if not _store_matches(path, src, downsample, codec, checksum):
+            if not _store_matches(path, src, downsample, codec, checksum, selection):
                 with _writing(path):
                     log.info(
                         "creating %s (source hash %s via %s)", path, src.source_hash[:12], src.hash_method

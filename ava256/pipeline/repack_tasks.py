@@ -37,6 +37,7 @@ from ava256.formats.scalars import read_npy, read_scalar_txt
 from ava256.formats.zips import ZipReader
 from ava256.manifests.repack import STATUS_DONE, STATUS_FAILED
 from ava256.pipeline.cluster import WORKER_MALLOC_ENV
+from ava256.pipeline.selection import Selection
 from ava256.store import layout as L
 from ava256.store.chunks import warn_once
 from ava256.store.resample import resize_labels, resize_rgb
@@ -129,6 +130,7 @@ class CapturePlan:
     vertex_var: float = float("nan")
     errors: list[dict[str, str]] = field(default_factory=list)  # recorded; the capture is repacked
     failures: list[dict[str, str]] = field(default_factory=list)  # recorded; the capture's meta task fails
+    selection: Selection = field(default_factory=Selection)  # what of the raw capture the plan holds
 
 
 def _err(src_rel: str, capture: str, key: str, member: str, reason: str) -> dict[str, str]:
@@ -177,10 +179,15 @@ def _first_decodable(
     return None, UNDECODABLE
 
 
-def probe_capture(src: CaptureSource, downsample: int = 1, max_member_bytes: int = 0) -> CapturePlan:
+def probe_capture(
+    src: CaptureSource, downsample: int = 1, max_member_bytes: int = 0, selection: Selection | None = None
+) -> CapturePlan:
     """Read a capture's calibration, frame lists, normalisation stats and one sample of each asset (to learn
     image/texture/IR sizes). Raises ValueError/FileNotFoundError naming the capture and file when the
-    calibration or frame list is missing or unreadable (the capture cannot be repacked)."""
+    calibration or frame list is missing or unreadable (the capture cannot be repacked), or when
+    ``selection`` names a camera the calibration lacks or selects no frame; the plan holds only the
+    selection (:mod:`ava256.pipeline.selection`)."""
+    sel = selection or Selection()
     root = Path(src.root)
     cap = cat.CaptureId.parse(src.folder)
     errors: list[dict[str, str]] = []
@@ -196,19 +203,48 @@ def probe_capture(src: CaptureSource, downsample: int = 1, max_member_bytes: int
         frames = read_frame_list(read(cat.FRAME_LIST_KEY))
     except ValueError as exc:
         raise ValueError(f"capture {src.folder}: {exc}") from exc
-    frame_ids = [int(x) for x in frames.frame_ids]
+    all_segments = [str(s) for s in frames.segments]
+    rows = sel.frame_rows(all_segments)
+    frame_ids = [int(frames.frame_ids[i]) for i in rows]
+    segments = [all_segments[i] for i in rows]
+    if not frame_ids:
+        raise ValueError(
+            f"capture {src.folder}: the selection ({sel.describe()}) keeps none of the "
+            f"{len(all_segments)} frames of {src.rel}/{cat.FRAME_LIST_KEY}"
+        )
     enc_ids: list[int] = []
-    if (root / cat.ENCODER_FRAME_LIST_KEY).is_file():
+    if sel.wants("encoder_image") and (root / cat.ENCODER_FRAME_LIST_KEY).is_file():
         try:
             enc_ids = [int(x) for x in read_frame_list(read(cat.ENCODER_FRAME_LIST_KEY)).frame_ids]
         except ValueError as exc:
             errors.append(_err(src.rel, src.folder, cat.ENCODER_FRAME_LIST_KEY, "", str(exc)))
+        if sel.frames is not None or sel.segments is not None:  # encoder frames among the selected frames
+            keep = set(frame_ids)
+            enc_ids = [f for f in enc_ids if f in keep]
+    all_cams = list(calib.camera_ids)
+    if sel.cameras is not None:
+        unknown = [c for c in sel.cameras if c not in all_cams]
+        if unknown:
+            raise ValueError(
+                f"capture {src.folder}: selected camera(s) {', '.join(unknown)} not in "
+                f"{src.rel}/{cat.CALIBRATION_KEY} ({len(all_cams)} cameras)"
+            )
+        calib = calib.subset(list(sel.cameras))
     cams = list(calib.camera_ids)
+    # archives the selection never reads: their absence is no failure
+    unread = {
+        cat.frame_archive(a).archive_key(c)
+        for a in L.CAMERA_ASSETS
+        for c in all_cams
+        if not (sel.wants(a) and c in cams)
+    } | {cat.frame_archive(a).archive_key() for a in L.FRAME_ASSETS if not sel.wants(a)}
+    if not sel.wants("encoder_image"):
+        unread |= {cat.frame_archive("encoder_image").archive_key(c) for c in cat.ENCODER_CAMERAS}
 
     assets: list[str] = []
     failures: list[dict[str, str]] = []
     for row_key, why in src.expected_keys:  # what the fetch manifest says this capture has
-        if not (root / row_key).is_file():
+        if row_key not in unread and not (root / row_key).is_file():
             failures.append(
                 _err(src.rel, src.folder, row_key, "", f"listed in the fetch manifest ({why}) but absent")
             )
@@ -244,13 +280,15 @@ def probe_capture(src: CaptureSource, downsample: int = 1, max_member_bytes: int
         return None
 
     image_hw = seg_hw = None
-    image_hw = first("image", cams, frame_ids, image_size)
+    if sel.wants("image") or sel.wants("segmentation"):  # the stored label size is the image's
+        image_hw = first("image", cams, frame_ids, image_size)
     if image_hw:
-        assets.append("image")
-        seg_hw = first("segmentation", cams, frame_ids, label_size)
+        if sel.wants("image"):
+            assets.append("image")
+        seg_hw = first("segmentation", cams, frame_ids, label_size) if sel.wants("segmentation") else None
         if seg_hw is not None:
             assets.append("segmentation")
-    elif any((root / cat.segmentation_key(c)).is_file() for c in cams):
+    elif sel.wants("segmentation") and any((root / cat.segmentation_key(c)).is_file() for c in cams):
         errors.append(
             _err(
                 src.rel,
@@ -262,7 +300,7 @@ def probe_capture(src: CaptureSource, downsample: int = 1, max_member_bytes: int
         )
 
     T = None
-    hw = first("uv_texture", [""], frame_ids, image_size)
+    hw = first("uv_texture", [""], frame_ids, image_size) if sel.wants("uv_texture") else None
     if hw is not None and hw[0] == hw[1]:
         T = hw[0]
         assets.append("uv_texture")
@@ -271,12 +309,12 @@ def probe_capture(src: CaptureSource, downsample: int = 1, max_member_bytes: int
             _err(src.rel, src.folder, cat.TEXTURE_KEY, "", f"uv texture is not square ({hw[0]} x {hw[1]})")
         )
     V = None
-    a = first("vertices", [""], frame_ids, read_ply)
+    a = first("vertices", [""], frame_ids, read_ply) if sel.wants("vertices") else None
     if a is not None:
         V = int(a.shape[0])
         assets.append("vertices")
     for asset in ("keypoints_3d", "head_pose"):  # small members: each task resolves and decodes its own
-        if (root / cat.frame_archive(asset).archive_key()).is_file():
+        if sel.wants(asset) and (root / cat.frame_archive(asset).archive_key()).is_file():
             assets.append(asset)
     enc_hw = None
     if enc_ids:
@@ -342,7 +380,7 @@ def probe_capture(src: CaptureSource, downsample: int = 1, max_member_bytes: int
         source_image_hw=image_hw,
         source_segmentation_hw=seg_hw,
         frame_ids=frame_ids,
-        segments=[str(s) for s in frames.segments],
+        segments=segments,
         encoder_frame_ids=enc_ids,
         calibration=calib,
         texture_mean=tex_mean,
@@ -351,6 +389,7 @@ def probe_capture(src: CaptureSource, downsample: int = 1, max_member_bytes: int
         vertex_var=vert_var,
         errors=errors,
         failures=failures,
+        selection=sel,
     )
 
 
@@ -377,6 +416,7 @@ def group_attrs(plan: CapturePlan, downsample: int, codec: str, checksum: bool =
         L.ATTR_ASSETS: list(g.assets),
         L.ATTR_INTRINSICS_CONVENTION: L.INTRINSICS_CONVENTION,
         L.ATTR_COMPLETE: False,
+        L.ATTR_SELECTION: plan.selection.to_attrs(),
     }
 
 

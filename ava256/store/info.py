@@ -52,6 +52,7 @@ def capture_info(store: str | os.PathLike[str], folder: str) -> dict[str, Any]:
         "codec": a.get(L.ATTR_CODEC),
         "complete": bool(a.get(L.ATTR_COMPLETE, False)),
         "format_version": a.get(L.ATTR_FORMAT_VERSION),
+        "selection": a.get(L.ATTR_SELECTION),  # None: everything of the raw capture
         "bytes": sum(sizes.values()),
         "assets": {},
     }

@@ -115,6 +115,7 @@ ATTR_CHUNK_CHECKSUM = "chunk_checksum"  # True: every inner chunk ends with its 
 ATTR_ASSETS = "assets"  # assets present in this store (arrays exist for them)
 ATTR_INTRINSICS_CONVENTION = "intrinsics_convention"
 ATTR_COMPLETE = "complete"  # True once every task of the capture finished
+ATTR_SELECTION = "selection"  # None (everything) or {cameras, frames, segments, assets} of ``repack``
 
 INTRINSICS_CONVENTION = (
     "opencv: pixel centres at integer coordinates, origin at the centre of the top-left pixel"
