@@ -12,7 +12,7 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from conftest import write_tiny_capture
+from helpers.s3_data import write_tiny_capture
 
 from ava256.capture import (
     CALIBRATION_KEY,

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from helpers.s3_data import tiny_calibration as calibration_bytes  # noqa: F401 - used by the suite
 
 from ava256.capture import TEXTURE_KEY, CaptureId
-from ava256.formats.calibration import Calibration, write_calibration
 from ava256.synth.server import LOCAL_BUCKET
 
 CAMERAS = ["400940", "401031"]
@@ -27,13 +27,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def calibration_bytes(camera_ids: list[str]) -> bytes:
-    c = len(camera_ids)
-    k = np.tile(np.array([[5000.0, 0, 1334], [0, 5000.0, 2048], [0, 0, 1]]), (c, 1, 1))
-    rt = np.tile(np.hstack([np.eye(3), [[0.0], [0.0], [1000.0]]]), (c, 1, 1))
-    return write_calibration(Calibration(list(camera_ids), k, rt, np.zeros((c, 4))))
 
 
 @dataclass

@@ -7,6 +7,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from helpers.synth_data import CAMERAS, FRAMES, IMAGE_SIZE, TEXTURE_SIZE
 
 from ava256 import capture as cap
 from ava256.capture import ASSETS, ENCODER_CAMERAS, NUM_VERTICES, SENSOR_HEIGHT, SENSOR_WIDTH, capture_keys
@@ -26,16 +27,15 @@ from ava256.formats import (
 from ava256.synth.generate import generate_bucket, generate_capture, parse_size_dims
 from ava256.topology import face_topology
 
-from .conftest import CAMERAS, FRAMES, IMAGE_SIZE, TEXTURE_SIZE
 
-
-def _capture_dir(tiny_bucket, k=0):
-    _, root, ids = tiny_bucket
+def _capture_dir(synth_bucket, k=0):
+    root, ids = synth_bucket.raw, synth_bucket.captures
     return root / ids[k].folder
 
 
-def test_tree_has_every_key_of_the_catalog(tiny_bucket):
-    _, root, ids = tiny_bucket
+def test_tree_has_every_key_of_the_catalog(synth_bucket):
+    root, ids = synth_bucket.raw, synth_bucket.captures
+    assert ids == list(cap.release_capture_ids()[:2])
     for cid in ids:
         cal = read_calibration((root / cid.folder / cap.CALIBRATION_KEY).read_bytes())
         assert len(cal) == CAMERAS
@@ -49,8 +49,8 @@ def test_tree_has_every_key_of_the_catalog(tiny_bucket):
         assert files == set(keys)
 
 
-def test_calibration_is_a_dome_looking_at_the_head(tiny_bucket):
-    d = _capture_dir(tiny_bucket)
+def test_calibration_is_a_dome_looking_at_the_head(synth_bucket):
+    d = _capture_dir(synth_bucket)
     cal = read_calibration((d / cap.CALIBRATION_KEY).read_bytes())
     assert cal.camera_ids == sorted(cal.camera_ids) and all(len(c) == 6 for c in cal.camera_ids)
     assert np.all((cal.intrinsics[:, 0, 0] > 9000) & (cal.intrinsics[:, 0, 0] < 11000))
@@ -70,8 +70,8 @@ def test_calibration_is_a_dome_looking_at_the_head(tiny_bucket):
         )
 
 
-def test_frame_lists(tiny_bucket):
-    d = _capture_dir(tiny_bucket)
+def test_frame_lists(synth_bucket):
+    d = _capture_dir(synth_bucket)
     fl = read_frame_list((d / cap.FRAME_LIST_KEY).read_bytes())
     assert len(fl) == FRAMES
     assert {"EXP_neutral_peak", "EXP_free_face"} <= set(fl.segments.tolist())
@@ -87,8 +87,8 @@ def test_small_frame_counts_keep_neutral_and_free_face(tmp_path):
     assert fl.segments.tolist() == ["EXP_neutral_peak", "EXP_free_face"]
 
 
-def test_images_segmentation_and_coherence(tiny_bucket):
-    d = _capture_dir(tiny_bucket)
+def test_images_segmentation_and_coherence(synth_bucket):
+    d = _capture_dir(synth_bucket)
     cal = read_calibration((d / cap.CALIBRATION_KEY).read_bytes())
     fl = read_frame_list((d / cap.FRAME_LIST_KEY).read_bytes())
     with ZipReader(d / cap.HEAD_POSE_KEY) as zr:
@@ -120,8 +120,8 @@ def test_images_segmentation_and_coherence(tiny_bucket):
         assert abs(xs.mean() - proj[0]) < 0.2 * w and abs(ys.mean() - proj[1]) < 0.2 * h
 
 
-def test_head_poses_plausible(tiny_bucket):
-    d = _capture_dir(tiny_bucket)
+def test_head_poses_plausible(synth_bucket):
+    d = _capture_dir(synth_bucket)
     with ZipReader(d / cap.HEAD_POSE_KEY) as zr:
         assert len(zr.names()) == FRAMES
         poses = np.stack([read_head_pose(zr.read(n)) for n in zr.names()])
@@ -133,8 +133,8 @@ def test_head_poses_plausible(tiny_bucket):
     assert np.linalg.norm(poses[:, :, 3], axis=1).max() < 200
 
 
-def test_meshes_mean_and_variance(tiny_bucket):
-    d = _capture_dir(tiny_bucket)
+def test_meshes_mean_and_variance(synth_bucket):
+    d = _capture_dir(synth_bucket)
     with ZipReader(d / cap.VERTICES_KEY) as zr:
         assert len(zr.names()) == FRAMES
         verts = np.stack([read_ply(zr.read(n)) for n in zr.names()])
@@ -148,8 +148,8 @@ def test_meshes_mean_and_variance(tiny_bucket):
     assert var == pytest.approx(float(np.mean((verts - verts.mean(0)) ** 2)), rel=1e-3)
 
 
-def test_keypoints_have_missing_rows(tiny_bucket):
-    d = _capture_dir(tiny_bucket)
+def test_keypoints_have_missing_rows(synth_bucket):
+    d = _capture_dir(synth_bucket)
     with ZipReader(d / cap.KEYPOINTS_KEY) as zr:
         kps = np.stack([read_keypoints(zr.read(n)) for n in zr.names()])
         raw = read_npy(zr.read(zr.names()[0]))
@@ -162,8 +162,8 @@ def test_keypoints_have_missing_rows(tiny_bucket):
     assert np.nanmin(kps[..., 4]) >= 2
 
 
-def test_uv_textures_and_stats(tiny_bucket):
-    d = _capture_dir(tiny_bucket)
+def test_uv_textures_and_stats(synth_bucket):
+    d = _capture_dir(synth_bucket)
     with ZipReader(d / cap.TEXTURE_KEY) as zr:
         names = zr.names()
         assert names[0].startswith("color/") and names[0].endswith(".avif") and len(names) == FRAMES
@@ -175,8 +175,8 @@ def test_uv_textures_and_stats(tiny_bucket):
     assert read_scalar_txt((d / cap.TEXTURE_VARIANCE_KEY).read_bytes()) > 0
 
 
-def test_encoder_images(tiny_bucket):
-    d = _capture_dir(tiny_bucket)
+def test_encoder_images(synth_bucket):
+    d = _capture_dir(synth_bucket)
     efl = read_frame_list((d / cap.ENCODER_FRAME_LIST_KEY).read_bytes())
     for name in ENCODER_CAMERAS:
         with ZipReader(d / cap.encoder_image_key(name)) as zr:
@@ -188,8 +188,8 @@ def test_encoder_images(tiny_bucket):
         assert np.abs(rgb.astype(int) - rgb[..., :1]).max() <= 2  # greyscale-looking
 
 
-def test_captures_differ(tiny_bucket):
-    _, root, ids = tiny_bucket
+def test_captures_differ(synth_bucket):
+    root, ids = synth_bucket.raw, synth_bucket.captures
     a = (root / ids[0].folder / cap.VERTICES_MEAN_KEY).read_bytes()
     b = (root / ids[1].folder / cap.VERTICES_MEAN_KEY).read_bytes()
     assert a != b
