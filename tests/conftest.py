@@ -1,11 +1,11 @@
-"""Shared fixtures. Session-scoped fixtures build real small data once (the synthetic bucket and its repacked
-store of ``helpers.synth_data``, a threaded Dask client); they are read-only: a test that damages data copies it
+"""Shared fixtures. Session-scoped fixtures build real small data once (the synthetic bucket of
+``helpers.synth_data``, a threaded Dask client); they are read-only: a test that damages data copies it
 to its ``tmp_path`` first. Stage-specific fixtures live beside their tests."""
 
 from __future__ import annotations
 
 import pytest
-from helpers.synth_data import SynthBucket, SynthStore, build_bucket, build_store
+from helpers.synth_data import SynthBucket, build_bucket
 
 try:
     import torch
@@ -36,9 +36,3 @@ def dask_threads():
 def synth_bucket(tmp_path_factory) -> SynthBucket:
     """The shared drop-free synthetic bucket (2 captures x 4 cameras x 12 frames, 64 x 96 images)."""
     return build_bucket(tmp_path_factory.mktemp("synth-bucket"))
-
-
-@pytest.fixture(scope="session")
-def synth_store(synth_bucket, tmp_path_factory) -> SynthStore:
-    """``synth_bucket`` repacked (downsample 2: 32 x 48 images) with the free-face split written."""
-    return build_store(synth_bucket, tmp_path_factory.mktemp("synth-store") / "store")

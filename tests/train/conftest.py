@@ -82,7 +82,7 @@ class TinyStore:
 
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory) -> TinyStore:
-    # Its own store, not the shared synth_store: smaller images (3 cameras, 24 x 32) keep training fast and
+    # Its own store, not one built from the shared synth_bucket: smaller images (3 cameras, 24 x 32) keep training fast and
     # test_train checks render sizes against them.
     """The real chain at toy size: synthetic captures (2 identities, 3 cameras, 12 frames, 48 x 64 images)
     -> repack (real Dask + Zarr, downsample 2 -> 24 x 32) -> free-face split."""
