@@ -288,42 +288,38 @@ def verify_cmd(out: str, workers: int, processes: bool, scheduler: str | None, p
     is_url = "://" in out
     if not is_url and not os.path.isdir(out):
         raise BadUsage(f"{out} does not exist (or is not a folder)")
-    raw_markers = ("fetch.parquet", "fetch.lock")  # a manifest, or a first fetch still running
-    if not is_url and any(os.path.isfile(os.path.join(out, MANIFESTS_DIR, m)) for m in raw_markers):
-        from ava256.pipeline.verify import verify
-
-        try:
-            summary = verify(out, workers, scheduler=scheduler, processes=processes, progress=progress)
-        except (ValueError, OSError) as exc:
-            raise click.ClickException(str(exc)) from exc
-        for line in summary.lines():
-            click.echo(line)
-        if not summary.clean:
-            _next(f"ava256 fetch {shlex.quote(out)} ... (the same options as before) downloads them again")
-            raise SystemExit(1)
-        _next(f"ava256 repack {shlex.quote(out)} STORE")
-        return
+    from ava256.pipeline.verify import is_raw_tree, verify
     from ava256.pipeline.verify_store import is_store, verify_store
 
+    if not is_url and is_raw_tree(out):
+        _report_verify(verify, out, workers, scheduler, processes, progress,
+                       f"ava256 fetch {shlex.quote(out)} ... (the same options as before) downloads them again")  # fmt: skip
+        _next(f"ava256 repack {shlex.quote(out)} STORE")
+        return
     if not is_store(out):
         raise click.ClickException(
             f"{out} is neither a fetched raw tree (no fetch manifest {MANIFESTS_DIR}/fetch.parquet) nor a repacked "
             "store (no <mcd--mct--sid>.zarr capture groups)"
         )
+    _report_verify(verify_store, out, workers, scheduler, processes, progress,
+                   f"ava256 repack RAW {shlex.quote(out)} (the same options as before) rewrites the marked tasks")  # fmt: skip
+    _next(f"ava256 split {shlex.quote(out)} --protocol free-face")
+
+
+def _report_verify(
+    run, out: str, workers: int, scheduler, processes: bool, progress: bool, redo: str
+) -> None:
+    """Run a verifier (``verify`` or ``verify_store``), print its lines; on a problem print ``redo`` as the next
+    step and exit 1."""
     try:
-        vs = verify_store(out, workers, scheduler=scheduler, processes=processes, progress=progress)
+        summary = run(out, workers, scheduler=scheduler, processes=processes, progress=progress)
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
-    for line in vs.lines():
+    for line in summary.lines():
         click.echo(line)
-    if not vs.clean:
-        _next(
-            "ava256 repack RAW "
-            + shlex.quote(out)
-            + " (the same options as before) rewrites the marked tasks"
-        )
+    if not summary.clean:
+        _next(redo)
         raise SystemExit(1)
-    _next(f"ava256 split {shlex.quote(out)} --protocol free-face")
 
 
 # [cli:repack] ------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -11,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
@@ -127,9 +125,10 @@ def finish_batch(
         for k, v in batch.items()
         if not k.endswith(JPEG_SUFFIX)
     }
+    sizes = {"image": tuple(dataset.image_size), "tex": (dataset.texture_size,) * 2}
     for k in pictures:
         if k + JPEG_SUFFIX in batch:  # (B, 3, H, W) on the device -> the (B, H, W, 3) view finish expects
-            out[k] = decode_jpeg_batch(batch[k + JPEG_SUFFIX], dev).permute(0, 2, 3, 1)
+            out[k] = decode_jpeg_batch(batch[k + JPEG_SUFFIX], dev, sizes[k]).permute(0, 2, 3, 1)
     stats = dataset.stats
     tex_mean, vert_mean = stats.on(dev)
     inv_tex, inv_vert = 1.0 / stats.tex_std, 1.0 / stats.vert_std
@@ -146,19 +145,17 @@ def finish_batch(
     return out
 
 
-def decode_jpeg_batch(files: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """(B, 3, H, W) uint8 on ``device`` from B JFIF files (1-D uint8 CPU tensors): nvJPEG on a CUDA device
-    where it works (:func:`ava256.data.pictures.gpu_jpeg_decoder`), else Pillow on this thread."""
+def decode_jpeg_batch(
+    files: Sequence[torch.Tensor], device: torch.device, hw: tuple[int, int]
+) -> torch.Tensor:
+    """(B, 3, H, W) uint8 on ``device`` from B JFIF files of (H, W) = ``hw`` RGB pictures (1-D uint8 CPU
+    tensors): nvJPEG on a CUDA device where it works (:func:`ava256.data.pictures.gpu_jpeg_decoder`), else
+    Pillow on this thread."""
     decoder = gpu_jpeg_decoder(str(device)) if device.type == "cuda" else None
     if decoder is not None:
         return decoder(files)
-    pics = [decode_jpeg(f.numpy(), _jpeg_shape(f)) for f in files]
+    pics = [decode_jpeg(f.numpy(), (*hw, 3)) for f in files]
     return torch.from_numpy(np.stack(pics)).permute(0, 3, 1, 2).to(device)
-
-
-def _jpeg_shape(f: torch.Tensor) -> tuple[int, int, int]:
-    with Image.open(io.BytesIO(f.numpy().tobytes())) as im:
-        return im.height, im.width, 3
 
 
 def batch_size_of(batch: dict[str, Any]) -> int:

@@ -26,9 +26,16 @@ from ava256.manifests.fetch import (
     read_fetch_manifest,
     update_fetch_manifest,
 )
-from ava256.pipeline.fetch import hash_file, raw_tree_lock
+from ava256.pipeline.fetch import RAW_LOCK_NAME, hash_file, raw_tree_lock
+from ava256.store.lock import lock_path
 
 log = logging.getLogger(__name__)
+
+
+def is_raw_tree(out: str | os.PathLike) -> bool:
+    """Whether ``out`` is a fetched raw tree: it has a fetch manifest, or the lock of a first fetch still
+    running (which writes its manifest at the end)."""
+    return manifest_path(out).is_file() or os.path.isfile(lock_path(out, RAW_LOCK_NAME))
 
 
 def verify_file(out: str, path: str, size: int, sha256: str) -> tuple[str, str, int | None, int]:
