@@ -561,7 +561,7 @@ def train_cmd(
 
     from ava256.train.config import ConfigError, apply_overrides, load_config
     from ava256.train.control import ResumeConflict
-    from ava256.train.trainer import train
+    from ava256.train.trainer import shutdown_distributed, train
 
     _require_store(store)
     run = Path(out) if out else Path("runs") / split
@@ -575,6 +575,7 @@ def train_cmd(
         raise BadUsage(str(e)) from e
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise click.ClickException(str(e)) from e
+    shutdown_distributed()  # under torchrun: leave the process group cleanly before reporting
     if not res.main:  # DDP: rank 0 reports
         if res.stopped_by:
             sys.exit(128 + res.stopped_by)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -116,6 +117,27 @@ def _setup_distributed() -> _Dist:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return _Dist(rank, world, local, device)
     return _Dist(device=torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+
+
+def shutdown_distributed() -> None:
+    """End this process's part in a DDP job (the process group :func:`train` joined), after a barrier so no
+    rank leaves while another still talks to it. Call once at the end of the program; a no-op without one.
+    Objects that hold the group (DDP wrappers) are collected first, so none outlives it."""
+    if not dist.is_initialized():
+        return
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def all_ranks_have_samples(n_ok: int, dd: _Dist) -> bool:
+    """Whether every rank's batch has a readable sample. A rank whose whole batch was unreadable cannot take
+    part in the gradient all-reduce, so under DDP all ranks skip that step together (one scalar all-reduce)."""
+    if dd.world == 1:
+        return n_ok > 0
+    flag = torch.tensor([float(n_ok > 0)], device=dd.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def prepare_batch(batch: dict[str, Any], device: torch.device, dataset: Any = None) -> dict[str, Any]:
@@ -392,8 +414,8 @@ def _train(
             bad = batch.pop(BAD_SAMPLES, []) if batch is not None else []
             n_ok = batch_size_of(batch) if batch else 0
             bad_window.add(n_ok + len(bad), bad)
-            if n_ok == 0:  # every sample of the batch was unreadable: nothing to train on
-                sampler.advance(len(bad))
+            if not all_ranks_have_samples(n_ok, dd):  # unreadable batch here or on another rank
+                sampler.advance(n_ok + len(bad))
                 continue
             batch = prepare_batch(batch, dd.device, train_ds)
             with torch.autocast(device_type=dd.device.type, dtype=torch.bfloat16, enabled=amp):

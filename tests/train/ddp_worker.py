@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from ava256.train.config import apply_overrides, load_config
 from ava256.train.ddp import ReplicaDivergence, check_replicas
-from ava256.train.trainer import train
+from ava256.train.trainer import shutdown_distributed, train
 
 
 def main(store: str, split: str, out: str) -> None:
@@ -41,7 +41,8 @@ def main(store: str, split: str, out: str) -> None:
         "diverged": diverged,
     }
     (root / f"rank{rank}.json").write_text(json.dumps(row))
-    dist.destroy_process_group()
+    del straight, stopped, resumed
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,39 @@ def test_ddp_options_and_lr_factor():
     assert lr_factor("sqrt", 16, 4) == 2.0
     with pytest.raises(ValueError, match="lr_scaling"):
         lr_factor("cubic", 16, 4)
+
+
+def _skip_rank(rank: int, port: int, n_oks: list[tuple[int, int]], out: str) -> None:
+    import torch.distributed as dist
+
+    from ava256.train.trainer import _Dist, all_ranks_have_samples, shutdown_distributed
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dd = _Dist(rank=rank, world=2)
+    got = [all_ranks_have_samples(pair[rank], dd) for pair in n_oks]
+    Path(out, f"rank{rank}.json").write_text(json.dumps(got))
+    shutdown_distributed()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
+def test_a_batch_of_unreadable_samples_on_one_rank_skips_the_step_on_every_rank(tmp_path):
+    """Where one rank's batch is all unreadable, both ranks agree to skip (a rank that trained alone would
+    wait forever in the gradient all-reduce)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    n_oks = [(2, 2), (0, 2), (2, 0), (0, 0), (1, 2)]
+    ctx = mp.start_processes(_skip_rank, args=(port, n_oks, str(tmp_path)), nprocs=2, join=False,
+                             start_method="spawn")  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=5):  # True once both ranks exited (raises if one failed)
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the ranks did not finish: a collective is hanging")
+    for r in range(2):
+        assert json.loads((tmp_path / f"rank{r}.json").read_text()) == [True, False, False, False, True]
