@@ -588,6 +588,24 @@ def reset_peak_rss() -> bool:
         return False
 
 
+@dataclass
+class _Tally:
+    """A task's outcome so far: the per-frame valid mask, the error records (capped) and exact counts."""
+
+    capture: str
+    file: str  # the archive, relative to RAW
+    valid: np.ndarray
+    errors: list[dict[str, str]] = field(default_factory=list)
+    n_missing: int = 0
+    n_corrupt: int = 0
+
+    def err(self, member: str, reason: str) -> None:
+        if len(self.errors) < 1000:  # bound the manifest row; counts stay exact
+            self.errors.append(
+                {"capture": self.capture, "file": self.file, "member": member, "reason": reason}
+            )
+
+
 def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
     """Decode every frame of ``task`` and (if ``write``) write its shards, one shard buffer at a time.
 
@@ -598,120 +616,15 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
     (the pure-decode benchmark baseline)."""
     t0, c0 = time.perf_counter(), time.process_time()
     n = task.frame_stop - task.frame_start
-    valid = np.zeros(n, dtype=bool)
-    errors: list[dict[str, str]] = []
-    n_missing = n_corrupt = 0
-    file_rel = f"{task.raw_rel}/{task.source_key}"
+    tally = _Tally(task.capture, f"{task.raw_rel}/{task.source_key}", np.zeros(n, dtype=bool))
     status = STATUS_DONE
-
-    def err(member: str, reason: str) -> None:
-        if len(errors) < 1000:  # bound the manifest row; counts stay exact
-            errors.append({"capture": task.capture, "file": file_rel, "member": member, "reason": reason})
-
     try:
-        check_malloc_env()
-        _set_decode_threads(task.decode_threads)
-        arr = zarr.open_array(task.store_path, path=task.array, mode="r+") if write else None
-        path = Path(task.raw_root) / task.source_key
-        reader = None
-        if not path.is_file():
-            err("", "missing file")
-            n_missing = n
-        else:
-            try:
-                reader = ZipReader(path)
-            except (zipfile.BadZipFile, OSError, ValueError) as exc:
-                err("", f"unreadable zip: {exc}")
-                n_corrupt = n
-            if reader is not None and reader.unsafe:  # zip-slip names: never read, but on the record
-                err(", ".join(reader.unsafe[:10]), "unsafe member name(s) ignored (absolute or '..' paths)")
-        arch = cat.frame_archive(task.asset)
-        cap = task.max_member_bytes or arch.max_member_bytes
-        pattern = None
-        if reader is not None:
-            pattern = cat.resolve_member_pattern(task.asset, reader.names(), task.camera_id)
-            if pattern is None:  # present, but nothing in it is named like a frame: the task fails
-                expected = " or ".join(arch.member(task.camera_id, int(task.frame_ids[0]), p)
-                                       for p in arch.patterns(task.camera_id))  # fmt: skip
-                reader.close()
-                raise UnresolvedArchive(
-                    f"none of its {len(reader.names())} member(s) is named like a frame (expected e.g. {expected})"
-                )
-        # Each decoded frame is encoded into its chunk bytes at once -- or, with ``encode_thread`` (spare
-        # cores), by a helper thread while the next frame decodes (the compressors release the GIL) -- and
-        # appended to its shard's file (renamed into place once the shard is complete). Memory: a few decoded
-        # frames. Where the shard writer does not apply (a remote store), a shard buffer is written through zarr.
-        enc = shard_writer(arr) if write else None
-        frame_ids = task.frame_ids
-        last: Future | None = None
-        sinks: list[Any] = []
-        pool_cm = (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="repack-encode")
-            if task.encode_thread
-            else _InlineExecutor()
-        )
-        try:
-            with pool_cm as pool:
-                try:
-                    for s0 in task.shard_starts():
-                        s1 = min(s0 + task.frames_per_shard, task.frame_stop)
-                        parts: list[Future] = []
-                        buf = _new_buffer(arr, task, s1 - s0) if (write and enc is None) else None
-                        sink = None
-                        if enc is not None:
-                            coords = [s0 // task.frames_per_shard] + (
-                                [task.camera_index] if task.camera_index >= 0 else []
-                            )
-                            sink = enc.open_shard(tuple(coords + [0] * (arr.ndim - len(coords))))
-                            sinks.append(sink)
-                        for f in range(s0, s1):
-                            i = f - task.frame_start
-                            x = None
-                            if reader is not None:
-                                member = arch.member(task.camera_id, int(frame_ids[i]), pattern)
-                                if not reader.has(member):
-                                    n_missing += 1
-                                    err(member, "missing member (dropped frame)")
-                                else:
-                                    try:
-                                        x = decode_member(task, reader.read(member, cap))
-                                        valid[i] = True
-                                    except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
-                                        n_corrupt += 1
-                                        err(member, str(exc))
-                            if sink is not None:
-                                if len(parts) >= 2:
-                                    parts[-2].result()  # at most ~2 decoded frames wait for the encoder
-                                parts.append(pool.submit(_append, sink, x))
-                            elif buf is not None:
-                                buf[f - s0] = x if x is not None else arr.fill_value
-                        if sink is not None:
-                            # queued behind this shard's encodes on the same single thread: runs once they are done
-                            last = pool.submit(_close_shard, sink, parts)
-                        elif buf is not None:
-                            if task.camera_index >= 0:
-                                arr[s0:s1, task.camera_index] = buf
-                            else:
-                                arr[s0:s1] = buf
-                        del parts, buf, sink
-                    if last is not None:
-                        last.result()
-                    if enc is not None:
-                        enc.close()  # waits for the shards committed in the background; raises their failure
-                finally:
-                    if reader is not None:
-                        reader.close()
-        finally:
-            for sink in sinks:  # after the encode thread has stopped; no-op for stored shards
-                sink.abort()
-            if enc is not None:
-                with contextlib.suppress(Exception):  # a task already failing: its own error is recorded
-                    enc.close()
+        _repack(task, write, tally)
     except Exception as exc:  # noqa: BLE001 - recorded in the manifest, retried on the next run
         status = STATUS_FAILED
         reason = failure_reason(exc, f"{task.store_path}/{task.array}")
         log.error("repack task %s failed: %s", task.task_id, reason)  # one line; no traceback
-        err("", reason)
+        tally.err("", reason)
     return {
         "capture": task.capture,
         "task_id": task.task_id,
@@ -722,18 +635,173 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
         "frame_stop": task.frame_stop,
         "status": status,
         "n_frames": n,
-        "n_valid": int(valid.sum()),
-        "n_missing": n_missing,
-        "n_corrupt": n_corrupt,
-        "errors": errors,
+        "n_valid": int(tally.valid.sum()),
+        "n_missing": tally.n_missing,
+        "n_corrupt": tally.n_corrupt,
+        "errors": tally.errors,
         "seconds": time.perf_counter() - t0,
         "cpu_seconds": time.process_time() - c0,
         "peak_rss_mb": peak_rss_mb(),
         "source_hash": task.source_hash,
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "finished_at": datetime.now(UTC),
-        "valid": valid.tolist(),
+        "valid": tally.valid.tolist(),
     }
+
+
+def _repack(task: RepackTask, write: bool, tally: _Tally) -> None:
+    """The body of :func:`run_task`: open the store array and the archive, then decode and write."""
+    check_malloc_env()
+    _set_decode_threads(task.decode_threads)
+    arr = zarr.open_array(task.store_path, path=task.array, mode="r+") if write else None
+    reader = _open_source(task, tally)
+    arch = cat.frame_archive(task.asset)
+    pattern = _member_pattern(task, arch, reader) if reader is not None else None
+    enc = shard_writer(arr) if write else None
+    _TaskRun(task, tally, reader, arch, pattern, arr, enc).run()
+
+
+def _open_source(task: RepackTask, tally: _Tally) -> ZipReader | None:
+    """The task's archive, or None (recorded: a missing file drops every frame, an unreadable one makes
+    every frame corrupt). Unsafe member names are recorded and never read."""
+    path = Path(task.raw_root) / task.source_key
+    n = len(tally.valid)
+    if not path.is_file():
+        tally.err("", "missing file")
+        tally.n_missing = n
+        return None
+    try:
+        reader = ZipReader(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        tally.err("", f"unreadable zip: {exc}")
+        tally.n_corrupt = n
+        return None
+    if reader.unsafe:  # zip-slip names: never read, but on the record
+        tally.err(", ".join(reader.unsafe[:10]), "unsafe member name(s) ignored (absolute or '..' paths)")
+    return reader
+
+
+def _member_pattern(task: RepackTask, arch: Any, reader: ZipReader) -> str:
+    """The member naming pattern the archive uses; closes it and raises :class:`UnresolvedArchive` where
+    nothing in it is named like a frame (the task fails)."""
+    pattern = cat.resolve_member_pattern(task.asset, reader.names(), task.camera_id)
+    if pattern is None:
+        expected = " or ".join(arch.member(task.camera_id, int(task.frame_ids[0]), p)
+                               for p in arch.patterns(task.camera_id))  # fmt: skip
+        reader.close()
+        raise UnresolvedArchive(
+            f"none of its {len(reader.names())} member(s) is named like a frame (expected e.g. {expected})"
+        )
+    return pattern
+
+
+@dataclass
+class _TaskRun:
+    """Decodes a task's frames and writes its shards.
+
+    With a shard writer (``enc``), each decoded frame is encoded into its chunk bytes at once -- or, with
+    ``encode_thread``, by a helper thread while the next frame decodes (the compressors release the GIL) --
+    and appended to its shard's file, renamed into place once complete; memory is a few decoded frames.
+    Otherwise (a remote store) a shard buffer is written through zarr; with no array, frames are only decoded.
+    """
+
+    task: RepackTask
+    tally: _Tally
+    reader: ZipReader | None  # None: every frame is invalid (already recorded)
+    arch: Any
+    pattern: str | None
+    arr: zarr.Array | None
+    enc: Any
+    sinks: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.cap = self.task.max_member_bytes or self.arch.max_member_bytes
+        self.frame_ids = self.task.frame_ids
+
+    def run(self) -> None:
+        """Write every shard; closes the reader, then aborts unstored shards once the encode thread stopped."""
+        try:
+            with self._pool() as pool:
+                try:
+                    self._write_shards(pool)
+                finally:
+                    if self.reader is not None:
+                        self.reader.close()
+        finally:
+            for sink in self.sinks:  # no-op for stored shards
+                sink.abort()
+            if self.enc is not None:
+                with contextlib.suppress(Exception):  # a task already failing: its own error is recorded
+                    self.enc.close()
+
+    def _pool(self) -> ThreadPoolExecutor | _InlineExecutor:
+        if self.task.encode_thread:
+            return ThreadPoolExecutor(max_workers=1, thread_name_prefix="repack-encode")
+        return _InlineExecutor()
+
+    def _write_shards(self, pool: Any) -> None:
+        last: Future | None = None
+        for s0 in self.task.shard_starts():
+            last = self._write_shard(pool, s0)
+        if last is not None:
+            last.result()
+        if self.enc is not None:
+            self.enc.close()  # waits for the shards committed in the background; raises their failure
+
+    def _write_shard(self, pool: Any, s0: int) -> Future | None:
+        """Write the shard starting at frame ``s0``; with a shard writer, returns the future that stores it."""
+        s1 = min(s0 + self.task.frames_per_shard, self.task.frame_stop)
+        if self.enc is not None:
+            return self._encode_shard(pool, s0, s1)
+        if self.arr is not None:
+            self._buffer_shard(s0, s1)
+        else:
+            for f in range(s0, s1):
+                self._decode_frame(f - self.task.frame_start)
+        return None
+
+    def _encode_shard(self, pool: Any, s0: int, s1: int) -> Future:
+        t = self.task
+        coords = [s0 // t.frames_per_shard] + ([t.camera_index] if t.camera_index >= 0 else [])
+        sink = self.enc.open_shard(tuple(coords + [0] * (self.arr.ndim - len(coords))))
+        self.sinks.append(sink)
+        parts: list[Future] = []
+        for f in range(s0, s1):
+            x = self._decode_frame(f - t.frame_start)
+            if len(parts) >= 2:
+                parts[-2].result()  # at most ~2 decoded frames wait for the encoder
+            parts.append(pool.submit(_append, sink, x))
+        # queued behind this shard's encodes on the same single thread: runs once they are done
+        return pool.submit(_close_shard, sink, parts)
+
+    def _buffer_shard(self, s0: int, s1: int) -> None:
+        t, arr = self.task, self.arr
+        buf = _new_buffer(arr, t, s1 - s0)
+        for f in range(s0, s1):
+            x = self._decode_frame(f - t.frame_start)
+            buf[f - s0] = x if x is not None else arr.fill_value
+        if t.camera_index >= 0:
+            arr[s0:s1, t.camera_index] = buf
+        else:
+            arr[s0:s1] = buf
+
+    def _decode_frame(self, i: int) -> np.ndarray | None:
+        """Frame ``i`` of the range, or None (recorded: a missing member, or a corrupt one)."""
+        if self.reader is None:
+            return None
+        member = self.arch.member(self.task.camera_id, int(self.frame_ids[i]), self.pattern)
+        if not self.reader.has(member):
+            self.tally.n_missing += 1
+            self.tally.err(member, "missing member (dropped frame)")
+            return None
+        try:
+            x = decode_member(self.task, self.reader.read(member, self.cap))
+        except (ValueError, zipfile.BadZipFile, OSError, EOFError) as exc:
+            self.tally.n_corrupt += 1
+            self.tally.err(member, str(exc))
+            return None
+        self.tally.valid[i] = True
+        return x
 
 
 def failure_reason(exc: BaseException, where: str = "") -> str:
