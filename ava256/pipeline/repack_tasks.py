@@ -655,10 +655,15 @@ def _repack(task: RepackTask, write: bool, tally: _Tally) -> None:
     _set_decode_threads(task.decode_threads)
     arr = zarr.open_array(task.store_path, path=task.array, mode="r+") if write else None
     reader = _open_source(task, tally)
-    arch = cat.frame_archive(task.asset)
-    pattern = _member_pattern(task, arch, reader) if reader is not None else None
-    enc = shard_writer(arr) if write else None
-    _TaskRun(task, tally, reader, arch, pattern, arr, enc).run()
+    try:
+        arch = cat.frame_archive(task.asset)
+        pattern = _member_pattern(task, arch, reader) if reader is not None else None
+        enc = shard_writer(arr) if write else None
+    except BaseException:
+        if reader is not None:
+            reader.close()  # zipfile's close is idempotent
+        raise
+    _TaskRun(task, tally, reader, arch, pattern, arr, enc).run()  # closes the reader
 
 
 def _open_source(task: RepackTask, tally: _Tally) -> ZipReader | None:
