@@ -41,7 +41,7 @@ from ava256.pipeline.selection import Selection
 from ava256.store import layout as L
 from ava256.store.chunks import warn_once
 from ava256.store.resample import resize_labels, resize_rgb
-from ava256.store.shards import shard_writer
+from ava256.store.shards import ShardWriter, shard_writer
 
 log = logging.getLogger(__name__)
 
@@ -659,11 +659,10 @@ def _repack(task: RepackTask, write: bool, tally: _Tally) -> None:
         arch = cat.frame_archive(task.asset)
         pattern = _member_pattern(task, arch, reader) if reader is not None else None
         enc = shard_writer(arr) if write else None
-    except BaseException:
+        _TaskRun(task, tally, reader, arch, pattern, arr, enc).run()
+    finally:
         if reader is not None:
-            reader.close()  # zipfile's close is idempotent
-        raise
-    _TaskRun(task, tally, reader, arch, pattern, arr, enc).run()  # closes the reader
+            reader.close()
 
 
 def _open_source(task: RepackTask, tally: _Tally) -> ZipReader | None:
@@ -686,14 +685,13 @@ def _open_source(task: RepackTask, tally: _Tally) -> ZipReader | None:
     return reader
 
 
-def _member_pattern(task: RepackTask, arch: Any, reader: ZipReader) -> str:
-    """The member naming pattern the archive uses; closes it and raises :class:`UnresolvedArchive` where
-    nothing in it is named like a frame (the task fails)."""
+def _member_pattern(task: RepackTask, arch: cat.FrameArchive, reader: ZipReader) -> str:
+    """The member naming pattern the archive uses; :class:`UnresolvedArchive` where nothing in it is named
+    like a frame (the task fails)."""
     pattern = cat.resolve_member_pattern(task.asset, reader.names(), task.camera_id)
     if pattern is None:
         expected = " or ".join(arch.member(task.camera_id, int(task.frame_ids[0]), p)
                                for p in arch.patterns(task.camera_id))  # fmt: skip
-        reader.close()
         raise UnresolvedArchive(
             f"none of its {len(reader.names())} member(s) is named like a frame (expected e.g. {expected})"
         )
@@ -713,10 +711,10 @@ class _TaskRun:
     task: RepackTask
     tally: _Tally
     reader: ZipReader | None  # None: every frame is invalid (already recorded)
-    arch: Any
+    arch: cat.FrameArchive
     pattern: str | None
     arr: zarr.Array | None
-    enc: Any
+    enc: ShardWriter | None
     sinks: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -724,14 +722,10 @@ class _TaskRun:
         self.frame_ids = self.task.frame_ids
 
     def run(self) -> None:
-        """Write every shard; closes the reader, then aborts unstored shards once the encode thread stopped."""
+        """Write every shard; aborts unstored shards once the encode thread has stopped."""
         try:
             with self._pool() as pool:
-                try:
-                    self._write_shards(pool)
-                finally:
-                    if self.reader is not None:
-                        self.reader.close()
+                self._write_shards(pool)
         finally:
             for sink in self.sinks:  # no-op for stored shards
                 sink.abort()
