@@ -130,12 +130,12 @@ def shutdown_distributed() -> None:
     dist.destroy_process_group()
 
 
-def all_ranks_have_samples(n_ok: int, dd: _Dist) -> bool:
+def all_ranks_have_samples(n_ok: int, device: torch.device) -> bool:
     """Whether every rank's batch has a readable sample. A rank whose whole batch was unreadable cannot take
     part in the gradient all-reduce, so under DDP all ranks skip that step together (one scalar all-reduce)."""
-    if dd.world == 1:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
         return n_ok > 0
-    flag = torch.tensor([float(n_ok > 0)], device=dd.device)
+    flag = torch.tensor([float(n_ok > 0)], device=device)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
 
@@ -414,7 +414,7 @@ def _train(
             bad = batch.pop(BAD_SAMPLES, []) if batch is not None else []
             n_ok = batch_size_of(batch) if batch else 0
             bad_window.add(n_ok + len(bad), bad)
-            if not all_ranks_have_samples(n_ok, dd):  # unreadable batch here or on another rank
+            if not all_ranks_have_samples(n_ok, dd.device):  # unreadable batch here or on another rank
                 sampler.advance(n_ok + len(bad))
                 continue
             batch = prepare_batch(batch, dd.device, train_ds)

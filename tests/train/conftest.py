@@ -82,10 +82,10 @@ class TinyStore:
 
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory) -> TinyStore:
-    # Its own store, not one built from the shared synth_bucket: smaller images (3 cameras, 24 x 32) keep training fast and
-    # test_train checks render sizes against them.
     """The real chain at toy size: synthetic captures (2 identities, 3 cameras, 12 frames, 48 x 64 images)
-    -> repack (real Dask + Zarr, downsample 2 -> 24 x 32) -> free-face split."""
+    -> repack (real Dask + Zarr, downsample 2 -> 24 x 32) -> free-face split. Its own store rather than the
+    shared ``synth_bucket``'s: the smaller images keep training fast, and test_train checks render sizes
+    against them."""
     from ava256.pipeline.repack import repack
     from ava256.pipeline.split import run_split
     from ava256.synth.generate import generate_bucket

@@ -41,7 +41,6 @@ def main(store: str, split: str, out: str) -> None:
         "diverged": diverged,
     }
     (root / f"rank{rank}.json").write_text(json.dumps(row))
-    del straight, stopped, resumed
     shutdown_distributed()
 
 
