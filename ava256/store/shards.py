@@ -84,16 +84,25 @@ class ShardWriter:
     def encode(self, frame: np.ndarray | None) -> tuple[Any, ...] | None:
         """The stored bytes (as parts) of one frame, or None where zarr would store no chunk: a frame that is
         None or all fill value, unless zarr's ``array.write_empty_chunks`` is set."""
-        fill = self.fmt.fill_value
-        empty = frame is None or (frame.flat[0] == fill and bool((frame == fill).all()))
-        if not empty:
-            return self.fmt.encode(frame)
+        if frame is not None:
+            parts = self.fmt.encode(frame)
+            if not (self._may_be_fill(parts[0]) and bool((frame == self.fmt.fill_value).all())):
+                return parts
         if not self.write_empty:
             return None
         if self._fill is None:
-            full = np.full(self.fmt.chunk_shape, fill, dtype=self.fmt.dtype)
+            full = np.full(self.fmt.chunk_shape, self.fmt.fill_value, dtype=self.fmt.dtype)
             self._fill = tuple(bytes(p) for p in self.fmt.encode(full))
         return self._fill
+
+    def _may_be_fill(self, payload: Any) -> bool:
+        """Whether a frame whose encoded elements are ``payload`` can be all fill value: a lossless compressor
+        shrinks a chunk of one repeated value far below 1/16 of its bytes, so only such small payloads (or
+        uncompressed / JPEG ones) pay for comparing every element (a dark photo often starts with a fill-valued
+        pixel)."""
+        fmt = self.fmt
+        small = memoryview(payload).nbytes <= fmt.chunk_nbytes // 16
+        return fmt.compressor is None or fmt.jpeg is not None or small
 
     def open_shard(self, shard_coords: tuple[int, ...]) -> ShardFile:
         """A :class:`ShardFile` for shard ``shard_coords`` (chunk-grid coordinates of the shard)."""
