@@ -143,17 +143,21 @@ def frames_per_shard(
 # --- codecs -----------------------------------------------------------------------------------------------------
 #: Lossless compressors for the uint8 picture arrays (``--codec``). All but ``lz4`` are Zarr v3 specification
 #: codecs that any Zarr implementation reads.
-CODECS: tuple[str, ...] = ("blosclz", "lz4", "blosc-lz4", "zstd", "blosc-zstd", "none")
+CODECS: tuple[str, ...] = ("zstd-fast", "blosclz", "lz4", "blosc-lz4", "zstd", "blosc-zstd", "none")
 #: Lossy picture codecs: camera images, uv textures and headset images become one JPEG per chunk
 #: (``ava256.jpeg``, :mod:`ava256.store.codecs`); segmentation labels stay lossless (:data:`LABEL_CODEC`).
 LOSSY_CODECS: tuple[str, ...] = ("jpeg",)
 #: What ``repack --codec`` accepts. The default is chosen by ``benchmarks/codecs.py`` (docs/store-format.md).
 STORE_CODECS: tuple[str, ...] = CODECS + LOSSY_CODECS
-DEFAULT_CODEC = "blosclz"
+DEFAULT_CODEC = "zstd-fast"
 LABEL_CODEC = "blosclz"
 #: quality and chroma subsampling of the ``jpeg`` codec (docs/store-format.md gives bytes and PSNR)
 JPEG_QUALITY = 90
 JPEG_SUBSAMPLING = "4:4:4"
+
+#: Zstandard level of the ``zstd-fast`` codec: a negative ("fast") level, which trades ratio for speed
+#: (docs/performance.md: per 667 x 1024 photo it encodes and decodes faster than blosclz and stores fewer bytes).
+ZSTD_FAST_LEVEL = -100
 
 #: LZ4 ``acceleration`` of the ``lz4`` codec (1 = plain LZ4; higher trades ratio for speed; docs/performance.md).
 LZ4_ACCELERATION = 256
@@ -169,6 +173,8 @@ def picture_compressors(codec: str) -> list[Any]:
     - ``blosc-lz4``: Blosc LZ4 clevel 5 with bit-shuffle (smaller, slower to encode and decode)
     - ``zstd``: Zstandard level 1; ``blosc-zstd``: Blosc Zstandard clevel 3 (smallest, most CPU)
     - ``none``: raw bytes"""
+    if codec == "zstd-fast":
+        return [ZstdCodec(level=ZSTD_FAST_LEVEL)]
     if codec == "lz4":
         from zarr.codecs.numcodecs import LZ4
 
