@@ -15,6 +15,7 @@ when the capture group was created: the capture's source hash is cleared, so the
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -210,14 +211,14 @@ def _owner_asset(array: str) -> str | None:
     return None
 
 
-def _overlaps(row: dict[str, Any], f: dict[str, Any], asset: str) -> bool:
+def _overlaps(row: rm.RepackRow, f: dict[str, Any], asset: str) -> bool:
     f0, f1 = int(f["start"][0]), int(f["stop"][0])
-    if not (int(row["frame_start"]) < f1 and f0 < int(row["frame_stop"])):
+    if not (int(row.frame_start) < f1 and f0 < int(row.frame_stop)):
         return False
     if asset in L.CAMERA_ASSETS or asset in L.ENCODER_ASSETS:
         if len(f["start"]) < 2:
             return True
-        return int(f["start"][1]) <= int(row["camera_index"]) < int(f["stop"][1])
+        return int(f["start"][1]) <= int(row.camera_index) < int(f["stop"][1])
     return True
 
 
@@ -235,25 +236,20 @@ def mark_failures(store: str, failures: Sequence[dict[str, Any]], summary: Store
         rows = [
             r
             for r in book.rows.get(cap, {}).values()
-            if asset is not None and r["asset"] == asset and _overlaps(r, f, asset)
+            if asset is not None and r.asset == asset and _overlaps(r, f, asset)
         ]
         if not rows:
             invalid.add(cap)
             continue
+        error = rm.ErrorRecord(
+            capture=cap,
+            file=f"{cap}{L.STORE_SUFFIX}/{f['file']}",
+            member=f"chunk {f['chunk']}",
+            reason=rm.VERIFY_FAILED_PREFIX + f["reason"],
+        )
         for r in rows:
-            r = dict(r)
-            r["status"] = rm.STATUS_FAILED
-            prev = r.get("errors")
-            r["errors"] = (list(prev) if prev is not None else []) + [
-                {
-                    "capture": cap,
-                    "file": f"{cap}{L.STORE_SUFFIX}/{f['file']}",
-                    "member": f"chunk {f['chunk']}",
-                    "reason": rm.VERIFY_FAILED_PREFIX + f["reason"],
-                }
-            ]
-            book.add(r)
-            marked.setdefault(r["task_id"], None)
+            book.add(dataclasses.replace(r, status=rm.STATUS_FAILED, errors=(*r.errors, error)))
+            marked.setdefault(r.task_id, None)
     for cap in sorted(invalid):
         g = L.open_capture_group(L.capture_store_path(store, cap), mode="r+")
         g.attrs[L.ATTR_SOURCE_HASH] = None  # never matches: the next repack recreates the capture
