@@ -242,11 +242,12 @@ def throughput(
             t0 = time.perf_counter()
             res = client.gather(client.map(rt.run_task, tasks, write=False, pure=False))
             dt = time.perf_counter() - t0
-            assert all(r["n_valid"] == r["n_frames"] for r in res)
+            rows = [r.row for r in res]
+            assert all(r.n_valid == r.n_frames for r in rows)
             return (
                 n_img / dt,
-                max(r["peak_rss_mb"] for r in res),
-                1000 * sum(r["cpu_seconds"] for r in res) / n_img,
+                max(r.peak_rss_mb for r in rows),
+                1000 * sum(r.cpu_seconds for r in rows) / n_img,
             )
 
         def repack_once(codec: str, variant: str, store: Path) -> rp.RepackSummary:

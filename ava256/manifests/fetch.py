@@ -1,14 +1,18 @@
 """The fetch manifest ``OUT/_manifests/fetch.parquet``: one row per object of the raw tree.
 
-Pure pyarrow; no Dask. Rows are plain dicts keyed by the schema's column names; ``(capture, key)`` is unique.
+Pure pyarrow; no Dask. A row is a :class:`FetchRow`, one field per column of the schema; ``(capture, key)`` is
+unique.
 Writes are atomic (temp file in the same directory + ``os.replace``), so a crash never leaves a torn manifest.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -50,6 +54,39 @@ FETCH_SCHEMA = pa.schema(
 COLUMNS = tuple(FETCH_SCHEMA.names)
 
 
+@dataclass(frozen=True, kw_only=True)
+class FetchRow:
+    """One row of the fetch manifest: the fields are the columns of :data:`FETCH_SCHEMA`, in its order (see
+    there for what each holds). Nullable columns default to None, which is also what a row read from an older
+    manifest lacking the column holds."""
+
+    capture: str
+    asset: str | None = None
+    key: str
+    path: str
+    source: str | None = None
+    bytes: int | None = None
+    etag: str | None = None
+    md5: str | None = None
+    sha256: str | None = None
+    status: str
+    error: str | None = None
+    attempts: int | None = None
+    resumed_from: int | None = None
+    seconds: float | None = None
+    mtime_ns: int | None = None
+    time: datetime | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """The Parquet record: one value per column of :data:`FETCH_SCHEMA`."""
+        return {name: getattr(self, name) for name in COLUMNS}
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> FetchRow:
+        """A row from a record read back; a column the record lacks is None."""
+        return cls(**{name: rec.get(name) for name in COLUMNS})
+
+
 def manifest_path(out: str | os.PathLike) -> Path:
     return Path(out) / MANIFEST_DIR / FETCH_MANIFEST
 
@@ -60,26 +97,26 @@ def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> None:
         pq.write_table(table, f)
 
 
-def rows_to_table(rows: Iterable[dict]) -> pa.Table:
-    """Rows (dicts) -> table in FETCH_SCHEMA, sorted by (capture, key). Missing columns become null."""
-    ordered = sorted(rows, key=lambda r: (r["capture"], r["key"]))
-    cols = {name: [r.get(name) for r in ordered] for name in COLUMNS}
+def rows_to_table(rows: Iterable[FetchRow]) -> pa.Table:
+    """Rows -> table in FETCH_SCHEMA, sorted by (capture, key)."""
+    ordered = sorted(rows, key=lambda r: (r.capture, r.key))
+    cols = {name: [getattr(r, name) for r in ordered] for name in COLUMNS}
     return pa.table(cols, schema=FETCH_SCHEMA)
 
 
-def write_fetch_manifest(out: str | os.PathLike, rows: Iterable[dict]) -> Path:
+def write_fetch_manifest(out: str | os.PathLike, rows: Iterable[FetchRow]) -> Path:
     """Atomically write the rows as ``OUT/_manifests/fetch.parquet``; returns its path."""
     path = manifest_path(out)
     write_parquet_atomic(rows_to_table(rows), path)
     return path
 
 
-def update_fetch_manifest(out: str | os.PathLike, rows: Iterable[dict]) -> Path:
+def update_fetch_manifest(out: str | os.PathLike, rows: Iterable[FetchRow]) -> Path:
     """Write ``rows`` over the manifest on disk: rows of other (capture, key)s stay as they are on disk, so a
     writer never drops what it did not touch. Call it holding the raw tree's lock (read-modify-write)."""
     merged = read_fetch_manifest(out)
     for row in rows:
-        merged[(row["capture"], row["key"])] = row
+        merged[(row.capture, row.key)] = row
     return write_fetch_manifest(out, merged.values())
 
 
@@ -92,7 +129,7 @@ def torn_manifest_hint(out: str | os.PathLike) -> str:
     )
 
 
-def read_fetch_manifest(out: str | os.PathLike) -> dict[tuple[str, str], dict]:
+def read_fetch_manifest(out: str | os.PathLike) -> dict[tuple[str, str], FetchRow]:
     """Read ``OUT/_manifests/fetch.parquet`` as ``{(capture, key): row}``; empty if there is none yet.
 
     Raises ValueError naming the file, and how to recover, if it exists but is not a readable fetch manifest."""
@@ -111,8 +148,7 @@ def read_fetch_manifest(out: str | os.PathLike) -> dict[tuple[str, str], dict]:
             f"{torn_manifest_hint(out)}"
         )
     rows = {}
-    for row in table.to_pylist():
-        for name in missing:
-            row[name] = None
-        rows[(row["capture"], row["key"])] = row
+    for rec in table.to_pylist():
+        row = FetchRow.from_record(rec)  # columns the file lacks are None
+        rows[(row.capture, row.key)] = row
     return rows

@@ -4,12 +4,17 @@ A row with ``status == "done"`` means every shard of the task was written before
 could not be decoded are counted (``n_missing``: member absent, i.e. a dropped frame; ``n_corrupt``: present
 but unreadable or of the wrong shape) and described in ``errors``. ``status == "failed"`` means the task
 itself raised (e.g. a store write error); it is retried on the next run. Pure pyarrow; no Dask.
+
+A row is a :class:`RepackRow` (its error records :class:`ErrorRecord`): one field per column of
+:data:`REPACK_SCHEMA`, in its order, converted to and from the Parquet record in one place each.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +72,83 @@ OPTIONAL = frozenset({"shard_bytes"})  # columns a row may lack (older manifests
 VERIFY_FAILED_PREFIX = "verify: "
 
 
+@dataclass(frozen=True)
+class ErrorRecord:
+    """One entry of a row's ``errors``: a raw file (or zip member) that could not be used, and why. Probe and
+    plan problems of a capture are recorded the same way (on its ``meta`` row)."""
+
+    capture: str
+    file: str  # relative to RAW (or the store, for a chunk ``ava256 verify STORE`` found corrupt)
+    member: str  # zip member name ("" for a whole file)
+    reason: str
+
+    def to_record(self) -> dict[str, Any]:
+        """The :data:`ERROR_TYPE` struct value."""
+        return {"capture": self.capture, "file": self.file, "member": self.member, "reason": self.reason}
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> ErrorRecord:
+        return cls(rec["capture"], rec["file"], rec["member"], rec["reason"])
+
+
+@dataclass(frozen=True)
+class RepackRow:
+    """One row of the repack manifest: the fields are the columns of :data:`REPACK_SCHEMA`, in its order."""
+
+    capture: str
+    task_id: str  # "<capture>/<asset>/<camera>/<start>-<stop>"
+    asset: str
+    camera_id: str  # "" for per-frame assets
+    camera_index: int  # -1 for per-frame assets
+    frame_start: int
+    frame_stop: int  # exclusive
+    status: str  # STATUS_DONE or STATUS_FAILED
+    n_frames: int
+    n_valid: int
+    n_missing: int
+    n_corrupt: int
+    errors: tuple[ErrorRecord, ...]
+    seconds: float
+    cpu_seconds: float
+    peak_rss_mb: float
+    source_hash: str
+    worker: str
+    finished_at: datetime
+    shard_bytes: tuple[int, ...] | None = None  # see REPACK_SCHEMA
+
+    def to_record(self) -> dict[str, Any]:
+        """The Parquet record: one value per column of :data:`REPACK_SCHEMA`."""
+        rec = {name: getattr(self, name) for name in COLUMNS}
+        rec["errors"] = [e.to_record() for e in self.errors]
+        rec["shard_bytes"] = None if self.shard_bytes is None else list(self.shard_bytes)
+        return rec
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> RepackRow:
+        """A row from a record read back (``pyarrow.Table.to_pylist``); an absent optional column is None."""
+        kw = {name: rec.get(name) if name in OPTIONAL else rec[name] for name in COLUMNS}
+        kw["errors"] = tuple(ErrorRecord.from_record(e) for e in (rec["errors"] or ()))
+        shards = kw["shard_bytes"]
+        kw["shard_bytes"] = None if shards is None else tuple(int(n) for n in shards)
+        return cls(**kw)
+
+
 def empty_table() -> pa.Table:
     return REPACK_SCHEMA.empty_table()
 
 
-def rows_to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
-    """Rows (dicts with every column of :data:`REPACK_SCHEMA`) -> a table of that schema."""
-    rows = list(rows)
-    if not rows:
+def rows_to_table(rows: Iterable[RepackRow]) -> pa.Table:
+    """Rows -> a table of :data:`REPACK_SCHEMA`."""
+    records = [r.to_record() for r in rows]
+    if not records:
         return empty_table()
-    cols = {name: [r.get(name) if name in OPTIONAL else r[name] for r in rows] for name in COLUMNS}
-    return pa.Table.from_pydict(cols, schema=REPACK_SCHEMA)
+    return pa.Table.from_pylist(records, schema=REPACK_SCHEMA)
+
+
+def read_repack_rows(path: str | os.PathLike[str]) -> list[RepackRow]:
+    """The rows of a repack manifest (a local path or an fsspec URL); empty if there is none."""
+    table = read_table_any(path, schema=REPACK_SCHEMA)
+    return [] if table is None else [RepackRow.from_record(r) for r in table.to_pylist()]
 
 
 def read_repack_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:

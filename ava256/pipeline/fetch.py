@@ -63,6 +63,7 @@ from ava256.captures_arg import CapturesArg, parse_captures
 from ava256.manifests.fetch import (
     STATUS_FAILED,
     STATUS_OK,
+    FetchRow,
     manifest_path,
     read_fetch_manifest,
     update_fetch_manifest,
@@ -505,28 +506,25 @@ def hash_file(path: str | os.PathLike, md5: bool = False, limit: int | None = No
     return n, h.hexdigest(), m.hexdigest() if m is not None else ""
 
 
-def _row(spec: ObjectSpec, src: Source, status: str, error: str = "", **kw: object) -> dict:
-    row = {
-        "capture": spec.capture,
-        "asset": spec.asset,
-        "key": spec.key,
-        "path": f"{spec.capture}/{spec.key}",
-        "source": src.url(f"{spec.folder}/{spec.key}"),
-        "bytes": spec.size,
-        "etag": spec.etag,
-        "md5": "",
-        "sha256": "",
-        "status": status,
-        "error": error,
-        "attempts": 0,
-        "resumed_from": 0,
-        "seconds": 0.0,
-        "mtime_ns": None,
-        "time": datetime.now(UTC),
-        "transferred": 0,  # not in the manifest: bytes moved over the network by this call
-    }
-    row.update(kw)
-    return row
+@dataclass(frozen=True)
+class FetchResult:
+    """What :func:`fetch_object` returns: the object's manifest row, plus what the run needs that the
+    manifest does not keep."""
+
+    row: FetchRow
+    transferred: int = 0  # bytes moved over the network by this call
+    fatal: str = ""  # set (e.g. "out of space") when the whole run should stop
+
+
+def _row(spec: ObjectSpec, src: Source, status: str, error: str = "", **kw: object) -> FetchRow:
+    """The manifest row of ``spec``; ``kw`` sets other columns."""
+    row = FetchRow(
+        capture=spec.capture, asset=spec.asset, key=spec.key, path=f"{spec.capture}/{spec.key}",
+        source=src.url(f"{spec.folder}/{spec.key}"), bytes=spec.size, etag=spec.etag, md5="", sha256="",
+        status=status, error=error, attempts=0, resumed_from=0, seconds=0.0, mtime_ns=None,
+        time=datetime.now(UTC),
+    )  # fmt: skip
+    return dataclasses.replace(row, **kw) if kw else row
 
 
 def _read_tag(path: Path) -> str | None:
@@ -736,9 +734,10 @@ def _vouch(spec: ObjectSpec, src: Source, dest: Path, policy: RetryPolicy) -> tu
 
 def fetch_object(
     spec: ObjectSpec, out: str, src: Source, policy: RetryPolicy = RetryPolicy(), fsync: bool = True
-) -> dict:
-    """Fetch one object into ``OUT/{capture}/{key}``; returns its manifest row (never raises for a per-object
-    problem: the row says ``failed`` with the reason). A row with ``_fatal`` set (disk full) should stop the run."""
+) -> FetchResult:
+    """Fetch one object into ``OUT/{capture}/{key}``; returns its manifest row in a :class:`FetchResult`
+    (never raises for a per-object problem: the row says ``failed`` with the reason). A result with ``fatal``
+    set (disk full) should stop the run."""
     t0 = time.perf_counter()
     try:
         dest = Path(out) / spec.path
@@ -750,17 +749,21 @@ def fetch_object(
             raise
         kept = _vouch(spec, src, dest, policy)
         if kept is not None:
-            return _row(spec, src, STATUS_OK, md5=kept[0], sha256=kept[1], mtime_ns=dest.stat().st_mtime_ns,
-                        seconds=time.perf_counter() - t0)  # fmt: skip
+            mtime_ns, seconds = dest.stat().st_mtime_ns, time.perf_counter() - t0
+            row = _row(spec, src, STATUS_OK, md5=kept[0], sha256=kept[1], mtime_ns=mtime_ns, seconds=seconds)
+            return FetchResult(row)
         return _download_verified(spec, src, dest, policy, fsync, t0)
     except DiskFullError as exc:
-        return _row(spec, src, STATUS_FAILED, error=f"out of space: {exc.strerror}", _fatal="out of space")
+        row = _row(spec, src, STATUS_FAILED, error=f"out of space: {exc.strerror}")
+        return FetchResult(row, fatal="out of space")
     except Exception as exc:
-        return _row(spec, src, STATUS_FAILED, error=gave_up(policy, exc), seconds=time.perf_counter() - t0)
+        return FetchResult(
+            _row(spec, src, STATUS_FAILED, error=gave_up(policy, exc), seconds=time.perf_counter() - t0)
+        )
 
 
 def _download_verified(spec: ObjectSpec, src: Source, dest: Path, policy: RetryPolicy, fsync: bool,
-                       t0: float) -> dict:  # fmt: skip
+                       t0: float) -> FetchResult:  # fmt: skip
     """Download into ``.part``, check size and ETag, rename; a mismatch is downloaded once more from scratch."""
     part = dest.with_name(dest.name + PART_SUFFIX)
     tag = dest.with_name(dest.name + ETAG_SUFFIX)
@@ -772,19 +775,21 @@ def _download_verified(spec: ObjectSpec, src: Source, dest: Path, policy: RetryP
         if not problem:
             os.replace(part, dest)
             _unlink(tag)
-            return _row(
+            row = _row(
                 spec, src, STATUS_OK, bytes=d.bytes, etag=d.etag, md5=d.md5, sha256=d.sha256,
-                attempts=d.attempts, resumed_from=d.resumed_from, transferred=d.transferred,
+                attempts=d.attempts, resumed_from=d.resumed_from,
                 mtime_ns=dest.stat().st_mtime_ns, seconds=time.perf_counter() - t0,
                 error="; ".join(f"healed: {p}" for p in problems),
             )  # fmt: skip
+            return FetchResult(row, transferred=d.transferred)
         problems.append(problem)
         log.warning("%s: %s; downloading again from scratch", spec.path, problem)
         _unlink(part, tag)
-    return _row(
+    row = _row(
         spec, src, STATUS_FAILED, error=f"{problems[-1]} (after one re-download)",
-        attempts=d.attempts, sha256=d.sha256, transferred=d.transferred, seconds=time.perf_counter() - t0,
+        attempts=d.attempts, sha256=d.sha256, seconds=time.perf_counter() - t0,
     )  # fmt: skip
+    return FetchResult(row, transferred=d.transferred)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -820,9 +825,8 @@ class CapturePlan:
     folder: str = ""
     camera_ids: list[str] = field(default_factory=list)
     specs: list[ObjectSpec] = field(default_factory=list)
-    rows: list[dict] = field(
-        default_factory=list
-    )  # rows settled while planning (objects absent in the source)
+    #: rows settled while planning (objects absent in the source)
+    rows: list[FetchRow] = field(default_factory=list)
     error: str = ""
     error_type: str = ""
 
@@ -878,7 +882,7 @@ def plan_capture(
     src: Source,
     assets: Sequence[str],
     cameras: Sequence[str] | None,
-    prior: dict[str, dict],
+    prior: dict[str, FetchRow],
     policy: RetryPolicy = RetryPolicy(),
 ) -> CapturePlan:
     """Resolve one capture into object specs (a Dask task); writes nothing. ``prior``: its manifest rows by
@@ -894,11 +898,11 @@ def plan_capture(
             )
             if found is None:
                 return None
-            p = prior.get(key) or {}
-            ok = p.get("status") == STATUS_OK
+            p = prior.get(key)
+            ok = p is not None and p.status == STATUS_OK
             return ObjectSpec(
                 capture.folder, folder, asset, key, found[0], found[1],
-                prior_sha256=(p.get("sha256") or "") if ok else "", prior_etag=(p.get("etag") or "") if ok else "",
+                prior_sha256=(p.sha256 or "") if ok else "", prior_etag=(p.etag or "") if ok else "",
             )  # fmt: skip
 
         cal = spec("meta", CALIBRATION_KEY)
@@ -925,25 +929,27 @@ def plan_capture(
     return plan
 
 
-def _local_capture_done(out: Path, capture: CaptureId, assets, cameras, rows: dict) -> list[dict] | None:
+def _local_capture_done(
+    out: Path, capture: CaptureId, assets, cameras, rows: dict[tuple[str, str], FetchRow]
+) -> list[FetchRow] | None:
     """The capture's manifest rows if every wanted file is present and unchanged (size + mtime) since it was
     recorded ok from the source; None if anything needs the source (rows rebuilt from disk have no source)."""
 
-    def intact(key: str) -> dict | None:
+    def intact(key: str) -> FetchRow | None:
         row = rows.get((capture.folder, key))
-        if not row or row.get("status") != STATUS_OK or not row.get("source"):
+        if row is None or row.status != STATUS_OK or not row.source:
             return None
         try:
-            st = (out / safe_relpath(row["path"])).stat()
+            st = (out / safe_relpath(row.path)).stat()
         except (FileNotFoundError, NotADirectoryError, UnsafePathError):
             return None
-        return row if st.st_size == row["bytes"] and st.st_mtime_ns == row["mtime_ns"] else None
+        return row if st.st_size == row.bytes and st.st_mtime_ns == row.mtime_ns else None
 
     cal = intact(CALIBRATION_KEY)
     if cal is None:
         return None
     try:
-        ids = camera_ids_from_calibration((out / cal["path"]).read_bytes())
+        ids = camera_ids_from_calibration((out / cal.path).read_bytes())
     except ValueError:
         return None
     if cameras:
@@ -1040,7 +1046,7 @@ class FetchSummary:
     bytes_total: int = 0
     bytes_transferred: int = 0
     seconds: float = 0.0
-    failed: list[dict] = field(default_factory=list)
+    failed: list[FetchRow] = field(default_factory=list)
     fatal: str = ""
 
     @property
@@ -1063,7 +1069,7 @@ class FetchSummary:
         if self.fatal:
             out.append(f"  STOPPED: {self.fatal}")
         for row in self.failed[:20]:
-            out.append(f"  FAILED {row['path']}: {row['error']}")
+            out.append(f"  FAILED {row.path}: {row.error}")
         if len(self.failed) > 20:
             out.append(f"  ... and {len(self.failed) - 20} more (see the manifest)")
         return out
@@ -1132,22 +1138,21 @@ class _FetchRun:
         self.policy = opts.policy
         self.rows = read_fetch_manifest(out)  # under the lock: nobody else writes it meanwhile
         self.mine: set[tuple[str, str]] = set()  # rows this run is about (fetched, skipped or failed)
-        self.written: dict[tuple[str, str], dict] = {}  # rows this run changed
+        self.written: dict[tuple[str, str], FetchRow] = {}  # rows this run changed
         self.summary = FetchSummary(out=out, source=src.describe())
         self.reserve = _ManifestReserve(out, 0)
         self.reserve.release()  # one left by a killed run: its space counts as free again
 
     # --- the manifest --------------------------------------------------------------------------------------
-    def record(self, row: dict) -> None:
-        row = {k: v for k, v in row.items() if not k.startswith("_") and k != "transferred"}
-        key = (row["capture"], row["key"])
+    def record(self, row: FetchRow) -> None:
+        key = (row.capture, row.key)
         self.rows[key] = self.written[key] = row
         self.mine.add(key)
 
-    def tally(self, row: dict) -> None:
-        self.summary.bytes_transferred += row["transferred"]
-        if row["status"] == STATUS_OK:
-            fresh = row["transferred"] > 0 or row["resumed_from"] > 0
+    def tally(self, res: FetchResult) -> None:
+        self.summary.bytes_transferred += res.transferred
+        if res.row.status == STATUS_OK:
+            fresh = res.transferred > 0 or (res.row.resumed_from or 0) > 0
             self.summary.downloaded += int(fresh)
             self.summary.skipped += int(not fresh)
 
@@ -1174,10 +1179,8 @@ class _FetchRun:
         finally:
             self.reserve.release()
         s.objects = len(self.mine)
-        s.bytes_total = sum(
-            (self.rows[k].get("bytes") or 0) for k in self.mine if self.rows[k]["status"] == STATUS_OK
-        )
-        s.failed = [self.rows[k] for k in sorted(self.mine) if self.rows[k]["status"] != STATUS_OK]
+        s.bytes_total = sum((self.rows[k].bytes or 0) for k in self.mine if self.rows[k].status == STATUS_OK)
+        s.failed = [self.rows[k] for k in sorted(self.mine) if self.rows[k].status != STATUS_OK]
         s.seconds = time.perf_counter() - self.t0
         for line in s.lines():
             log.info(line)
@@ -1194,7 +1197,7 @@ class _FetchRun:
                 to_plan.append(cap)
                 continue
             self.summary.skipped += len(done)
-            self.mine.update((r["capture"], r["key"]) for r in done)
+            self.mine.update((r.capture, r.key) for r in done)
         return to_plan
 
     def run(self, client, to_plan: list[CaptureId]) -> FetchSummary:
@@ -1239,7 +1242,7 @@ class _FetchRun:
             if p.error:
                 self._capture_failed(p)
             for row in p.rows:
-                self.tally(row)
+                self.tally(FetchResult(row))
                 self.record(row)
         self._check_cameras(good)
         return [s for p in good for s in p.specs]
@@ -1301,20 +1304,21 @@ class _FetchRun:
         spec_of = {fut.key: spec for fut, spec in zip(futs, specs)}
         try:
             # with_results: results come back in batches, not one event-loop round trip per object
-            for fut, row in as_completed(futs, with_results=True, raise_errors=False):
-                if fut.cancelled() or isinstance(row, CancelledError):
+            for fut, res in as_completed(futs, with_results=True, raise_errors=False):
+                if fut.cancelled() or isinstance(res, CancelledError):
                     continue
-                if isinstance(row, BaseException):  # a crashed worker, not a download problem
-                    error = f"task failed: {type(row).__name__}: {row}"
-                    row = _row(spec_of[fut.key], self.src, STATUS_FAILED, error=error)
-                self.tally(row)
-                if row["status"] != STATUS_OK:
+                if isinstance(res, BaseException):  # a crashed worker, not a download problem
+                    error = f"task failed: {type(res).__name__}: {res}"
+                    res = FetchResult(_row(spec_of[fut.key], self.src, STATUS_FAILED, error=error))
+                row = res.row
+                self.tally(res)
+                if row.status != STATUS_OK:
                     failed += 1
                     bar.set_postfix(failed=failed)
-                bar.update(row["bytes"] or 0)
+                bar.update(row.bytes or 0)
                 self.record(row)
-                if row.get("_fatal") and not self.summary.fatal:
-                    self.summary.fatal = f"{row['error']}; remaining downloads cancelled"
+                if res.fatal and not self.summary.fatal:
+                    self.summary.fatal = f"{row.error}; remaining downloads cancelled"
                     log.error("%s", self.summary.fatal)
                     client.cancel(futs)
                 if time.monotonic() - last_flush > MANIFEST_FLUSH_SECONDS:
@@ -1383,7 +1387,7 @@ def rebuild_manifest(out: str | os.PathLike) -> RebuildSummary:
         except ValueError as exc:
             log.warning("%s", exc)
             old, summary.replaced_unreadable = {}, True
-        rows: dict[tuple[str, str], dict] = {}
+        rows: dict[tuple[str, str], FetchRow] = {}
         for cap_dir in sorted(p for p in out.iterdir() if p.is_dir() and not p.is_symlink()):
             try:
                 folder = CaptureId.parse(cap_dir.name).folder
@@ -1403,7 +1407,7 @@ def rebuild_manifest(out: str | os.PathLike) -> RebuildSummary:
                     row = _rebuilt_row(folder, key, catalog[key], p, old.get((folder, key)))
                     rows[(folder, key)] = row
                     summary.files += 1
-                    summary.kept += row["error"] != REBUILT
+                    summary.kept += row.error != REBUILT
         for k, row in old.items():
             if k not in rows:
                 rows[k] = row
@@ -1414,22 +1418,23 @@ def rebuild_manifest(out: str | os.PathLike) -> RebuildSummary:
     return summary
 
 
-def _rebuilt_row(folder: str, key: str, asset: str, p: Path, old: dict | None) -> dict:
+def _rebuilt_row(folder: str, key: str, asset: str, p: Path, old: FetchRow | None) -> FetchRow:
     st = p.stat()
     n, sha, md5 = hash_file(p, md5=True)
-    if old and old.get("status") == STATUS_OK and old.get("sha256") == sha and old.get("bytes") == n:
-        return {**old, "mtime_ns": st.st_mtime_ns}  # the old row still describes the file
-    return {
-        "capture": folder, "asset": asset, "key": key, "path": f"{folder}/{key}", "source": "", "bytes": n,
-        "etag": "", "md5": md5, "sha256": sha, "status": STATUS_OK, "error": REBUILT, "attempts": 0,
-        "resumed_from": 0, "seconds": 0.0, "mtime_ns": st.st_mtime_ns, "time": datetime.now(UTC),
-    }  # fmt: skip
+    if old is not None and old.status == STATUS_OK and old.sha256 == sha and old.bytes == n:
+        return dataclasses.replace(old, mtime_ns=st.st_mtime_ns)  # the old row still describes the file
+    return FetchRow(
+        capture=folder, asset=asset, key=key, path=f"{folder}/{key}", source="", bytes=n, etag="", md5=md5,
+        sha256=sha, status=STATUS_OK, error=REBUILT, attempts=0, resumed_from=0, seconds=0.0,
+        mtime_ns=st.st_mtime_ns, time=datetime.now(UTC),
+    )  # fmt: skip
 
 
 __all__ = [
     "CaptureNotFoundError",
     "DiskFullError",
     "FetchOptions",
+    "FetchResult",
     "FetchSummary",
     "ObjectSpec",
     "RebuildSummary",

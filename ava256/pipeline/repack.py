@@ -40,7 +40,7 @@ from ava256.captures_arg import capture_folders as parse_captures_arg
 from ava256.manifests import repack as rm
 from ava256.manifests import samples as sm
 from ava256.manifests.atomic import write_table_atomic
-from ava256.manifests.fetch import torn_manifest_hint
+from ava256.manifests.fetch import FetchRow, torn_manifest_hint
 from ava256.pipeline import repack_tasks as rt
 from ava256.pipeline.selection import Selection
 from ava256.store import layout as L
@@ -113,9 +113,7 @@ def discover_captures(
         if rows:
             h, method = rt.hash_fetch_rows(rows), "fetch-manifest"
             expected = tuple(
-                (str(r["key"]), f"{r.get('status') or 'ok'}{': ' + r['error'] if r.get('error') else ''}")
-                for r in rows
-                if r.get("key")
+                (str(r.key), f"{r.status or 'ok'}{': ' + r.error if r.error else ''}") for r in rows if r.key
             )
         else:
             h, method = rt.hash_tree_stat(p), "stat"
@@ -123,9 +121,10 @@ def discover_captures(
     return out
 
 
-def _fetch_rows_by_capture(raw: Path) -> dict[str, list[dict[str, Any]]]:
-    """Rows of ``RAW/_manifests/fetch.parquet`` (columns capture, key, bytes, etag, sha256,
-    status) by capture; empty without a fetch manifest. ValueError naming the file if it is unreadable."""
+def _fetch_rows_by_capture(raw: Path) -> dict[str, list[FetchRow]]:
+    """Rows of ``RAW/_manifests/fetch.parquet`` by capture, with only the columns the repack reads (capture,
+    key, bytes, etag, sha256, status, error; the others None); empty without a fetch manifest. ValueError
+    naming the file if it is unreadable."""
     import pyarrow.parquet as pq
 
     path = raw / L.MANIFESTS_DIR / "fetch.parquet"
@@ -140,9 +139,9 @@ def _fetch_rows_by_capture(raw: Path) -> dict[str, list[dict[str, Any]]]:
     cols = [
         c for c in ("capture", "key", "bytes", "etag", "sha256", "status", "error") if c in table.column_names
     ]
-    by: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in table.select(cols).to_pylist():
-        by[str(row["capture"])].append(row)
+    by: dict[str, list[FetchRow]] = defaultdict(list)
+    for rec in table.select(cols).to_pylist():
+        by[str(rec["capture"])].append(FetchRow.from_record(rec))
     return by
 
 
@@ -161,21 +160,19 @@ class ManifestBook:
         self.path = L.manifests_path(store, rm.REPACK_MANIFEST)  # a local path or an fsspec URL
         self.parts = L.manifests_path(store, PARTS_DIR)
         self.fs, self._parts = fsspec.core.url_to_fs(self.parts)
-        self.rows: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)  # capture -> task_id -> row
-        frames = [rm.read_repack_manifest(self.path)]
-        frames += [rm.read_repack_manifest(p) for p in self._part_files()]
-        for df in frames:
-            for row in df.to_dict("records"):
-                self.rows[row["capture"]][row["task_id"]] = row
+        self.rows: dict[str, dict[str, rm.RepackRow]] = defaultdict(dict)  # capture -> task_id -> row
+        for path in [self.path, *self._part_files()]:
+            for row in rm.read_repack_rows(path):
+                self.rows[row.capture][row.task_id] = row
         self.dirty: set[str] = set()
 
     def drop_capture(self, capture: str) -> None:
         self.rows.pop(capture, None)
         self.dirty.add(capture)
 
-    def add(self, row: dict[str, Any]) -> None:
-        self.rows[row["capture"]][row["task_id"]] = {k: row.get(k) for k in rm.COLUMNS}
-        self.dirty.add(row["capture"])
+    def add(self, row: rm.RepackRow) -> None:
+        self.rows[row.capture][row.task_id] = row
+        self.dirty.add(row.capture)
 
     def flush(self) -> None:
         for capture in sorted(self.dirty):
@@ -410,7 +407,7 @@ def repack(
                     summary.recreated.append(folder)
             book.add(_probe_row(plan))
             for e in plan.failures:
-                summary.failures.append((folder, e["file"], e["reason"]))
+                summary.failures.append((folder, e.file, e.reason))
             summary.tasks_failed += bool(plan.failures)
         book.flush()
 
@@ -436,9 +433,9 @@ def repack(
                     row = done.get(task.task_id)
                     if (
                         row is not None
-                        and row["status"] == rm.STATUS_DONE
-                        and row["source_hash"] == plan.source_hash
-                        and _task_intact(path, rt.task_shard_keys(task, specs), row.get("shard_bytes"))
+                        and row.status == rm.STATUS_DONE
+                        and row.source_hash == plan.source_hash
+                        and _task_intact(path, rt.task_shard_keys(task, specs), row.shard_bytes)
                     ):
                         summary.tasks_skipped += 1
                         bar.skip(1)
@@ -448,7 +445,7 @@ def repack(
                     )
 
         window = 4 * n_workers
-        pending: list[dict[str, Any]] = []
+        pending: list[rt.TaskResult] = []
         by_id: dict[str, rt.RepackTask] = {}  # tasks in flight or with results not yet applied
         last_flush = time.monotonic()
         # the total is fixed before the first task runs (a first, cheap planning pass that keeps only a
@@ -468,7 +465,7 @@ def repack(
                 res = fut.result()
             except Exception as exc:  # noqa: BLE001 - e.g. a worker killed for memory
                 task = by_id[fut.key.removeprefix("repack-")]
-                res = _failed_row(task, f"{type(exc).__name__}: {exc}")
+                res = rt.TaskResult(_failed_row(task, f"{type(exc).__name__}: {exc}"), ())
             fut.release()
             pending.append(res)
             bar.update(1)
@@ -485,7 +482,7 @@ def repack(
     # 4. mark complete captures, consolidate the manifest, write samples.parquet
     for folder in plans:
         rows = book.rows.get(folder, {}).values()
-        ok = all(r["status"] == rm.STATUS_DONE for r in rows)
+        ok = all(r.status == rm.STATUS_DONE for r in rows)
         path = L.capture_store_path(store, folder)
         with _writing(f"{path}/zarr.json"):
             g = L.open_capture_group(path, mode="r+")
@@ -519,7 +516,7 @@ def _take(it: Iterator[rt.RepackTask], n: int) -> list[rt.RepackTask]:
 
 
 def _apply_results(
-    results: list[dict[str, Any]],
+    results: list[rt.TaskResult],
     by_id: dict[str, rt.RepackTask],
     specs_by_capture: dict[str, dict[str, L.ArraySpec]],
     store: str,
@@ -532,13 +529,15 @@ def _apply_results(
     # per-camera masks by (capture, mask, frame range): tasks of different cameras over the same frames share
     # the mask's chunks (all cameras), so each range is read and written once, not once per camera
     columns: dict[tuple[str, str, int, int], dict[int, np.ndarray]] = defaultdict(dict)
+    rows: list[rm.RepackRow] = []
     for res in results:
-        task = by_id[res["task_id"]]
-        if res["status"] == rm.STATUS_DONE:
+        row = res.row
+        task = by_id[row.task_id]
+        if row.status == rm.STATUS_DONE:
             g = groups.get(task.capture)
             if g is None:
                 g = groups[task.capture] = L.open_capture_group(task.store_path, mode="r+")
-            mask = np.asarray(res["valid"], dtype=bool)
+            mask = np.asarray(res.valid, dtype=bool)
             vname = L.valid_name(task.asset)
             if (task.capture, vname) not in arrays:
                 arrays[task.capture, vname] = g[vname]
@@ -547,18 +546,22 @@ def _apply_results(
             else:
                 with _writing(f"{task.store_path}/{vname}"):
                     arrays[task.capture, vname][task.frame_start : task.frame_stop] = mask
-            summary.frames_invalid += int(res["n_frames"] - res["n_valid"])
+            summary.frames_invalid += int(row.n_frames - row.n_valid)
             if task.asset == "image":
-                summary.images_written += int(res["n_frames"])
+                summary.images_written += int(row.n_frames)
             specs = specs_by_capture[task.capture]
-            res["shard_bytes"] = shard_sizes(task.store_path, rt.task_shard_keys(task, specs))
+            sizes = shard_sizes(task.store_path, rt.task_shard_keys(task, specs))
+            row = dataclasses.replace(row, shard_bytes=tuple(sizes))
         else:
             summary.tasks_failed += 1
-            errs = res.get("errors") or [{"file": f"{task.raw_rel}/{task.source_key}", "reason": "failed"}]
-            last = errs[-1]  # the task's own failure comes last, after any bad frames
-            summary.failures.append((task.capture, last.get("file") or "", last.get("reason") or ""))
+            if row.errors:
+                last = row.errors[-1]  # the task's own failure comes last, after any bad frames
+                summary.failures.append((task.capture, last.file or "", last.reason or ""))
+            else:
+                summary.failures.append((task.capture, f"{task.raw_rel}/{task.source_key}", "failed"))
         summary.tasks_run += 1
-        summary.peak_rss_mb = max(summary.peak_rss_mb, float(res["peak_rss_mb"]))
+        summary.peak_rss_mb = max(summary.peak_rss_mb, float(row.peak_rss_mb))
+        rows.append(row)
     for (capture, vname, start, stop), cols in columns.items():
         arr = arrays[capture, vname]
         n_cams = arr.shape[1]
@@ -567,76 +570,69 @@ def _apply_results(
             block[:, ci] = mask
         with _writing(f"{L.capture_store_path(store, capture)}/{vname}"):
             arr[start:stop] = block
-    for res in results:
-        book.add(res)
-        by_id.pop(res["task_id"], None)
+    for row in rows:
+        book.add(row)
+        by_id.pop(row.task_id, None)
     book.flush()
 
 
-def _base_row(capture: str, task_id: str, source_hash: str) -> dict[str, Any]:
+def _base_row(
+    capture: str, task_id: str, source_hash: str, status: str, errors: Sequence[rm.ErrorRecord]
+) -> rm.RepackRow:
+    """A row the driver writes: a capture's ``meta`` row (:func:`_failed_row` sets a task's columns)."""
     from datetime import datetime
 
-    return {
-        "capture": capture,
-        "task_id": task_id,
-        "asset": "meta",
-        "camera_id": "",
-        "camera_index": -1,
-        "frame_start": 0,
-        "frame_stop": 0,
-        "status": rm.STATUS_DONE,
-        "n_frames": 0,
-        "n_valid": 0,
-        "n_missing": 0,
-        "n_corrupt": 0,
-        "errors": [],
-        "seconds": 0.0,
-        "cpu_seconds": 0.0,
-        "peak_rss_mb": 0.0,
-        "source_hash": source_hash,
-        "worker": "driver",
-        "finished_at": datetime.now(UTC),
-    }
+    return rm.RepackRow(
+        capture=capture,
+        task_id=task_id,
+        asset="meta",
+        camera_id="",
+        camera_index=-1,
+        frame_start=0,
+        frame_stop=0,
+        status=status,
+        n_frames=0,
+        n_valid=0,
+        n_missing=0,
+        n_corrupt=0,
+        errors=tuple(errors),
+        seconds=0.0,
+        cpu_seconds=0.0,
+        peak_rss_mb=0.0,
+        source_hash=source_hash,
+        worker="driver",
+        finished_at=datetime.now(UTC),
+    )
 
 
-def _probe_row(plan: rt.CapturePlan) -> dict[str, Any]:
+def _probe_row(plan: rt.CapturePlan) -> rm.RepackRow:
     """The ``meta`` row of a capture: probe-level problems (missing stats, undecodable assets)."""
-    row = _base_row(plan.folder, f"{plan.folder}/meta", plan.source_hash)
-    row["errors"] = list(plan.errors) + list(plan.failures)
-    if plan.failures:  # e.g. an archive none of whose members is named like a frame, or one fetch listed
-        row["status"] = rm.STATUS_FAILED
-    return row
+    # failed: e.g. an archive none of whose members is named like a frame, or one fetch listed
+    status = rm.STATUS_FAILED if plan.failures else rm.STATUS_DONE
+    return _base_row(
+        plan.folder, f"{plan.folder}/meta", plan.source_hash, status, [*plan.errors, *plan.failures]
+    )
 
 
-def _capture_failure_row(src: rt.CaptureSource, reason: str) -> dict[str, Any]:
-    row = _base_row(src.folder, f"{src.folder}/meta", src.source_hash)
-    row["status"] = rm.STATUS_FAILED
-    row["errors"] = [{"capture": src.folder, "file": src.rel, "member": "", "reason": reason}]
-    return row
+def _capture_failure_row(src: rt.CaptureSource, reason: str) -> rm.RepackRow:
+    error = rm.ErrorRecord(src.folder, src.rel, "", reason)
+    return _base_row(src.folder, f"{src.folder}/meta", src.source_hash, rm.STATUS_FAILED, [error])
 
 
-def _failed_row(task: rt.RepackTask, reason: str) -> dict[str, Any]:
-    row = _base_row(task.capture, task.task_id, task.source_hash)
-    row.update(
+def _failed_row(task: rt.RepackTask, reason: str) -> rm.RepackRow:
+    """The row of a task whose worker did not return (e.g. killed for memory)."""
+    error = rm.ErrorRecord(task.capture, f"{task.raw_rel}/{task.source_key}", "", reason)
+    row = _base_row(task.capture, task.task_id, task.source_hash, rm.STATUS_FAILED, [error])
+    return dataclasses.replace(
+        row,
         asset=task.asset,
         camera_id=task.camera_id,
         camera_index=task.camera_index,
         frame_start=task.frame_start,
         frame_stop=task.frame_stop,
-        status=rm.STATUS_FAILED,
         n_frames=task.frame_stop - task.frame_start,
-        errors=[
-            {
-                "capture": task.capture,
-                "file": f"{task.raw_rel}/{task.source_key}",
-                "member": "",
-                "reason": reason,
-            }
-        ],
         worker="?",
     )
-    row["valid"] = []
-    return row
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -35,7 +35,8 @@ from ava256.formats.keypoints import read_keypoints
 from ava256.formats.ply import read_ply
 from ava256.formats.scalars import read_npy, read_scalar_txt
 from ava256.formats.zips import ZipReader
-from ava256.manifests.repack import STATUS_DONE, STATUS_FAILED
+from ava256.manifests.fetch import FetchRow
+from ava256.manifests.repack import STATUS_DONE, STATUS_FAILED, ErrorRecord, RepackRow
 from ava256.pipeline.cluster import WORKER_MALLOC_ENV
 from ava256.pipeline.selection import Selection
 from ava256.store import layout as L
@@ -69,16 +70,12 @@ class CaptureSource:
     expected_keys: tuple[tuple[str, str], ...] = ()
 
 
-def hash_fetch_rows(rows: Sequence[dict[str, Any]]) -> str:
+def hash_fetch_rows(rows: Sequence[FetchRow]) -> str:
     """sha256 over the sorted (key, bytes, sha256, etag, status) of a capture's fetch manifest rows."""
     h = hashlib.sha256(b"fetch-manifest-v1\n")
-    for r in sorted(rows, key=lambda r: str(r.get("key"))):
-        h.update(
-            "\t".join(
-                str(r.get(k) if r.get(k) is not None else "")
-                for k in ("key", "bytes", "sha256", "etag", "status")
-            ).encode()
-        )
+    for r in sorted(rows, key=lambda r: str(r.key)):
+        values = (r.key, r.bytes, r.sha256, r.etag, r.status)
+        h.update("\t".join("" if v is None else str(v) for v in values).encode())
         h.update(b"\n")
     return h.hexdigest()
 
@@ -128,13 +125,13 @@ class CapturePlan:
     texture_var: float = float("nan")
     vertex_mean: np.ndarray | None = None  # (V, 3) float32
     vertex_var: float = float("nan")
-    errors: list[dict[str, str]] = field(default_factory=list)  # recorded; the capture is repacked
-    failures: list[dict[str, str]] = field(default_factory=list)  # recorded; the capture's meta task fails
+    errors: list[ErrorRecord] = field(default_factory=list)  # recorded; the capture is repacked
+    failures: list[ErrorRecord] = field(default_factory=list)  # recorded; the capture's meta task fails
     selection: Selection = field(default_factory=Selection)  # what of the raw capture the plan holds
 
 
-def _err(src_rel: str, capture: str, key: str, member: str, reason: str) -> dict[str, str]:
-    return {"capture": capture, "file": f"{src_rel}/{key}", "member": member, "reason": reason}
+def _err(src_rel: str, capture: str, key: str, member: str, reason: str) -> ErrorRecord:
+    return ErrorRecord(capture, f"{src_rel}/{key}", member, reason)
 
 
 #: what :func:`_first_decodable` found in an archive
@@ -190,7 +187,7 @@ def probe_capture(
     sel = selection or Selection()
     root = Path(src.root)
     cap = cat.CaptureId.parse(src.folder)
-    errors: list[dict[str, str]] = []
+    errors: list[ErrorRecord] = []
 
     def read(key: str) -> bytes:
         p = root / key
@@ -242,7 +239,7 @@ def probe_capture(
         unread |= {cat.frame_archive("encoder_image").archive_key(c) for c in cat.ENCODER_CAMERAS}
 
     assets: list[str] = []
-    failures: list[dict[str, str]] = []
+    failures: list[ErrorRecord] = []
     for row_key, why in src.expected_keys:  # what the fetch manifest says this capture has
         if row_key not in unread and not (root / row_key).is_file():
             failures.append(
@@ -595,25 +592,31 @@ class _Tally:
     capture: str
     file: str  # the archive, relative to RAW
     valid: np.ndarray
-    errors: list[dict[str, str]] = field(default_factory=list)
+    errors: list[ErrorRecord] = field(default_factory=list)
     n_missing: int = 0
     n_corrupt: int = 0
 
     def err(self, member: str, reason: str) -> None:
         if len(self.errors) < 1000:  # bound the manifest row; counts stay exact
-            self.errors.append(
-                {"capture": self.capture, "file": self.file, "member": member, "reason": reason}
-            )
+            self.errors.append(ErrorRecord(self.capture, self.file, member, reason))
 
 
-def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TaskResult:
+    """What :func:`run_task` returns: the task's manifest row and its per-frame valid mask (one bool per
+    frame of the range; the driver writes it to ``valid/<asset>``, it is not a manifest column)."""
+
+    row: RepackRow
+    valid: tuple[bool, ...]
+
+
+def run_task(task: RepackTask, write: bool = True) -> TaskResult:
     """Decode every frame of ``task`` and (if ``write``) write its shards, one shard buffer at a time.
 
-    Returns a repack-manifest row (see :data:`ava256.manifests.repack.REPACK_SCHEMA`) plus ``valid``: a
-    list of bools, one per frame of the range. A missing member is a dropped frame (``n_missing``), an
-    unreadable one is ``n_corrupt``; both are masked invalid and listed in ``errors``. Any other exception
-    (e.g. a store write error) gives ``status = "failed"`` and no valid mask. ``write=False`` decodes only
-    (the pure-decode benchmark baseline)."""
+    Returns its :class:`TaskResult`: the repack-manifest row and the valid mask. A missing member is a
+    dropped frame (``n_missing``), an unreadable one is ``n_corrupt``; both are masked invalid and listed in
+    ``errors``. Any other exception (e.g. a store write error) gives ``status = "failed"`` and no valid mask
+    is written. ``write=False`` decodes only (the pure-decode benchmark baseline)."""
     t0, c0 = time.perf_counter(), time.process_time()
     n = task.frame_stop - task.frame_start
     tally = _Tally(task.capture, f"{task.raw_rel}/{task.source_key}", np.zeros(n, dtype=bool))
@@ -625,28 +628,28 @@ def run_task(task: RepackTask, write: bool = True) -> dict[str, Any]:
         reason = failure_reason(exc, f"{task.store_path}/{task.array}")
         log.error("repack task %s failed: %s", task.task_id, reason)  # one line; no traceback
         tally.err("", reason)
-    return {
-        "capture": task.capture,
-        "task_id": task.task_id,
-        "asset": task.asset,
-        "camera_id": task.camera_id,
-        "camera_index": task.camera_index,
-        "frame_start": task.frame_start,
-        "frame_stop": task.frame_stop,
-        "status": status,
-        "n_frames": n,
-        "n_valid": int(tally.valid.sum()),
-        "n_missing": tally.n_missing,
-        "n_corrupt": tally.n_corrupt,
-        "errors": tally.errors,
-        "seconds": time.perf_counter() - t0,
-        "cpu_seconds": time.process_time() - c0,
-        "peak_rss_mb": peak_rss_mb(),
-        "source_hash": task.source_hash,
-        "worker": f"{socket.gethostname()}:{os.getpid()}",
-        "finished_at": datetime.now(UTC),
-        "valid": tally.valid.tolist(),
-    }
+    row = RepackRow(
+        capture=task.capture,
+        task_id=task.task_id,
+        asset=task.asset,
+        camera_id=task.camera_id,
+        camera_index=task.camera_index,
+        frame_start=task.frame_start,
+        frame_stop=task.frame_stop,
+        status=status,
+        n_frames=n,
+        n_valid=int(tally.valid.sum()),
+        n_missing=tally.n_missing,
+        n_corrupt=tally.n_corrupt,
+        errors=tuple(tally.errors),
+        seconds=time.perf_counter() - t0,
+        cpu_seconds=time.process_time() - c0,
+        peak_rss_mb=peak_rss_mb(),
+        source_hash=task.source_hash,
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+        finished_at=datetime.now(UTC),
+    )
+    return TaskResult(row, tuple(tally.valid.tolist()))
 
 
 def _repack(task: RepackTask, write: bool, tally: _Tally) -> None:

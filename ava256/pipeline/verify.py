@@ -9,6 +9,7 @@ for the run, so a fetch cannot overwrite its marks; it writes only the rows it c
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -22,6 +23,7 @@ from ava256.manifests.fetch import (
     STATUS_FAILED,
     STATUS_MISSING,
     STATUS_OK,
+    FetchRow,
     manifest_path,
     read_fetch_manifest,
     update_fetch_manifest,
@@ -66,8 +68,8 @@ class VerifySummary:
     ok: int = 0
     bytes_read: int = 0
     seconds: float = 0.0
-    problems: list[dict] = field(default_factory=list)  # rows now missing/corrupt
-    not_fetched: list[dict] = field(default_factory=list)  # rows that failed to download (not checked)
+    problems: list[FetchRow] = field(default_factory=list)  # rows now missing/corrupt
+    not_fetched: list[FetchRow] = field(default_factory=list)  # rows that failed to download (not checked)
 
     @property
     def clean(self) -> bool:
@@ -81,9 +83,9 @@ class VerifySummary:
             f"({rate:.1f} MB/s)"
         ]
         for row in self.problems[:20]:
-            out.append(f"  {row['status'].upper()} {row['path']}: {row['error']}")
+            out.append(f"  {row.status.upper()} {row.path}: {row.error}")
         for row in self.not_fetched[:10]:
-            out.append(f"  NOT FETCHED {row['path']}: {row['error']}")
+            out.append(f"  NOT FETCHED {row.path}: {row.error}")
         if self.problems or self.not_fetched:
             out.append("  run `ava256 fetch` again (same arguments) to download these again")
         return out
@@ -118,9 +120,9 @@ def _verify_locked(out: Path, workers: int, scheduler, processes: bool, client, 
     if not rows:
         raise FileNotFoundError(f"the fetch manifest {manifest_path(out)} lists no files")
     summary = VerifySummary(out)
-    todo = [r for r in rows.values() if r["status"] != STATUS_FAILED and r.get("sha256")]
-    summary.not_fetched = [r for r in rows.values() if r["status"] == STATUS_FAILED]
-    checked: dict[tuple[str, str], dict] = {}
+    todo = [r for r in rows.values() if r.status != STATUS_FAILED and r.sha256]
+    summary.not_fetched = [r for r in rows.values() if r.status == STATUS_FAILED]
+    checked: dict[tuple[str, str], FetchRow] = {}
     try:
         if todo and client is None:
             from ava256.pipeline.cluster import dask_client
@@ -138,28 +140,25 @@ def _verify_locked(out: Path, workers: int, scheduler, processes: bool, client, 
     return summary
 
 
-def _run(client, out: Path, todo: list[dict], checked: dict, summary: VerifySummary, progress: bool) -> None:
+def _run(client, out: Path, todo: list[FetchRow], checked: dict[tuple[str, str], FetchRow],
+         summary: VerifySummary, progress: bool) -> None:  # fmt: skip
     from distributed import as_completed
 
     from ava256.progress import Progress
 
-    futs = {
-        client.submit(verify_file, str(out), r["path"], r["bytes"], r["sha256"], pure=False): r for r in todo
-    }
-    total = sum(r["bytes"] or 0 for r in todo)
+    futs = {client.submit(verify_file, str(out), r.path, r.bytes, r.sha256, pure=False): r for r in todo}
+    total = sum(r.bytes or 0 for r in todo)
     with Progress(f"verify {len(todo)} files", total, unit="B", unit_scale=True, enabled=progress) as bar:
         for fut, result in as_completed(futs, with_results=True):  # results arrive in batches
-            row = dict(futs[fut])
             status, error, mtime_ns, n = result
             summary.checked += 1
             summary.bytes_read += n
-            bar.update(row["bytes"] or 0)
-            row["status"], row["error"], row["time"] = status, error, datetime.now(UTC)
-            if mtime_ns is not None:
-                row["mtime_ns"] = mtime_ns
+            bar.update(futs[fut].bytes or 0)
+            mtime = {} if mtime_ns is None else {"mtime_ns": mtime_ns}
+            row = dataclasses.replace(futs[fut], status=status, error=error, time=datetime.now(UTC), **mtime)
             if status == STATUS_OK:
                 summary.ok += 1
             else:
                 summary.problems.append(row)
-            checked[(row["capture"], row["key"])] = row
-    summary.problems.sort(key=lambda r: r["path"])
+            checked[(row.capture, row.key)] = row
+    summary.problems.sort(key=lambda r: r.path)

@@ -15,6 +15,7 @@ when the capture group was created: the capture's source hash is cleared, so the
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -37,16 +38,29 @@ log = logging.getLogger(__name__)
 SHARDS_PER_TASK = 8
 
 
+@dataclass(frozen=True)
+class ChunkFailure:
+    """A bad shard index or chunk of one array of a capture store."""
+
+    capture: str
+    array: str
+    chunk: str  # chunk coordinates "i,j,…", or what of the shard was unreadable
+    file: str  # relative to the capture group
+    reason: str
+    start: tuple[int, ...]  # the chunk's region, per dimension
+    stop: tuple[int, ...]
+
+
 @dataclass
 class StoreVerifySummary:
-    """What a store verify found: ``failures`` (one dict per bad shard index or chunk: capture, array, chunk,
-    file, reason), the repack tasks it marked and the captures it invalidated."""
+    """What a store verify found: ``failures`` (one per bad shard index or chunk), the repack tasks it marked
+    and the captures it invalidated."""
 
     store: str
     captures: int = 0
     arrays: int = 0
     shards: int = 0
-    failures: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[ChunkFailure] = field(default_factory=list)
     marked_tasks: list[str] = field(default_factory=list)
     invalidated: list[str] = field(default_factory=list)
 
@@ -61,7 +75,7 @@ class StoreVerifySummary:
             f"{len(self.invalidated)} capture(s) to recreate"
         ]
         for f in self.failures:
-            out.append(f"  CORRUPT {f['capture']} {f['array']} chunk {f['chunk']}: {f['reason']}")
+            out.append(f"  CORRUPT {f.capture} {f.array} chunk {f.chunk}: {f.reason}")
         return out
 
 
@@ -84,10 +98,9 @@ def _region(coords: Sequence[int], block: Sequence[int], shape: Sequence[int]) -
 
 def verify_shards(
     capture_path: str, capture: str, array: str, shards: Sequence[tuple[int, ...]]
-) -> list[dict]:
+) -> list[ChunkFailure]:
     """Read every inner chunk of the given shards (shard-grid coordinates; for an unsharded array, chunks) of
-    one array; one dict per bad shard index or chunk (capture, array, chunk, file, reason, and the chunk's
-    region as ``start``/``stop`` per dimension)."""
+    one array; one :class:`ChunkFailure` per bad shard index or chunk."""
     arr = _open_array(capture_path, array)
     outer = tuple(arr.shards or arr.chunks)
     inner = tuple(arr.chunks)
@@ -99,19 +112,19 @@ def verify_shards(
             root = Path(str(arr.store.root)) / arr.path
         except LayoutMismatch:
             fmt = None
-    bad: list[dict] = []
+    bad: list[ChunkFailure] = []
 
     def fail(coords: tuple[int, ...] | str, region: tuple[slice, ...], file: str, reason: str) -> None:
         bad.append(
-            {
-                "capture": capture,
-                "array": array,
-                "chunk": coords if isinstance(coords, str) else ",".join(str(c) for c in coords),
-                "file": file,
-                "reason": reason.splitlines()[0] if reason else "unreadable",
-                "start": [r.start for r in region],
-                "stop": [r.stop for r in region],
-            }
+            ChunkFailure(
+                capture=capture,
+                array=array,
+                chunk=coords if isinstance(coords, str) else ",".join(str(c) for c in coords),
+                file=file,
+                reason=reason.splitlines()[0] if reason else "unreadable",
+                start=tuple(r.start for r in region),
+                stop=tuple(r.stop for r in region),
+            )
         )
 
     for sc in shards:
@@ -210,18 +223,18 @@ def _owner_asset(array: str) -> str | None:
     return None
 
 
-def _overlaps(row: dict[str, Any], f: dict[str, Any], asset: str) -> bool:
-    f0, f1 = int(f["start"][0]), int(f["stop"][0])
-    if not (int(row["frame_start"]) < f1 and f0 < int(row["frame_stop"])):
+def _overlaps(row: rm.RepackRow, f: ChunkFailure, asset: str) -> bool:
+    f0, f1 = int(f.start[0]), int(f.stop[0])
+    if not (int(row.frame_start) < f1 and f0 < int(row.frame_stop)):
         return False
     if asset in L.CAMERA_ASSETS or asset in L.ENCODER_ASSETS:
-        if len(f["start"]) < 2:
+        if len(f.start) < 2:
             return True
-        return int(f["start"][1]) <= int(row["camera_index"]) < int(f["stop"][1])
+        return int(f.start[1]) <= int(row.camera_index) < int(f.stop[1])
     return True
 
 
-def mark_failures(store: str, failures: Sequence[dict[str, Any]], summary: StoreVerifySummary) -> None:
+def mark_failures(store: str, failures: Sequence[ChunkFailure], summary: StoreVerifySummary) -> None:
     """Mark the repack tasks owning each failure ``failed`` (so the next repack redoes them) and clear the
     source hash of captures with a bad chunk no task owns (so the next repack recreates them)."""
     from ava256.pipeline.repack import ManifestBook
@@ -230,30 +243,25 @@ def mark_failures(store: str, failures: Sequence[dict[str, Any]], summary: Store
     invalid: set[str] = set()
     marked: dict[str, None] = {}
     for f in failures:
-        cap = f["capture"]
-        asset = _owner_asset(f["array"])
+        cap = f.capture
+        asset = _owner_asset(f.array)
         rows = [
             r
             for r in book.rows.get(cap, {}).values()
-            if asset is not None and r["asset"] == asset and _overlaps(r, f, asset)
+            if asset is not None and r.asset == asset and _overlaps(r, f, asset)
         ]
         if not rows:
             invalid.add(cap)
             continue
+        error = rm.ErrorRecord(
+            capture=cap,
+            file=f"{cap}{L.STORE_SUFFIX}/{f.file}",
+            member=f"chunk {f.chunk}",
+            reason=rm.VERIFY_FAILED_PREFIX + f.reason,
+        )
         for r in rows:
-            r = dict(r)
-            r["status"] = rm.STATUS_FAILED
-            prev = r.get("errors")
-            r["errors"] = (list(prev) if prev is not None else []) + [
-                {
-                    "capture": cap,
-                    "file": f"{cap}{L.STORE_SUFFIX}/{f['file']}",
-                    "member": f"chunk {f['chunk']}",
-                    "reason": rm.VERIFY_FAILED_PREFIX + f["reason"],
-                }
-            ]
-            book.add(r)
-            marked.setdefault(r["task_id"], None)
+            book.add(dataclasses.replace(r, status=rm.STATUS_FAILED, errors=(*r.errors, error)))
+            marked.setdefault(r.task_id, None)
     for cap in sorted(invalid):
         g = L.open_capture_group(L.capture_store_path(store, cap), mode="r+")
         g.attrs[L.ATTR_SOURCE_HASH] = None  # never matches: the next repack recreates the capture
@@ -310,9 +318,7 @@ def verify_store(
                 run(c)
         bar.close()
         for f in summary.failures:
-            log.info(
-                "corrupt: capture %s array %s chunk %s: %s", f["capture"], f["array"], f["chunk"], f["reason"]
-            )
+            log.info("corrupt: capture %s array %s chunk %s: %s", f.capture, f.array, f.chunk, f.reason)
         if summary.failures:
             mark_failures(store, summary.failures, summary)
     return summary

@@ -24,7 +24,7 @@ from ava256.capture import (
     segmentation_key,
 )
 from ava256.cli import cli
-from ava256.manifests.fetch import manifest_path, read_fetch_manifest, write_fetch_manifest
+from ava256.manifests.fetch import FetchRow, manifest_path, read_fetch_manifest, write_fetch_manifest
 from ava256.pipeline.fetch import CaptureNotFoundError, DiskFullError, fetch
 from ava256.pipeline.verify import verify
 from ava256.synth.server import LOCAL_BUCKET, upload_tree
@@ -58,16 +58,16 @@ def test_full_fetch_writes_tree_and_manifest(tiny_bucket, dask_threads, faults, 
         for key, data in tiny_bucket.contents[cap.folder].items():
             row = rows[(cap.folder, key)]
             # canonical folder locally, even for the capture stored under the datasheet spelling in the bucket
-            assert row["path"] == f"{cap.folder}/{key}"
-            assert (out / row["path"]).read_bytes() == data
-            assert row["status"] == "ok" and row["error"] == ""
-            assert row["bytes"] == len(data) and row["sha256"] == sha256(data)
+            assert row.path == f"{cap.folder}/{key}"
+            assert (out / row.path).read_bytes() == data
+            assert row.status == "ok" and row.error == ""
+            assert row.bytes == len(data) and row.sha256 == sha256(data)
             if len(data) == tiny_bucket.big_bytes:
-                assert row["etag"].endswith("-2") and row["md5"] == ""  # multipart: size + sha256 only
+                assert row.etag.endswith("-2") and row.md5 == ""  # multipart: size + sha256 only
             else:
-                assert row["md5"] == row["etag"] == hashlib.md5(data).hexdigest()
+                assert row.md5 == row.etag == hashlib.md5(data).hexdigest()
     second = tiny_bucket.captures[1]
-    assert rows[(second.folder, CALIBRATION_KEY)]["source"].endswith(
+    assert rows[(second.folder, CALIBRATION_KEY)].source.endswith(
         f"/{second.datasheet_folder}/{CALIBRATION_KEY}"
     )
     assert not list(out.rglob("*.part")) and not list(out.rglob("*.part.etag"))
@@ -121,9 +121,9 @@ def test_resume_after_killed_fetch(tiny_bucket, faults, tmp_path):
     texture_gets = gets(faults, TEXTURE_KEY)
     assert [r.range for r in texture_gets] == [f"bytes={kept}-"]
     row = read_fetch_manifest(out)[(cap.folder, TEXTURE_KEY)]
-    assert row["resumed_from"] == kept and row["status"] == "ok"
+    assert row.resumed_from == kept and row.status == "ok"
     data = tiny_bucket.contents[cap.folder][TEXTURE_KEY]
-    assert row["sha256"] == sha256(data) and (out / row["path"]).read_bytes() == data
+    assert row.sha256 == sha256(data) and (out / row.path).read_bytes() == data
     assert not part.exists()
 
 
@@ -140,13 +140,13 @@ def test_verify_detects_corruption_and_refetch_heals(tiny_bucket, dask_threads, 
 
     report = verify(out, client=dask_threads, progress=False)
     assert not report.clean
-    assert {(r["path"], r["status"]) for r in report.problems} == {
+    assert {(r.path, r.status) for r in report.problems} == {
         (f"{cap.folder}/{image_key('400940')}", "corrupt"),
         (f"{cap.folder}/{segmentation_key('401164')}", "missing"),
     }
     rows = read_fetch_manifest(out)
-    assert rows[(cap.folder, image_key("400940"))]["status"] == "corrupt"
-    assert rows[(cap.folder, segmentation_key("401164"))]["status"] == "missing"
+    assert rows[(cap.folder, image_key("400940"))].status == "corrupt"
+    assert rows[(cap.folder, segmentation_key("401164"))].status == "missing"
 
     faults.clear()
     healed = fetch(out, **tiny_bucket.kwargs(client=dask_threads))
@@ -170,8 +170,8 @@ def test_server_errors_for_a_while_then_retries_succeed(tiny_bucket, dask_thread
     rows = read_fetch_manifest(out)
     for cap in tiny_bucket.captures:
         row = rows[(cap.folder, image_key("401031"))]
-        assert row["sha256"] == sha256(tiny_bucket.contents[cap.folder][image_key("401031")])
-    assert max(rows[(c.folder, image_key("401031"))]["attempts"] for c in tiny_bucket.captures) >= 2
+        assert row.sha256 == sha256(tiny_bucket.contents[cap.folder][image_key("401031")])
+    assert max(rows[(c.folder, image_key("401031"))].attempts for c in tiny_bucket.captures) >= 2
 
 
 def test_persistent_errors_fail_one_object_not_the_run(tiny_bucket, dask_threads, faults, tmp_path):
@@ -180,12 +180,12 @@ def test_persistent_errors_fail_one_object_not_the_run(tiny_bucket, dask_threads
     faults.add("error", match=f"{cap.folder}/{image_key('400940')}", times=None, status=503, code="SlowDown")
     summary = fetch(out, **tiny_bucket.kwargs(client=dask_threads, retries=3))
     assert not summary.ok
-    assert [r["path"] for r in summary.failed] == [f"{cap.folder}/{image_key('400940')}"]
-    assert "gave up after 3 attempts" in summary.failed[0]["error"]
-    assert "SlowDown" in summary.failed[0]["error"]
+    assert [r.path for r in summary.failed] == [f"{cap.folder}/{image_key('400940')}"]
+    assert "gave up after 3 attempts" in summary.failed[0].error
+    assert "SlowDown" in summary.failed[0].error
     assert summary.downloaded == summary.objects - 1
     rows = read_fetch_manifest(out)
-    assert rows[(cap.folder, image_key("400940"))]["status"] == "failed"
+    assert rows[(cap.folder, image_key("400940"))].status == "failed"
     assert not (out / cap.folder / image_key("400940")).exists()
 
     # The server recovers: a re-run fetches just that object, and the CLI exit codes follow.
@@ -216,9 +216,9 @@ def test_local_source_directory(tiny_bucket, dask_threads, tmp_path):
     rows = read_fetch_manifest(out)
     for cap in tiny_bucket.captures:
         for key, data in tiny_bucket.contents[cap.folder].items():
-            assert rows[(cap.folder, key)]["sha256"] == sha256(data)
+            assert rows[(cap.folder, key)].sha256 == sha256(data)
             assert (out / cap.folder / key).read_bytes() == data
-    assert rows[(tiny_bucket.captures[0].folder, CALIBRATION_KEY)]["source"].startswith(str(tiny_bucket.root))
+    assert rows[(tiny_bucket.captures[0].folder, CALIBRATION_KEY)].source.startswith(str(tiny_bucket.root))
 
 
 def test_fetch_on_worker_processes(tiny_bucket, tmp_path):
@@ -232,7 +232,7 @@ def test_fetch_on_worker_processes(tiny_bucket, tmp_path):
         segmentation_key("400940"),
         segmentation_key("401164"),
     }
-    assert all(r["status"] == "ok" for r in rows.values()) and len(rows) == 2 * 5
+    assert all(r.status == "ok" for r in rows.values()) and len(rows) == 2 * 5
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -290,21 +290,18 @@ def test_unsafe_camera_ids_fail_their_capture_alone(local_s3, dask_threads, tmp_
                 endpoint_url=local_s3.endpoint_url, progress=False, retry_base_delay=0.01)  # fmt: skip
     summary = fetch(out, client=dask_threads, **args)
     assert not summary.ok and not summary.fatal
-    assert sorted(r["path"] for r in summary.failed) == sorted(
-        f"{c.folder}/{CALIBRATION_KEY}" for c in caps[:3]
-    )
-    by_capture = {r["capture"]: r for r in summary.failed}
+    assert sorted(r.path for r in summary.failed) == sorted(f"{c.folder}/{CALIBRATION_KEY}" for c in caps[:3])
+    by_capture = {r.capture: r for r in summary.failed}
     for cap, cam in zip(caps, HOSTILE_IDS):
-        error = by_capture[cap.folder]["error"]
+        error = by_capture[cap.folder].error
         assert "not plain names" in error and repr(cam) in error and "capture not fetched" in error
     rows = read_fetch_manifest(out)
     for key, data in clean.items():
         assert (
-            rows[(caps[3].folder, key)]["status"] == "ok"
-            and (out / caps[3].folder / key).read_bytes() == data
+            rows[(caps[3].folder, key)].status == "ok" and (out / caps[3].folder / key).read_bytes() == data
         )
     for cap in caps[:3]:  # nothing of a hostile capture was written, not even its calibration
-        assert rows[(cap.folder, CALIBRATION_KEY)]["status"] == "failed"
+        assert rows[(cap.folder, CALIBRATION_KEY)].status == "failed"
         assert not (out / cap.folder).exists()
     assert not (tmp_path / "tmp").exists() and not list(tmp_path.rglob("pwned*"))
 
@@ -316,10 +313,10 @@ def test_unsafe_camera_ids_fail_their_capture_alone(local_s3, dask_threads, tmp_
 
 
 def test_manifest_write_is_atomic_and_bad_manifest_is_named(tmp_path):
-    row = dict(capture="c", key="k", path="c/k", status="ok", bytes=3)
+    row = FetchRow(capture="c", key="k", path="c/k", status="ok", bytes=3)
     write_fetch_manifest(tmp_path, [row])
     assert [p.name for p in manifest_path(tmp_path).parent.iterdir()] == ["fetch.parquet"]
-    assert read_fetch_manifest(tmp_path)[("c", "k")]["bytes"] == 3
+    assert read_fetch_manifest(tmp_path)[("c", "k")].bytes == 3
     manifest_path(tmp_path).write_bytes(b"not parquet")
     with pytest.raises(ValueError, match="fetch.parquet"):
         read_fetch_manifest(tmp_path)

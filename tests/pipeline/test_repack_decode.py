@@ -93,5 +93,5 @@ def test_probe_reads_headers_skips_unreadable_members_and_tasks_record_corrupt_p
         if t.asset == "image" and t.camera_id == cam and t.frame_start == 0
     ]
     res = rt.run_task(tasks[0], write=False)
-    assert res["status"] == "done"
-    assert res["n_corrupt"] == 2 and not res["valid"][0] and not res["valid"][1] and all(res["valid"][2:])
+    assert res.row.status == "done"
+    assert res.row.n_corrupt == 2 and not res.valid[0] and not res.valid[1] and all(res.valid[2:])

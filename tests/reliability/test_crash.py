@@ -39,8 +39,8 @@ def test_fetch_killed_at_random_points_then_rerun_equals_the_bucket(chaos_bucket
     assert tree_digest(out) == want
     assert not list(out.rglob("*.part")) and not list(out.rglob("*.etag"))
     rows = read_fetch_manifest(out)
-    assert len(rows) == len(want) and all(r["status"] == "ok" for r in rows.values())
-    assert {r["path"]: r["sha256"] for r in rows.values()} == want
+    assert len(rows) == len(want) and all(r.status == "ok" for r in rows.values())
+    assert {r.path: r.sha256 for r in rows.values()} == want
     assert run_cli("verify", out, "--no-progress").returncode == 0
 
 

@@ -33,12 +33,12 @@ def assert_no_silent_damage(out, bucket) -> dict:
     rows = read_fetch_manifest(out)
     assert {k for (_c, k) in rows} == set(bucket.contents)
     for (_cap, key), row in rows.items():
-        path = out / row["path"]
-        if row["status"] == "ok":
+        path = out / row.path
+        if row.status == "ok":
             data = path.read_bytes()
-            assert sha256(data) == row["sha256"] == sha256(bucket.contents[key]), key
+            assert sha256(data) == row.sha256 == sha256(bucket.contents[key]), key
         else:
-            assert row["error"], key
+            assert row.error, key
             assert not path.exists(), f"{key} failed but a file sits at its final path"
     return rows
 
@@ -63,7 +63,7 @@ def test_fault_is_healed_or_reported_and_rerun_heals(
     assert transient.hits == 1
     assert summary.ok, summary.lines()
     rows = assert_no_silent_damage(out, chaos_bucket)
-    assert rows[(chaos_bucket.capture.folder, key)]["status"] == "ok"
+    assert rows[(chaos_bucket.capture.folder, key)].status == "ok"
 
     # 2. a persistent fault on a fresh tree: that object (only) is reported failed, nothing wrong is kept
     chaos.clear()
@@ -74,14 +74,14 @@ def test_fault_is_healed_or_reported_and_rerun_heals(
     if name == "content-length-long":
         assert summary.ok, summary.lines()
         return
-    assert [r["key"] for r in summary.failed] == [key], summary.lines()
+    assert [r.key for r in summary.failed] == [key], summary.lines()
 
     # 3. the server recovers: a re-run fetches just that object, and the tree verifies clean
     chaos.clear()
     healed = fetch(out2, **chaos_bucket.kwargs(client=dask_threads))
     assert healed.ok and healed.downloaded == 1, healed.lines()
     rows = assert_no_silent_damage(out2, chaos_bucket)
-    assert all(r["status"] == "ok" for r in rows.values())
+    assert all(r.status == "ok" for r in rows.values())
     assert verify(out2, client=dask_threads, progress=False).clean
 
 

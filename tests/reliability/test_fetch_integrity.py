@@ -21,7 +21,7 @@ from rel_helpers import CAMERAS, calibration_bytes, cli_cmd, run_cli, sha256
 
 from ava256.capture import CALIBRATION_KEY, TEXTURE_KEY, capture_keys, image_key, release_capture_ids
 from ava256.cli import cli
-from ava256.manifests.fetch import manifest_path, read_fetch_manifest, write_fetch_manifest
+from ava256.manifests.fetch import FetchRow, manifest_path, read_fetch_manifest, write_fetch_manifest
 from ava256.pipeline.fetch import DiskFullError, fetch, raw_tree_lock
 from ava256.pipeline.verify import verify
 
@@ -43,11 +43,11 @@ def assert_rows_match_bucket(out: Path, bucket, statuses=("ok",)) -> dict:
     """Every ok row's file equals the bucket's bytes; returns the capture's rows by key."""
     rows = {k: r for (c, k), r in read_fetch_manifest(out).items() if c == bucket.capture.folder}
     for key, row in rows.items():
-        if row["status"] == "ok":
-            assert row["sha256"] == sha256(bucket.contents[key])
-            assert (out / row["path"]).read_bytes() == bucket.contents[key]
+        if row.status == "ok":
+            assert row.sha256 == sha256(bucket.contents[key])
+            assert (out / row.path).read_bytes() == bucket.contents[key]
         else:
-            assert row["status"] in statuses, row
+            assert row.status in statuses, row
     return rows
 
 
@@ -106,25 +106,25 @@ def test_manifest_writes_keep_rows_of_captures_they_did_not_touch(
 ):
     out = tmp_path / "raw"
     other = release_capture_ids()[9].folder
-    foreign = dict(capture=other, key=CALIBRATION_KEY, path=f"{other}/{CALIBRATION_KEY}", status="corrupt",
-                   bytes=5, sha256="ab" * 32, error="marked by verify")  # fmt: skip
+    foreign = FetchRow(capture=other, key=CALIBRATION_KEY, path=f"{other}/{CALIBRATION_KEY}", status="corrupt",
+                       bytes=5, sha256="ab" * 32, error="marked by verify")  # fmt: skip
     write_fetch_manifest(out, [foreign])
     summary = fetch(out, **chaos_bucket.kwargs(client=dask_threads))
     assert summary.ok, summary.lines()
     rows = read_fetch_manifest(out)
-    assert rows[(other, CALIBRATION_KEY)]["status"] == "corrupt"
-    assert rows[(other, CALIBRATION_KEY)]["error"] == "marked by verify"
+    assert rows[(other, CALIBRATION_KEY)].status == "corrupt"
+    assert rows[(other, CALIBRATION_KEY)].error == "marked by verify"
     assert len(rows) == len(chaos_bucket.contents) + 1
 
     # verify writes only what it checked: the fetched rows ok, the foreign row stays corrupt
     (out / chaos_bucket.capture.folder / image_key(CAMERAS[0])).write_bytes(b"changed")
     report = verify(out, client=dask_threads, progress=False)
-    assert {r["path"].rsplit("/", 1)[-1] for r in report.problems} == {
+    assert {r.path.rsplit("/", 1)[-1] for r in report.problems} == {
         f"cam{CAMERAS[0]}.zip",
         "camera_calibration.json",
     }
     rows = read_fetch_manifest(out)
-    assert rows[(chaos_bucket.capture.folder, image_key(CAMERAS[0]))]["status"] == "corrupt"
+    assert rows[(chaos_bucket.capture.folder, image_key(CAMERAS[0]))].status == "corrupt"
     # the next fetch re-downloads the corrupt file instead of calling it "already present"
     again = fetch(out, **chaos_bucket.kwargs(client=dask_threads))
     assert again.ok and again.downloaded == 1, again.lines()
@@ -161,15 +161,15 @@ def test_local_source_refuses_symlinks_that_leave_it(dask_threads, tmp_path):
     out = tmp_path / "raw"
     summary = fetch(out, size="4TB", captures=cap.folder, source=str(src), assets="meta,image,segmentation",
                     client=dask_threads, progress=False)  # fmt: skip
-    assert [r["path"] for r in summary.failed] == [f"{cap.folder}/{image_key(CAMERAS[0])}"]
-    error = summary.failed[0]["error"]
+    assert [r.path for r in summary.failed] == [f"{cap.folder}/{image_key(CAMERAS[0])}"]
+    error = summary.failed[0].error
     assert "outside the source" in error and str(secret) in error and "not copied" in error
     assert not (out / cap.folder / image_key(CAMERAS[0])).exists()
     assert not list(out.rglob("*.part"))
     for p in out.rglob("*"):
         assert not p.is_file() or b"outside the source" not in p.read_bytes() or p.suffix == ".parquet"
     assert (out / cap.folder / image_key(CAMERAS[1])).read_bytes() == contents[image_key(CAMERAS[1])]
-    assert read_fetch_manifest(out)[(cap.folder, image_key(CAMERAS[0]))]["status"] == "failed"
+    assert read_fetch_manifest(out)[(cap.folder, image_key(CAMERAS[0]))].status == "failed"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -233,13 +233,13 @@ def test_file_size_limit_mid_run_stops_with_a_whole_manifest(chaos_bucket, chaos
     part = out / chaos_bucket.capture.folder / (TEXTURE_KEY + ".part")
     assert f"STOPPED: out of space: {os.strerror(errno.EFBIG)} while writing {part}" in proc.stdout
     rows = assert_rows_match_bucket(out, chaos_bucket, statuses=("failed",))
-    assert rows[TEXTURE_KEY]["status"] == "failed" and str(part) in rows[TEXTURE_KEY]["error"]
+    assert rows[TEXTURE_KEY].status == "failed" and str(part) in rows[TEXTURE_KEY].error
     assert sorted(rows) == sorted(chaos_bucket.contents)  # every object on the record, none lost
     assert not (out / chaos_bucket.capture.folder / TEXTURE_KEY).exists()
 
     healed = run_cli(*fetch_args(chaos_bucket, out))
     assert healed.returncode == 0, healed.stdout + healed.stderr
-    assert all(r["status"] == "ok" for r in assert_rows_match_bucket(out, chaos_bucket).values())
+    assert all(r.status == "ok" for r in assert_rows_match_bucket(out, chaos_bucket).values())
 
 
 def test_disk_full_mid_run_on_a_real_small_filesystem(chaos_bucket, chaos, small_fs):
@@ -263,13 +263,13 @@ def test_disk_full_mid_run_on_a_real_small_filesystem(chaos_bucket, chaos, small
     assert f"STOPPED: out of space: {os.strerror(errno.ENOSPC)} while writing {part}" in stdout
     rows = assert_rows_match_bucket(out, chaos_bucket, statuses=("failed",))
     assert sorted(rows) == sorted(chaos_bucket.contents)
-    assert [k for k, r in rows.items() if r["status"] != "ok"] == [TEXTURE_KEY]
+    assert [k for k, r in rows.items() if r.status != "ok"] == [TEXTURE_KEY]
 
     (root / "filler").unlink()
     healed = run_cli(*fetch_args(chaos_bucket, out))
     assert healed.returncode == 0, healed.stdout + healed.stderr
     assert "1 downloaded" in healed.stdout
-    assert all(r["status"] == "ok" for r in assert_rows_match_bucket(out, chaos_bucket).values())
+    assert all(r.status == "ok" for r in assert_rows_match_bucket(out, chaos_bucket).values())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -299,10 +299,10 @@ def test_torn_manifest_names_the_recovery_and_rebuild_restores_it(
     rebuilt = read_fetch_manifest(out)
     assert sorted(rebuilt) == sorted(good)
     for k, row in rebuilt.items():
-        assert (row["sha256"], row["bytes"], row["asset"], row["path"]) == (
-            good[k]["sha256"], good[k]["bytes"], good[k]["asset"], good[k]["path"],
+        assert (row.sha256, row.bytes, row.asset, row.path) == (
+            good[k].sha256, good[k].bytes, good[k].asset, good[k].path,
         )  # fmt: skip
-        assert row["status"] == "ok" and row["source"] == ""
+        assert row.status == "ok" and row.source == ""
 
     # The next fetch checks the rebuilt rows against the bucket's ETags (a HEAD for the multipart one) and
     # downloads nothing.
@@ -314,7 +314,7 @@ def test_torn_manifest_names_the_recovery_and_rebuild_restores_it(
         r for r in chaos.requests if r.method == "GET" and "/4TB/" in r.path and "list-type" not in r.path
     ]
     rows = assert_rows_match_bucket(out, chaos_bucket)
-    assert all(r["source"] and r["etag"] for r in rows.values())
+    assert all(r.source and r.etag for r in rows.values())
     assert verify(out, client=dask_threads, progress=False).clean
 
 
@@ -326,6 +326,6 @@ def test_rebuild_keeps_failed_rows_of_a_readable_manifest(chaos_bucket, chaos, d
     res = CliRunner().invoke(cli, ["fetch", str(out), "--rebuild-manifest"])
     assert res.exit_code == 0 and "not a catalog key" in res.output, res.output
     rows = read_fetch_manifest(out)
-    assert rows[(chaos_bucket.capture.folder, image_key(CAMERAS[1]))]["status"] == "failed"
-    assert sum(r["status"] == "ok" for r in rows.values()) == len(chaos_bucket.contents) - 1
-    assert hashlib.sha256(b"").hexdigest() not in {r["sha256"] for r in rows.values()}
+    assert rows[(chaos_bucket.capture.folder, image_key(CAMERAS[1]))].status == "failed"
+    assert sum(r.status == "ok" for r in rows.values()) == len(chaos_bucket.contents) - 1
+    assert hashlib.sha256(b"").hexdigest() not in {r.sha256 for r in rows.values()}

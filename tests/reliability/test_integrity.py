@@ -19,7 +19,7 @@ from rel_helpers import assert_same_store, kill9, run_cli, start_cli, write_raw_
 
 from ava256 import capture as cat
 from ava256.formats.zips import MemberTooLarge, ZipReader, write_stored_zip
-from ava256.manifests.fetch import write_fetch_manifest
+from ava256.manifests.fetch import FetchRow, write_fetch_manifest
 from ava256.manifests.repack import read_repack_manifest
 from ava256.store import layout as L
 
@@ -266,8 +266,8 @@ def test_an_archive_with_no_frame_named_member_and_archives_the_fetch_manifest_l
         for p in sorted((raw / cap).rglob("*")):
             if p.is_file():
                 k = p.relative_to(raw / cap).as_posix()
-                rows.append({"capture": cap, "key": k, "path": f"{cap}/{k}", "bytes": p.stat().st_size,
-                             "status": "ok", "error": ""})  # fmt: skip
+                rows.append(FetchRow(capture=cap, key=k, path=f"{cap}/{k}", bytes=p.stat().st_size,
+                                     status="ok", error=""))  # fmt: skip
     write_fetch_manifest(raw, rows)
     shutil.rmtree(raw / b / "decoder" / "image")
     (raw / b / cat.VERTICES_KEY).unlink()

@@ -196,13 +196,13 @@ def test_samples_schema_matches_split_parts():
 def test_repack_manifest_roundtrip(tmp_path):
     from datetime import datetime
 
-    row = {
-        "capture": "c", "task_id": "c/image/1/000000-000004", "asset": "image", "camera_id": "1", "camera_index": 0,
-        "frame_start": 0, "frame_stop": 4, "status": rm.STATUS_DONE, "n_frames": 4, "n_valid": 3, "n_missing": 1,
-        "n_corrupt": 0, "errors": [{"capture": "c", "file": "c/x.zip", "member": "m", "reason": "missing"}],
-        "seconds": 1.5, "cpu_seconds": 1.0, "peak_rss_mb": 100.0, "source_hash": "h", "worker": "w",
-        "finished_at": datetime.now(UTC),
-    }  # fmt: skip
+    row = rm.RepackRow(
+        capture="c", task_id="c/image/1/000000-000004", asset="image", camera_id="1", camera_index=0,
+        frame_start=0, frame_stop=4, status=rm.STATUS_DONE, n_frames=4, n_valid=3, n_missing=1,
+        n_corrupt=0, errors=(rm.ErrorRecord(capture="c", file="c/x.zip", member="m", reason="missing"),),
+        seconds=1.5, cpu_seconds=1.0, peak_rss_mb=100.0, source_hash="h", worker="w",
+        finished_at=datetime.now(UTC),
+    )  # fmt: skip
     path = tmp_path / "repack.parquet"
     rm.write_repack_manifest(rm.rows_to_table([row]), path)
     df = rm.read_repack_manifest(path)
