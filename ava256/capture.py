@@ -177,11 +177,18 @@ TEXTURE_VARIANCE_KEY = "decoder/uv_image/color_variance.txt"
 MiB = 2**20
 
 
+#: What ``{camera}`` of an archive key stands for: a dome camera id (one archive per camera, arrays
+#: (F, C, ...)), an encoder camera name (one per headset camera, (Fe, 5, ...)), or nothing (one archive, (F, ...)).
+#: The values are also the ``per`` of the asset's store array (:class:`ava256.store.layout.ArraySpec`).
+CAMERA, ENCODER, FRAME = "camera", "encoder", "frame"
+
+
 @dataclass(frozen=True)
 class FrameArchive:
-    """The per-frame zip of an asset: its key (``{camera}`` = a dome camera id or an encoder camera name),
-    the member names it may use (``{camera}``, ``{stem}`` = the archive's file name without ``.zip``, and
-    ``{frame:06d}``), and the largest member size (ZipInfo.file_size) repack accepts before inflating.
+    """The per-frame zip of an asset: its key (``{camera}`` = a dome camera id or an encoder camera name, as
+    ``axis`` says), the member names it may use (``{camera}``, ``{stem}`` = the archive's file name without
+    ``.zip``, and ``{frame:06d}``), the largest member size (ZipInfo.file_size) repack accepts before inflating,
+    and the side files (normalisation stats) fetched with it.
 
     The release names members inconsistently (the datasheet leaves out prefixes the files have), so each
     archive's naming is resolved from its listing (:func:`resolve_member_pattern`); the first pattern is the
@@ -191,9 +198,22 @@ class FrameArchive:
     key: str
     members: tuple[str, ...]
     max_member_bytes: int
+    axis: str  # CAMERA, ENCODER or FRAME
+    side_keys: tuple[str, ...] = ()
 
     def archive_key(self, camera: str = "") -> str:
         return self.key.format(camera=camera)
+
+    def cameras(self, camera_ids: Sequence[str]) -> tuple[str, ...]:
+        """What fills ``{camera}`` for a capture with dome cameras ``camera_ids``: those ids, the encoder
+        cameras, or ``("",)`` for a per-frame archive."""
+        if self.axis == CAMERA:
+            return tuple(camera_ids)
+        return ENCODER_CAMERAS if self.axis == ENCODER else ("",)
+
+    def keys(self, camera_ids: Sequence[str]) -> list[str]:
+        """Every object key of the asset (its archives, then its side files) for the given dome cameras."""
+        return [self.archive_key(c) for c in self.cameras(camera_ids)] + list(self.side_keys)
 
     def patterns(self, camera: str = "") -> tuple[str, ...]:
         """Member name patterns for ``camera`` with ``{camera}`` and ``{stem}`` filled in (``{frame:06d}``
@@ -206,26 +226,29 @@ class FrameArchive:
         return (pattern or self.patterns(camera)[0]).replace("{frame:06d}", f"{int(frame_id):06d}")
 
 
-#: The per-frame archive of every per-frame asset (naming facts in one place: repack, synth and info read
-#: them). Member caps are generous multiples of the largest frame a release size holds (a 2048 x 1334 AVIF
-#: or PNG is a few MB; a mesh or pose is KB): anything declared larger is recorded corrupt without inflating.
+#: The per-frame archive of every per-frame asset, in store order: the naming facts of the asset registry
+#: (:mod:`ava256.assets`), kept here so that naming stays free of decoders. Member caps are generous
+#: multiples of the largest frame a release size holds (a 2048 x 1334 AVIF or PNG is a few MB; a mesh or pose
+#: is KB): anything declared larger is recorded corrupt without inflating.
 FRAME_ARCHIVES: dict[str, FrameArchive] = {
     a.asset: a
     for a in (
         FrameArchive("image", "decoder/image/cam{camera}.zip",
-                     ("cam{camera}/{frame:06d}.avif", "{frame:06d}.avif"), 64 * MiB),
+                     ("cam{camera}/{frame:06d}.avif", "{frame:06d}.avif"), 64 * MiB, CAMERA),
         FrameArchive("segmentation", "decoder/segmentation_parts/cam{camera}.zip",
-                     ("cam{camera}/{frame:06d}.png", "{frame:06d}.png"), 64 * MiB),
+                     ("cam{camera}/{frame:06d}.png", "{frame:06d}.png"), 64 * MiB, CAMERA),
         FrameArchive("uv_texture", TEXTURE_KEY,
-                     ("{stem}/{frame:06d}.avif", "{frame:06d}.avif"), 64 * MiB),
+                     ("{stem}/{frame:06d}.avif", "{frame:06d}.avif"), 64 * MiB, FRAME,
+                     (TEXTURE_MEAN_KEY, TEXTURE_VARIANCE_KEY)),
         FrameArchive("vertices", VERTICES_KEY,
-                     ("{frame:06d}.ply", "{stem}/{frame:06d}.ply"), 16 * MiB),
+                     ("{frame:06d}.ply", "{stem}/{frame:06d}.ply"), 16 * MiB, FRAME,
+                     (VERTICES_MEAN_KEY, VERTICES_VARIANCE_KEY)),
         FrameArchive("keypoints_3d", KEYPOINTS_KEY,
-                     ("{frame:06d}.npy", "{stem}/{frame:06d}.npy"), 1 * MiB),
+                     ("{frame:06d}.npy", "{stem}/{frame:06d}.npy"), 1 * MiB, FRAME),
         FrameArchive("head_pose", HEAD_POSE_KEY,
-                     ("{frame:06d}.txt", "{stem}/{frame:06d}.txt"), 1 * MiB),
+                     ("{frame:06d}.txt", "{stem}/{frame:06d}.txt"), 1 * MiB, FRAME),
         FrameArchive("encoder_image", "encoder/image/{camera}.zip",
-                     ("{frame:06d}.avif", "{camera}/{frame:06d}.avif"), 16 * MiB),
+                     ("{frame:06d}.avif", "{camera}/{frame:06d}.avif"), 16 * MiB, ENCODER),
     )
 }  # fmt: skip
 
@@ -302,7 +325,8 @@ def encoder_image_member(frame_id: int, encoder_camera: str = "") -> str:
     return FRAME_ARCHIVES["encoder_image"].member(encoder_camera, frame_id)
 
 
-#: Assets a user can select with ``--assets``. "meta" (calibration + frame lists) is always included.
+#: Assets a user can select with ``--assets`` of fetch and synth, in the order fetch lists their keys: the
+#: per-frame assets of :data:`FRAME_ARCHIVES` and "meta" (calibration + frame lists), which is always included.
 ASSETS: tuple[str, ...] = (
     "meta",
     "image",
@@ -313,7 +337,7 @@ ASSETS: tuple[str, ...] = (
     "uv_texture",
     "encoder_image",
 )
-PER_CAMERA_ASSETS = frozenset({"image", "segmentation"})
+META_KEYS: tuple[str, ...] = (CALIBRATION_KEY, FRAME_LIST_KEY, ENCODER_FRAME_LIST_KEY)
 
 
 def parse_assets(names: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -331,22 +355,10 @@ def parse_assets(names: str | Sequence[str] | None) -> tuple[str, ...]:
 def asset_keys(asset: str, camera_ids: Sequence[str]) -> list[str]:
     """Object keys (relative to the capture folder) that make ``asset`` for the given dome cameras."""
     if asset == "meta":
-        return [CALIBRATION_KEY, FRAME_LIST_KEY, ENCODER_FRAME_LIST_KEY]
-    if asset == "image":
-        return [image_key(c) for c in camera_ids]
-    if asset == "segmentation":
-        return [segmentation_key(c) for c in camera_ids]
-    if asset == "head_pose":
-        return [HEAD_POSE_KEY]
-    if asset == "keypoints_3d":
-        return [KEYPOINTS_KEY]
-    if asset == "vertices":
-        return [VERTICES_KEY, VERTICES_MEAN_KEY, VERTICES_VARIANCE_KEY]
-    if asset == "uv_texture":
-        return [TEXTURE_KEY, TEXTURE_MEAN_KEY, TEXTURE_VARIANCE_KEY]
-    if asset == "encoder_image":
-        return [encoder_image_key(c) for c in ENCODER_CAMERAS]
-    raise ValueError(f"unknown asset {asset!r}; expected one of {', '.join(ASSETS)}")
+        return list(META_KEYS)
+    if asset not in FRAME_ARCHIVES:
+        raise ValueError(f"unknown asset {asset!r}; expected one of {', '.join(ASSETS)}")
+    return FRAME_ARCHIVES[asset].keys(camera_ids)
 
 
 def capture_keys(assets: Sequence[str], camera_ids: Sequence[str]) -> list[str]:

@@ -59,6 +59,7 @@ import torch
 import zarr
 from torch.utils.data import Dataset
 
+from ava256.assets import FRAME, REGISTRY
 from ava256.data.geometry import camera_in_head_frame, focal_principal, pixel_coords
 from ava256.data.normalization import CaptureStats, NormStats, combine_stats
 from ava256.store import layout as L
@@ -89,8 +90,10 @@ class BadSample:
         return f"capture {self.capture} array {self.array} chunk {','.join(map(str, self.chunk))}"
 
 
-#: The per-frame assets a training sample needs (a sample is valid iff all are valid and its image is).
-SAMPLE_FRAME_ASSETS = ("head_pose", "vertices", "uv_texture")
+#: The asset arrays a training sample reads (the loader refuses a store without them).
+SAMPLE_ARRAYS = (L.IMAGE, L.VERTICES, L.UV_TEXTURE, L.HEAD_POSE)
+#: The per-frame assets among them (a sample is valid iff all are valid and its image is).
+SAMPLE_FRAME_ASSETS = tuple(n for n, a in REGISTRY.items() if a.array in SAMPLE_ARRAYS and a.axis == FRAME)
 
 
 def choose_neutral_frame(segments: Sequence[str], frame_valid: np.ndarray, capture: str = "") -> int:
@@ -286,7 +289,7 @@ class ZarrSampleDataset(Dataset):
                     f"capture {cap}: store was repacked with --downsample {a.get(L.ATTR_DOWNSAMPLE)}, the loader "
                     f"wants {downsample}; repack with --downsample {downsample} or change the loader's downsample"
                 )
-            for name in (L.IMAGE, L.VERTICES, L.UV_TEXTURE, L.HEAD_POSE):
+            for name in SAMPLE_ARRAYS:
                 if name not in group:
                     raise ValueError(
                         f"capture {cap}: store has no {name!r} array (asset missing from the raw capture)"

@@ -26,12 +26,11 @@ from typing import Any
 import numpy as np
 import zarr
 
+from ava256 import assets as A
 from ava256 import capture as cat
 from ava256.formats.calibration import Calibration, read_calibration
 from ava256.formats.frame_list import read_frame_list
-from ava256.formats.head_pose import read_head_pose
-from ava256.formats.images import decode_gray, decode_labels, decode_rgb, image_size, label_size
-from ava256.formats.keypoints import read_keypoints
+from ava256.formats.images import decode_rgb, image_size, label_size
 from ava256.formats.ply import read_ply
 from ava256.formats.scalars import read_npy, read_scalar_txt
 from ava256.formats.zips import ZipReader
@@ -41,7 +40,6 @@ from ava256.pipeline.cluster import WORKER_MALLOC_ENV
 from ava256.pipeline.selection import Selection
 from ava256.store import layout as L
 from ava256.store.chunks import warn_once
-from ava256.store.resample import resize_labels, resize_rgb
 from ava256.store.shards import ShardWriter, shard_writer
 
 log = logging.getLogger(__name__)
@@ -228,15 +226,14 @@ def probe_capture(
             )
         calib = calib.subset(list(sel.cameras))
     cams = list(calib.camera_ids)
-    # archives the selection never reads: their absence is no failure
+    # archives the selection never reads (unselected assets, unselected dome cameras): their absence is no
+    # failure
     unread = {
-        cat.frame_archive(a).archive_key(c)
-        for a in L.CAMERA_ASSETS
-        for c in all_cams
-        if not (sel.wants(a) and c in cams)
-    } | {cat.frame_archive(a).archive_key() for a in L.FRAME_ASSETS if not sel.wants(a)}
-    if not sel.wants("encoder_image"):
-        unread |= {cat.frame_archive("encoder_image").archive_key(c) for c in cat.ENCODER_CAMERAS}
+        a.archive.archive_key(c)
+        for a in A.REGISTRY.values()
+        for c in a.archive.cameras(all_cams)
+        if not (sel.wants(a.name) and (a.axis != A.CAMERA or c in cams))
+    }
 
     assets: list[str] = []
     failures: list[ErrorRecord] = []
@@ -365,7 +362,7 @@ def probe_capture(
         n_vertices=V,
         n_encoder_frames=len(enc_ids),
         encoder_hw=enc_hw,
-        assets=tuple(a for a in L.ASSET_ARRAYS if a in assets),
+        assets=tuple(a for a in A.REGISTRY if a in assets),
     )
     return CapturePlan(
         folder=src.folder,
@@ -493,37 +490,12 @@ def _source_key(asset: str, camera_id: str) -> str:
 
 
 def decode_member(task: RepackTask, data: bytes) -> np.ndarray:
-    """Decode one member's bytes into the stored per-frame slice of ``task.asset`` (resampled if needed).
-    ValueError (with the reason) for undecodable data or a wrong shape."""
-    a = task.asset
-    if a == "image":
-        x = decode_rgb(data)
-        _check_shape(x, (*task.source_hw, 3))
-        return resize_rgb(x, task.out_hw)
-    if a == "segmentation":
-        x = decode_labels(data)
-        _check_shape(x, tuple(task.source_hw))
-        return resize_labels(x, task.out_hw)
-    if a == "uv_texture":
-        x = decode_rgb(data)
-        _check_shape(x, (*task.source_hw, 3))
-        return x
-    if a == "encoder_image":
-        x = decode_gray(data)
-        _check_shape(x, tuple(task.source_hw))
-        return x
-    if a == "vertices":
-        x = read_ply(data)
-        _check_shape(x, (task.source_hw[0], 3))
-        return x
-    if a == "keypoints_3d":
-        return read_keypoints(data)
-    if a == "head_pose":
-        x = read_head_pose(data)
-        if not np.isfinite(x).all():  # the tracker lost the head: mask it (formats/head_pose.py NaN policy)
-            raise ValueError("head pose has non-finite values (tracking lost)")
-        return x
-    raise ValueError(f"unknown asset {a!r}")
+    """Decode one member's bytes into the stored per-frame slice of ``task.asset`` (resampled if needed) with
+    the asset's registry decoder. ValueError (with the reason) for undecodable data or a wrong shape."""
+    a = A.REGISTRY.get(task.asset)
+    if a is None:
+        raise ValueError(f"unknown asset {task.asset!r}")
+    return a.decode(data, task.source_hw, task.out_hw)
 
 
 def check_malloc_env() -> bool:
@@ -542,11 +514,6 @@ def check_malloc_env() -> bool:
               "(ava256's local clusters do)", os.getpid(), env["MALLOC_TRIM_THRESHOLD_"],
               " ".join(f"{k}={v}" for k, v in WORKER_MALLOC_ENV.items()))  # fmt: skip
     return False
-
-
-def _check_shape(x: np.ndarray, shape: tuple[int, ...]) -> None:
-    if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"decoded shape {tuple(x.shape)}, expected {tuple(shape)}")
 
 
 def peak_rss_mb() -> float:
@@ -876,22 +843,24 @@ def plan_tasks(
     made of whole shards (``max(1, task_target_frames // frames_per_shard)`` shards each), so no two tasks
     ever write one shard."""
     g = plan.geometry
+    # the size each asset's members decode to, as the probe found it (None: not checked)
+    source_hw = {
+        "image": plan.source_image_hw,
+        "segmentation": plan.source_segmentation_hw,
+        "uv_texture": (g.texture_size, g.texture_size),
+        "vertices": (g.n_vertices,),
+        "encoder_image": g.encoder_hw,
+    }
     tasks: list[RepackTask] = []
     for asset in g.assets:
-        spec = specs[L.ASSET_ARRAYS[asset]]
+        a = A.REGISTRY[asset]
+        spec = specs[a.array]
         s = spec.frames_per_shard
         span = s * max(1, task_target_frames // s)
-        if asset == "encoder_image":
-            ids, cams = plan.encoder_frame_ids, [(c, i) for i, c in enumerate(cat.ENCODER_CAMERAS)]
-            src_hw, out_hw = g.encoder_hw, None
-        elif asset in L.CAMERA_ASSETS:
-            ids, cams = plan.frame_ids, [(c, i) for i, c in enumerate(g.camera_ids)]
-            src_hw = plan.source_image_hw if asset == "image" else plan.source_segmentation_hw
-            out_hw = g.image_hw
-        else:
-            ids, cams = plan.frame_ids, [("", -1)]
-            src_hw = {"uv_texture": (g.texture_size, g.texture_size), "vertices": (g.n_vertices,)}.get(asset)
-            out_hw = None
+        ids = plan.encoder_frame_ids if a.axis == A.ENCODER else plan.frame_ids
+        cams = [(c, i if a.axis != A.FRAME else -1) for i, c in enumerate(a.archive.cameras(g.camera_ids))]
+        src_hw = source_hw.get(asset)
+        out_hw = g.image_hw if a.axis == A.CAMERA else None
         n = len(ids)
         for cam, ci in cams:
             for f0 in range(0, n, span):

@@ -15,10 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ava256.store import layout as L
-
-#: Assets the training loader needs (``ava256 train`` refuses a store without them).
-TRAINING_ASSETS = ("image", "vertices", "uv_texture", "head_pose")
+from ava256.assets import REGISTRY
 
 
 @dataclass(frozen=True)
@@ -35,7 +32,7 @@ class Selection:
         if self.cameras is not None:
             object.__setattr__(self, "cameras", tuple(sorted(dict.fromkeys(str(c) for c in self.cameras))))
         if self.assets is not None:
-            object.__setattr__(self, "assets", tuple(a for a in L.ASSET_ARRAYS if a in set(self.assets)))
+            object.__setattr__(self, "assets", tuple(a for a in REGISTRY if a in set(self.assets)))
         if self.segments is not None:
             object.__setattr__(self, "segments", tuple(dict.fromkeys(str(s) for s in self.segments)))
         if self.frames is not None:
@@ -133,10 +130,10 @@ def parse_selection(
     sel_assets = None
     if assets is not None:
         sel_assets = _list(assets, "assets")
-        unknown = [a for a in sel_assets if a not in L.ASSET_ARRAYS]
+        unknown = [a for a in sel_assets if a not in REGISTRY]
         if unknown:
             raise ValueError(
-                f"--assets: unknown asset(s) {', '.join(unknown)}; expected some of {', '.join(L.ASSET_ARRAYS)}"
+                f"--assets: unknown asset(s) {', '.join(unknown)}; expected some of {', '.join(REGISTRY)}"
             )
     return Selection(
         cameras=_list(cameras, "cameras") if cameras is not None else None,

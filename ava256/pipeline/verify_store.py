@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from ava256.assets import FRAME, REGISTRY
 from ava256.manifests import repack as rm
 from ava256.store import layout as L
 from ava256.store.chunks import MISSING, LayoutMismatch, chunk_format
@@ -217,8 +218,8 @@ def _units(store: str, summary: StoreVerifySummary) -> Iterator[_Unit]:
 
 
 def _owner_asset(array: str) -> str | None:
-    for asset, name in L.ASSET_ARRAYS.items():
-        if array in (name, L.valid_name(asset)):
+    for asset, a in REGISTRY.items():
+        if array in (a.array, L.valid_name(asset)):
             return asset
     return None
 
@@ -227,7 +228,7 @@ def _overlaps(row: rm.RepackRow, f: ChunkFailure, asset: str) -> bool:
     f0, f1 = int(f.start[0]), int(f.stop[0])
     if not (int(row.frame_start) < f1 and f0 < int(row.frame_stop)):
         return False
-    if asset in L.CAMERA_ASSETS or asset in L.ENCODER_ASSETS:
+    if REGISTRY[asset].axis != FRAME:  # also split by camera
         if len(f.start) < 2:
             return True
         return int(f.start[1]) <= int(row.camera_index) < int(f.stop[1])

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ava256.assets import REGISTRY
 from ava256.manifests.repack import REPACK_MANIFEST, STATUS_DONE, read_repack_manifest
 from ava256.store import layout as L
 
@@ -61,12 +62,13 @@ def capture_info(store: str | os.PathLike[str], folder: str) -> dict[str, Any]:
         if name not in g:
             continue
         m = np.asarray(g[name][...], dtype=bool)
-        arr = g[L.ASSET_ARRAYS[asset]]
+        array = REGISTRY[asset].array
+        arr = g[array]
         out["assets"][asset] = {
             "shape": list(arr.shape),
             "slots": int(m.size),
             "invalid": int(m.size - m.sum()),
-            "bytes": _bytes_under(sizes, L.ASSET_ARRAYS[asset]),
+            "bytes": _bytes_under(sizes, array),
         }
     return out
 

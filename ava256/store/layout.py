@@ -1,5 +1,7 @@
 """The Zarr v3 layout of one repacked capture: the single source of truth for array names, shapes, dtypes,
-chunking, sharding, fill values, dimension names, group attributes and the store's folder structure.
+chunking, sharding, fill values, dimension names, group attributes and the store's folder structure. The data
+array of each per-frame asset (name, dtype, fill, dims, per-frame shape) is its record in the asset registry
+(:mod:`ava256.assets`); this module builds the arrays from it.
 
 Pure (zarr + numpy only; no Dask, no torch). Everything that reads or writes a store imports from here.
 
@@ -39,7 +41,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-from ava256.capture import ENCODER_CAMERAS, NUM_KEYPOINTS, SENSOR_HEIGHT, SENSOR_WIDTH, CaptureId
+from ava256.assets import LABELS, PICTURE, REGISTRY
+from ava256.capture import ENCODER, ENCODER_CAMERAS, SENSOR_HEIGHT, SENSOR_WIDTH, CaptureId
 from ava256.store.codecs import JpegCodec
 
 #: Bumped whenever names, shapes, codecs or semantics of the layout change; repack recreates a capture store of
@@ -50,13 +53,14 @@ STORE_SUFFIX = ".zarr"
 MANIFESTS_DIR = "_manifests"
 
 # --- array names (the contract) ---------------------------------------------------------------------------
-IMAGE = "image"
-SEGMENTATION = "segmentation"
-UV_TEXTURE = "uv_texture"
-VERTICES = "vertices"
-KEYPOINTS_3D = "keypoints_3d"
-HEAD_POSE = "head_pose"
-ENCODER_IMAGE = "encoder/image"
+# data arrays of the per-frame assets, as the asset registry names them
+IMAGE = REGISTRY["image"].array
+SEGMENTATION = REGISTRY["segmentation"].array
+UV_TEXTURE = REGISTRY["uv_texture"].array
+VERTICES = REGISTRY["vertices"].array
+KEYPOINTS_3D = REGISTRY["keypoints_3d"].array
+HEAD_POSE = REGISTRY["head_pose"].array
+ENCODER_IMAGE = REGISTRY["encoder_image"].array
 CAMERA_INTRINSICS = "calibration/intrinsics"
 CAMERA_EXTRINSICS = "calibration/extrinsics"
 CAMERA_DISTORTION = "calibration/distortion"
@@ -69,22 +73,8 @@ TEXTURE_MEAN = "stats/texture_mean"
 VERTEX_MEAN = "stats/vertex_mean"
 VALID_PREFIX = "valid/"
 
-#: Asset name (as in ``ava256.capture.ASSETS``) -> data array name.
-ASSET_ARRAYS: dict[str, str] = {
-    "image": IMAGE,
-    "segmentation": SEGMENTATION,
-    "uv_texture": UV_TEXTURE,
-    "vertices": VERTICES,
-    "keypoints_3d": KEYPOINTS_3D,
-    "head_pose": HEAD_POSE,
-    "encoder_image": ENCODER_IMAGE,
-}
-#: Assets stored per dome camera ((F, C, ...) arrays, one task per camera) / per encoder camera.
-CAMERA_ASSETS = ("image", "segmentation")
-ENCODER_ASSETS = ("encoder_image",)
-FRAME_ASSETS = ("uv_texture", "vertices", "keypoints_3d", "head_pose")
-#: Assets whose arrays hold uint8 pictures and use the selectable image codec.
-PICTURE_ASSETS = ("image", "segmentation", "uv_texture", "encoder_image")
+#: Asset name -> data array name, in store order (:data:`ava256.assets.REGISTRY`).
+ASSET_ARRAYS: dict[str, str] = {name: a.array for name, a in REGISTRY.items()}
 
 
 def valid_name(asset: str) -> str:
@@ -312,88 +302,35 @@ def array_specs(
         chunks = (s,) if data.per == "frame" else (s, shape[1])
         add(ArraySpec(valid_name(asset), shape, "bool", chunks, None, False, data.dims[: len(shape)], boolc))
 
+    def companions(data: ArraySpec) -> list[ArraySpec]:
+        # what goes with a data array: the normalisation stats of textures and meshes, the encoder coordinates
+        if data.name == UV_TEXTURE:
+            T = data.shape[1]
+            return [ArraySpec(TEXTURE_MEAN, (T, T, 3), "float32", (T, T, 3), None, nan, data.dims[1:], f32)]
+        if data.name == VERTICES:
+            V = data.shape[1]
+            return [ArraySpec(VERTEX_MEAN, (V, 3), "float32", (V, 3), None, nan, data.dims[1:], f32)]
+        if data.name == ENCODER_IMAGE:
+            Fe, n = data.shape[:2]
+            return [
+                ArraySpec(COORD_ENCODER_FRAME, (Fe,), "int64", (Fe,), None, -1, (COORD_ENCODER_FRAME,), crc),
+                ArraySpec(COORD_ENCODER_CAMERA, (n,), "str", (n,), None, "", (COORD_ENCODER_CAMERA,), crc),
+            ]
+        return []
+
+    # one data array, its valid mask and its companions per asset present, as the asset registry specifies
+    codecs = {PICTURE: (pic, jpeg), LABELS: (labels, None)}
     present = set(geom.assets)
-    if "image" in present and geom.image_hw:
-        H, W = geom.image_hw
-        d = ("frame", "camera", "height", "width", "rgb")
-        add(_frame_spec(IMAGE, (H, W, 3), "uint8", 0, d, F, pic, "camera", C, max_frames=mf, serializer=jpeg))
-        add_valid("image", specs[IMAGE])
-    if "segmentation" in present and geom.image_hw:
-        H, W = geom.image_hw
-        d = ("frame", "camera", "height", "width")
-        add(_frame_spec(SEGMENTATION, (H, W), "uint8", 0, d, F, labels, "camera", C, max_frames=mf))
-        add_valid("segmentation", specs[SEGMENTATION])
-    if "uv_texture" in present and geom.texture_size:
-        T = geom.texture_size
-        add(
-            _frame_spec(
-                UV_TEXTURE,
-                (T, T, 3),
-                "uint8",
-                0,
-                ("frame", "tex_v", "tex_u", "rgb"),
-                F,
-                pic,
-                "frame",
-                max_frames=mf,
-                serializer=jpeg,
-            )
-        )
-        add_valid("uv_texture", specs[UV_TEXTURE])
-        add(
-            ArraySpec(
-                TEXTURE_MEAN, (T, T, 3), "float32", (T, T, 3), None, nan, ("tex_v", "tex_u", "rgb"), f32
-            )
-        )
-    if "vertices" in present and geom.n_vertices:
-        V = geom.n_vertices
-        add(
-            _frame_spec(
-                VERTICES, (V, 3), "float32", nan, ("frame", "vertex", "xyz"), F, f32, "frame", max_frames=mf
-            )
-        )
-        add_valid("vertices", specs[VERTICES])
-        add(ArraySpec(VERTEX_MEAN, (V, 3), "float32", (V, 3), None, nan, ("vertex", "xyz"), f32))
-    if "keypoints_3d" in present:
-        d = ("frame", "keypoint", "keypoint_field")
-        add(_frame_spec(KEYPOINTS_3D, (NUM_KEYPOINTS, 5), "float32", nan, d, F, f32, "frame", max_frames=mf))
-        add_valid("keypoints_3d", specs[KEYPOINTS_3D])
-    if "head_pose" in present:
-        add(
-            _frame_spec(
-                HEAD_POSE,
-                (3, 4),
-                "float32",
-                nan,
-                ("frame", "pose_row", "pose_col"),
-                F,
-                f32,
-                "frame",
-                max_frames=mf,
-            )
-        )
-        add_valid("head_pose", specs[HEAD_POSE])
-    if "encoder_image" in present and geom.encoder_hw and geom.n_encoder_frames:
-        h, w = geom.encoder_hw
-        d = ("encoder_frame", "encoder_camera", "encoder_height", "encoder_width")
-        spec = _frame_spec(
-            ENCODER_IMAGE,
-            (h, w),
-            "uint8",
-            0,
-            d,
-            geom.n_encoder_frames,
-            pic,
-            "camera",
-            len(ENCODER_CAMERAS),
-            mf,
-            serializer=jpeg,
-        )
-        add(ArraySpec(**{**spec.__dict__, "per": "encoder"}))
-        add_valid("encoder_image", specs[ENCODER_IMAGE])
-        Fe, n = geom.n_encoder_frames, len(ENCODER_CAMERAS)
-        add(ArraySpec(COORD_ENCODER_FRAME, (Fe,), "int64", (Fe,), None, -1, (COORD_ENCODER_FRAME,), crc))
-        add(ArraySpec(COORD_ENCODER_CAMERA, (n,), "str", (n,), None, "", (COORD_ENCODER_CAMERA,), crc))
+    for name, a in REGISTRY.items():
+        shape = a.frame_shape(geom) if name in present else None
+        if shape is None:
+            continue
+        n, k = (geom.n_encoder_frames, len(ENCODER_CAMERAS)) if a.axis == ENCODER else (F, C)
+        comp, ser = codecs.get(a.codec, (f32, None))
+        add(_frame_spec(a.array, shape, a.dtype, a.fill, a.dims, n, comp, a.axis, k, mf, serializer=ser))
+        add_valid(name, specs[a.array])
+        for spec in companions(specs[a.array]):
+            add(spec)
     add(ArraySpec(COORD_FRAME, (F,), "int64", (max(F, 1),), None, -1, (COORD_FRAME,), crc))
     if C:
         add(ArraySpec(COORD_CAMERA, (C,), "str", (C,), None, "", (COORD_CAMERA,), crc))

@@ -743,21 +743,13 @@ def _ordered(pool: Executor | None, fn: Callable, items: Iterable, window: int) 
 
 
 def _per_frame_keys(chosen: set[str], camera_ids: Sequence[str]) -> list[str]:
-    keys = []
-    for asset, key in (
-        ("head_pose", cap.HEAD_POSE_KEY),
-        ("keypoints_3d", cap.KEYPOINTS_KEY),
-        ("vertices", cap.VERTICES_KEY),
-        ("uv_texture", cap.TEXTURE_KEY),
-    ):
-        if asset in chosen:
-            keys.append(key)
-    for asset, fn in (("image", cap.image_key), ("segmentation", cap.segmentation_key)):
-        if asset in chosen:
-            keys += [fn(c) for c in camera_ids]
-    if "encoder_image" in chosen:
-        keys += [cap.encoder_image_key(c) for c in ENCODER_CAMERAS]
-    return keys
+    """The per-frame archives of the ``chosen`` assets (from the asset registry's naming facts)."""
+    return [
+        arch.archive_key(c)
+        for arch in cap.FRAME_ARCHIVES.values()
+        if arch.asset in chosen
+        for c in arch.cameras(camera_ids)
+    ]
 
 
 def _parse_assets(assets: Sequence[str] | str | None) -> set[str]:
@@ -830,7 +822,7 @@ def generate_capture(
     dropped: dict = {"image": {cid: [] for cid in cal.camera_ids}}
     for j in _drops(drng, n * len(cal), drop_rate).tolist():
         dropped["image"][cal.camera_ids[j // n]].append(fids[j % n])
-    frame_drop = {
+    frame_drop = {  # in this order of draws from drng: the dropped frames depend on it
         a: set(_drops(drng, n, drop_rate).tolist())
         for a in ("head_pose", "keypoints_3d", "vertices", "uv_texture")
     }
