@@ -27,6 +27,7 @@ def test_local_cluster_workers_get_the_malloc_settings_and_a_worker_without_them
     from ava256.pipeline.cluster import WORKER_MALLOC_ENV, dask_client
 
     with dask_client(2, processes=True) as client:
+        client.wait_for_workers(2, timeout=120)  # a loaded machine may register the second worker late
         envs = client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC_ENV})
     assert len(envs) == 2 and all(e == WORKER_MALLOC_ENV for e in envs.values())
     code = (
