@@ -173,15 +173,18 @@ def test_the_loader_reads_an_s3_store_with_at_most_one_get_per_chunk(s3_stores, 
     n = sum(len(b) for b in batches[1:])
     assert gets and all(r.range for r in gets)  # ranged reads only, no whole shard
     assert len(gets) <= 4 * n + len({r.path for r in gets}), len(gets)  # chunks + at most one index per shard
-    readers = [r for a in remote._arrays.values() for r in a.readers]
-    warm0 = sum(r.counts["requests"] for r in readers)
-    idx0 = sum(r.counts["index_reads"] for r in readers)
+    assert all(remote.uses_fast_reads(cap) for cap in s3_stores.captures)
+
+    def tally(key: str) -> int:
+        return sum(c[key] for c in remote.read_counts().values())
+
+    warm0, idx0 = tally("requests"), tally("index_reads")
     local_s3.faults.clear()
     for b in batches[1:]:  # again: every index cached, chunk GETs only
         remote.__getitems__(b)
     gets = [r for r in local_s3.faults.requests if r.method == "GET" and "/c/" in r.path]
-    assert sum(r.counts["index_reads"] for r in readers) == idx0
-    assert len(gets) == sum(r.counts["requests"] for r in readers) - warm0 <= 4 * n
+    assert tally("index_reads") == idx0
+    assert len(gets) == tally("requests") - warm0 <= 4 * n
     assert all(not r.range.startswith("bytes=-") for r in gets)  # no suffix (index) reads
 
     # zarr's own reads of the same batches (fast_reads=False) re-read a shard index before every chunk
