@@ -6,6 +6,7 @@ loader reads the S3 store with at most one GET per chunk, and xarray opens a cap
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from ava256.cli import cli
+from ava256.manifests.splits import SPLITS_DIR
 from ava256.store import layout as L
 from ava256.store import urls
 
@@ -46,16 +48,16 @@ def _clear_s3fs_cache() -> None:
 
 
 @pytest.fixture(scope="module")
-def s3_stores(local_s3, tmp_path_factory):
-    """A tiny raw tree repacked twice, into a local folder and into ``s3://BUCKET/store``, with the AWS_*
-    environment pointing at the local S3 server for the module's tests."""
+def s3_stores(local_s3, small_store, tmp_path_factory):
+    """The session's ``small_store`` raw tree repacked into ``s3://BUCKET/store`` (same options as
+    ``small_store``'s repack), beside a copy of ``small_store`` without its split (the local store), with the
+    AWS_* environment pointing at the local S3 server for the module's tests."""
     from ava256.pipeline.repack import repack
-    from ava256.synth.generate import generate_bucket
 
-    root = tmp_path_factory.mktemp("s3-store")
-    caps = generate_bucket(root / "bucket", captures=2, cameras=3, frames=12, image_size=(48, 64),
-                           texture_size=32, seed=5, drop_rate=0.0,
-                           assets=["image", "vertices", "uv_texture", "head_pose"])  # fmt: skip
+    local = tmp_path_factory.mktemp("s3-store") / "store"
+    shutil.copytree(
+        small_store.store, local, ignore=lambda d, _: [SPLITS_DIR] if Path(d) == small_store.store else []
+    )
     client = local_s3.client()
     try:
         client.create_bucket(Bucket=BUCKET)
@@ -71,11 +73,10 @@ def s3_stores(local_s3, tmp_path_factory):
         for k, v in env.items():
             mp.setenv(k, v)
         _clear_s3fs_cache()
-        raw = root / "bucket" / "ava-256" / "4TB"
         url = f"s3://{BUCKET}/store"
-        for store in (root / "store", url):
-            repack(raw, store, downsample=2, workers=1, processes=False, progress=False)
-        yield Stores(root / "store", url, [c.folder for c in caps])
+        repack(small_store.raw, url, downsample=small_store.downsample, workers=1, processes=False,
+               progress=False)  # fmt: skip
+        yield Stores(local, url, small_store.captures)
     _clear_s3fs_cache()
 
 

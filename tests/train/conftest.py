@@ -1,10 +1,9 @@
-"""Fixtures for the train tests: contract-shaped in-memory samples and a tiny real store."""
+"""Fixtures for the train tests: contract-shaped in-memory samples. The tiny real store they train on is
+``tests/conftest.py``'s ``small_store`` (shared with ``pipeline/test_s3_store.py``)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,40 +70,3 @@ def fake_samples(n_ids: int = 2, n_cams: int = 3, frames: int = 4, hw=(32, 24), 
 def fake_datasets():
     samples, info = fake_samples()
     return InMemoryDataset(samples[:20]), InMemoryDataset(samples[20:]), info
-
-
-@dataclass(frozen=True)
-class TinyStore:
-    store: Path
-    split: str
-    captures: list[str]
-
-
-@pytest.fixture(scope="session")
-def tiny_store(tmp_path_factory) -> TinyStore:
-    """The real chain at toy size: synthetic captures (2 identities, 3 cameras, 12 frames, 48 x 64 images)
-    -> repack (real Dask + Zarr, downsample 2 -> 24 x 32) -> free-face split. Its own store rather than the
-    shared ``synth_bucket``'s: the smaller images keep training fast, and test_train checks render sizes
-    against them."""
-    from ava256.pipeline.repack import repack
-    from ava256.pipeline.split import run_split
-    from ava256.synth.generate import generate_bucket
-
-    root = tmp_path_factory.mktemp("train_store")
-    caps = generate_bucket(
-        root / "bucket",
-        captures=2,
-        cameras=3,
-        frames=12,
-        image_size=(48, 64),
-        texture_size=32,
-        seed=3,
-        drop_rate=0.0,
-        assets=["image", "vertices", "uv_texture", "head_pose"],
-    )
-    store = root / "store"
-    repack(
-        root / "bucket" / "ava-256" / "4TB", store, downsample=2, workers=1, processes=False, progress=False
-    )
-    run_split(store, "free-face")
-    return TinyStore(store, "free-face", [c.folder for c in caps])
