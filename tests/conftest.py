@@ -1,5 +1,6 @@
 """Shared fixtures. Session-scoped fixtures build real small data once (the synthetic buckets and store of
-``helpers.synth_data``, a threaded Dask client); they are read-only: a test that damages data copies it
+``helpers.synth_data``, the in-memory samples of ``helpers.sample_data``, a threaded Dask client); they are
+read-only: a test that damages data copies it
 to its ``tmp_path`` first. Stage-specific fixtures live beside their tests."""
 
 from __future__ import annotations
@@ -46,3 +47,15 @@ def small_store(tmp_path_factory) -> SynthStore:
     ``synth_bucket`` so that training on it is fast; test_train checks render sizes against it."""
     root = tmp_path_factory.mktemp("small")
     return build_store(build_bucket(root / "bucket", **SMALL), root / "store")
+
+
+@pytest.fixture(scope="session")
+def fake_datasets():
+    """(train, val, info): 20 + 4 in-memory contract samples (2 identities x 3 cameras x 4 frames, 32 x 24
+    images) for the model and train tests."""
+    from helpers.sample_data import fake_samples
+
+    from ava256.train.data import InMemoryDataset
+
+    samples, info = fake_samples()
+    return InMemoryDataset(samples[:20]), InMemoryDataset(samples[20:]), info

@@ -1,16 +1,15 @@
-"""Fixtures for the train tests: contract-shaped in-memory samples. The tiny real store they train on is
-``tests/conftest.py``'s ``small_store`` (shared with ``pipeline/test_s3_store.py``)."""
+"""Contract-shaped in-memory samples (the loader -> model dict of docs/pipeline.md) for the model and train
+tests: no store, no decoding, smooth identity-dependent images."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-import pytest
 import torch
 
 from ava256.models.uvmap import load_topology
-from ava256.train.data import DataInfo, InMemoryDataset
+from ava256.train.data import DataInfo
 
 
 def look_at(campos: np.ndarray) -> np.ndarray:
@@ -64,9 +63,3 @@ def fake_samples(n_ids: int = 2, n_cams: int = 3, frames: int = 4, hw=(32, 24), 
         topo, topo.vertices.astype(np.float32), 5.0, n_cams, n_ids, [f"cap{i}" for i in range(n_ids)]
     )
     return samples, info
-
-
-@pytest.fixture(scope="session")
-def fake_datasets():
-    samples, info = fake_samples()
-    return InMemoryDataset(samples[:20]), InMemoryDataset(samples[20:]), info
