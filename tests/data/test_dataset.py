@@ -332,7 +332,7 @@ def test_batched_reads_equal_single_samples_and_skip_the_stack_copy(tiny_data):
     items = ds.__getitems__(idx)
     batch = collate_samples(items)
     assert batch["tex"] is items[0]["tex"]._base and batch["image"] is items[0]["image"]._base  # no copy
-    from torch.utils.data._utils.collate import default_collate
+    from torch.utils.data import default_collate
 
     want = default_collate([ds[i] for i in idx])  # one sample at a time, plain stacking
     for k, v in want.items():
