@@ -191,6 +191,11 @@ def build_dataset(kind: str, work: Path, downsample: int):
     return LegacySampleDataset(raw, df, downsample=downsample)
 
 
+def _read_counts(ds) -> dict[str, dict[str, int]]:
+    """The fast path's read tallies of a Zarr dataset in this process (empty for the legacy one)."""
+    return ds.read_counts() if hasattr(ds, "read_counts") else {}
+
+
 def child(args: argparse.Namespace) -> None:
     import torch
 
@@ -235,8 +240,8 @@ def child(args: argparse.Namespace) -> None:
             break
     t_end = time.perf_counter()
     del loader, batch  # joins the workers, so RUSAGE_CHILDREN covers them
-    loop_readers = [r for a in getattr(ds, "_arrays", {}).values() for r in (a.readers or ())]
-    loop_requests = sum(r.counts["requests"] for r in loop_readers) / n if loop_readers else None
+    loop_counts = _read_counts(ds)
+    loop_requests = sum(c["requests"] for c in loop_counts.values()) / n if loop_counts else None
     span = t_end - t_first
     for b in kept:  # CPU finish cost, measured on its own
         t = time.perf_counter()
@@ -250,15 +255,14 @@ def child(args: argparse.Namespace) -> None:
     m = min(args.inproc, len(order) - 1)
     ds2 = build_dataset(args.child, work, args.downsample)
     ds2[order[0]]
-    readers = [r for a in getattr(ds2, "_arrays", {}).values() for r in (a.readers or ())]
-    c0 = sum(r.counts["requests"] for r in readers)
+    c0 = sum(c["requests"] for c in _read_counts(ds2).values())
     r0, t1 = process_read_bytes(), time.perf_counter()
     for i in order[1 : m + 1]:
         ds2[i]
     ms = (time.perf_counter() - t1) / m * 1000
     r1 = process_read_bytes()
-    readers = [r for a in getattr(ds2, "_arrays", {}).values() for r in (a.readers or ())]
-    c1 = sum(r.counts["requests"] for r in readers)
+    counts = _read_counts(ds2)
+    c1 = sum(c["requests"] for c in counts.values())
     out = {
         "kind": args.child,
         "workers": workers,
@@ -268,7 +272,7 @@ def child(args: argparse.Namespace) -> None:
         "steady_sps": steady,
         "inproc_ms": ms,
         "read_bytes_per_sample": (r1 - r0) / m if r0 is not None else None,
-        "reads_per_sample": (c1 - c0) / m if readers else None,
+        "reads_per_sample": (c1 - c0) / m if counts else None,
         "loop_reads_per_sample": loop_requests if workers == "threads" else None,
         "finish_ms_per_batch": statistics.median(finish_ms) if finish_ms else None,
         "finish_device": device.type if finish_ms else None,

@@ -422,6 +422,30 @@ class ZarrSampleDataset(Dataset):
         verts = torch.from_numpy(np.array(arrs.vertices[nf], dtype=np.float32))
         return tex, verts
 
+    def uses_fast_reads(self, capture: str) -> bool:
+        """Whether this process reads ``capture``'s chunks with :class:`ava256.store.fastread.ChunkReader` s
+        (the fast path) rather than through zarr: False with ``fast_reads=False`` or a chunk layout the readers
+        do not cover (said once in the log). Opens the capture's arrays in this process if not yet open."""
+        return self._capture_arrays(capture).readers is not None
+
+    def read_counts(self, capture: str | None = None) -> dict[str, dict[str, int]]:
+        """What the fast path has read in this process so far, per array (``image``, ``head_pose``,
+        ``vertices``, ``uv_texture``): the :class:`ava256.store.fastread.ChunkReader` tallies
+        (``chunk_reads``, ``index_reads``, ``bytes``, ``requests``) summed over the open captures, or of
+        ``capture`` alone. Empty where nothing is read through the fast path."""
+        names = (L.IMAGE, L.HEAD_POSE, L.VERTICES, L.UV_TEXTURE)  # the order of _CaptureArrays.readers
+        out: dict[str, dict[str, int]] = {}
+        if self._pid != os.getpid():  # a forked worker that has read nothing yet: the parent's tallies
+            return out
+        with self._lock:
+            arrays = [(c, a) for c, a in self._arrays.items() if capture is None or c == capture]
+        for _, arrs in arrays:
+            for name, reader in zip(names, arrs.readers or ()):
+                total = out.setdefault(name, dict.fromkeys(reader.counts, 0))
+                for k, v in reader.counts.items():
+                    total[k] += v
+        return out
+
     def device_constants(
         self, captures: Sequence[str], device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

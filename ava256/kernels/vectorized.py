@@ -3,8 +3,8 @@
 Same signature and semantics as :func:`ava256.kernels.reference.raymarch_reference` (the oracle), but with no
 Python loop over march steps. Per chunk of rays:
 
-1. **Enumerate samples.** A bounding-sphere cull (two small matrix products) and then the reference's ray/box
-   slab test give each (ray, primitive) pair its ``t`` interval; every step ``i`` whose ``t = tmin + i * dt``
+1. **Enumerate samples.** A bounding-sphere cull (:func:`sphere_cull`: two small matrix products) and then
+   the reference's ray/box slab test give each (ray, primitive) pair its ``t`` interval; every step ``i`` whose ``t = tmin + i * dt``
    lies in a hit pair's interval becomes a candidate sample, enumerated with ``torch.repeat_interleave``. A
    candidate is kept iff the reference would evaluate it: ``t < tmax``, ``t`` inside the pair's (padded)
    interval and the exact containment test ``|y| <= 1`` on the local coordinates, computed with the same
@@ -43,7 +43,7 @@ from .reference import (
     raymarch_reference,
 )
 
-__all__ = ["raymarch_vectorized", "trilinear_gather"]
+__all__ = ["raymarch_vectorized", "sphere_cull", "trilinear_gather"]
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def trilinear_gather(grid_flat: Tensor, index: Tensor, y: Tensor, size: int) -> 
 
 
 @torch.no_grad()
-def _sphere_pairs(
+def sphere_cull(
     o: Tensor, dvec: Tensor, tmin: Tensor, tmax: Tensor, pos: Tensor, rot: Tensor, scale: Tensor
 ) -> tuple[Tensor, Tensor]:
     """(ray, primitive) pairs whose ray (with a non-empty ``[tmin, tmax)``) passes within the primitive's
@@ -109,6 +109,8 @@ def _sphere_pairs(
 
     A cheap, conservative cull (a superset of the pairs whose box the ray enters): two (R, 5) x (5, K) matrix
     products and two (R, K) element-wise ops, in float32 with a margin for its rounding. Returns (ray_idx, prim_idx) sorted by ray, then k.
+    Step 1 of the module doc; public so that its two promises (no hit pair lost, not much looser than the slab
+    test) are tested directly: a lost pair would show in the images only where a ray happens to cross it.
     """
     dev = o.device
     o64, d64, p64 = o.double(), dvec.double(), pos.double()
@@ -224,7 +226,7 @@ def _march_chunk(
     """March one chunk of R rays of one image against its K primitives; returns (R, 4) RGBA."""
     r, dev = o.shape[0], o.device
     with torch.no_grad():
-        ray_idx, prim_idx = _sphere_pairs(o, dvec, tmin, tmax, pos, rot, scale)  # sorted by ray, then k
+        ray_idx, prim_idx = sphere_cull(o, dvec, tmin, tmax, pos, rot, scale)  # sorted by ray, then k
         # the reference's slab test, on the candidate pairs only
         tnear, tfar = ray_box_intervals(
             _take(o, ray_idx),

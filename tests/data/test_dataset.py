@@ -270,7 +270,7 @@ def test_dataframe_with_categoricals_and_extra_columns(tiny_data):
 COMPACT_KEYS = CONTRACT_KEYS - {"neut_tex", "neut_verts", "pixelcoords"}
 
 
-def test_compact_batches_finished_on_the_device_equal_the_contract_batch(tiny_data):
+def test_compact_batches_finished_on_the_device_equal_the_contract_batch(tiny_data, monkeypatch):
     df = read_split_part(tiny_data.store, "free-face", "val")
     full = ZarrSampleDataset(tiny_data.store, df)
     compact = ZarrSampleDataset(tiny_data.store, df, normalize=False, stats=full.stats, neutral_cache=1)
@@ -291,9 +291,16 @@ def test_compact_batches_finished_on_the_device_equal_the_contract_batch(tiny_da
             torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-4, msg=k)
         else:
             assert got[k] == v
-    # the neutral conditioning is cached on the device per capture (LRU of neutral_cache = 1 here)
-    (cache,) = compact._device_constants.values()
-    assert list(cache["neutral"]) == [want["capture"][-1]]
+    # the neutral conditioning is cached on the device per capture (LRU of neutral_cache = 1 here): the last
+    # capture is a hit (its neutral frame is not read again), the first was evicted (read again on its miss)
+    first, last = want["capture"][0], want["capture"][-1]
+    assert first != last
+    read, neutral = [], compact.neutral
+    monkeypatch.setattr(compact, "neutral", lambda cap: read.append(cap) or neutral(cap))
+    compact.device_constants([last], torch.device("cpu"))
+    assert read == []
+    compact.device_constants([first], torch.device("cpu"))
+    assert read == [first]
     with pytest.raises(ValueError, match="compact batch"):
         finish_batch(want, full)
 
@@ -309,13 +316,14 @@ def test_fast_reads_equal_zarr_reads_and_touch_only_four_chunks(tiny_data):
             for k, v in sb.items():
                 assert torch.equal(sa[k], v) if isinstance(v, torch.Tensor) else sa[k] == v, k
         cap = fast.sample_key(idx[0])[0]
-        assert fast._arrays[cap].readers is not None and slow._arrays[cap].readers is None
-    readers = fast._arrays[cap].readers
-    before = [dict(r.counts) for r in readers]
+        assert fast.uses_fast_reads(cap) and not slow.uses_fast_reads(cap)
+        assert slow.read_counts() == {}
+    before = fast.read_counts(cap)
     i = next(i for i in range(1, len(fast)) if fast.sample_key(i)[0] == cap)
     fast[i]
-    reads = [r.counts["chunk_reads"] - c["chunk_reads"] for r, c in zip(readers, before)]
-    assert reads == [1, 1, 1, 1]  # image, head pose, vertices, texture: one chunk each
+    after = fast.read_counts(cap)
+    reads = {name: after[name]["chunk_reads"] - before[name]["chunk_reads"] for name in after}
+    assert reads == {L.IMAGE: 1, L.HEAD_POSE: 1, L.VERTICES: 1, L.UV_TEXTURE: 1}  # one chunk each
 
 
 def test_batched_reads_equal_single_samples_and_skip_the_stack_copy(tiny_data):
@@ -324,7 +332,7 @@ def test_batched_reads_equal_single_samples_and_skip_the_stack_copy(tiny_data):
     items = ds.__getitems__(idx)
     batch = collate_samples(items)
     assert batch["tex"] is items[0]["tex"]._base and batch["image"] is items[0]["image"]._base  # no copy
-    from torch.utils.data._utils.collate import default_collate
+    from torch.utils.data import default_collate
 
     want = default_collate([ds[i] for i in idx])  # one sample at a time, plain stacking
     for k, v in want.items():

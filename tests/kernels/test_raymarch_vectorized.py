@@ -10,7 +10,7 @@ from ava256.kernels import raymarch
 from ava256.kernels import vectorized as vec
 from ava256.kernels.reference import ray_box_intervals, raymarch_reference
 from ava256.kernels.scenes import Scene, head_scene, random_scene
-from ava256.kernels.vectorized import raymarch_vectorized
+from ava256.kernels.vectorized import raymarch_vectorized, sphere_cull
 
 #: Border fade settings: off (hard-edged), MVP's defaults (fadescale 8, fadeexp 8), a non-integer exponent.
 HARD = {"fadescale": 0.0}
@@ -133,7 +133,7 @@ def test_sphere_cull_keeps_every_pair_the_slab_test_hits():
         for b in range(s.raypos.shape[0]):
             o, d, tmm = s.raypos[b].reshape(-1, 3), s.raydir[b].reshape(-1, 3), s.tminmax[b].reshape(-1, 2)
             pos, rot, scale = s.primpos[b], s.primrot[b], s.primscale[b]
-            ray_idx, prim_idx = vec._sphere_pairs(o, d, tmm[:, 0], tmm[:, 1], pos, rot, scale)
+            ray_idx, prim_idx = sphere_cull(o, d, tmm[:, 0], tmm[:, 1], pos, rot, scale)
             tn, tf = ray_box_intervals(o[:, None], d[:, None], pos[None], rot[None], scale[None])
             hit = torch.maximum(tn, tmm[:, :1]) <= torch.minimum(tf, tmm[:, 1:])
             cand = torch.zeros_like(hit)

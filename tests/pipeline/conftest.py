@@ -1,11 +1,16 @@
-"""Fixtures for the fetch tests: a tiny bucket-shaped tree (``helpers.s3_data``) uploaded once per session to a
-real S3 server on loopback (moto server mode). Random bytes, not the shared synthetic bucket: fetch compares
-bytes and needs a multipart object and the datasheet folder spelling."""
+"""Fixtures of the pipeline tests. For fetch: a tiny bucket-shaped tree (``helpers.s3_data``) uploaded once per
+session to a real S3 server on loopback (moto server mode); random bytes, not the shared synthetic bucket:
+fetch compares bytes and needs a multipart object and the datasheet folder spelling. For repack: one
+``repack_data`` capture (random content, datasheet segmentation names) that the selection and codec tests
+share."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from helpers.s3_data import MULTIPART_THRESHOLD, TINY_CAMERAS, TinyBucket, write_tiny_capture
+from repack_data import write_capture
 
 from ava256.capture import release_capture_ids
 from ava256.synth.server import LOCAL_BUCKET, LocalS3Server, upload_tree
@@ -41,3 +46,12 @@ def faults(local_s3):
     local_s3.faults.clear()
     yield local_s3.faults
     local_s3.faults.clear()
+
+
+@pytest.fixture(scope="session")
+def one_capture_raw(tmp_path_factory) -> Path:
+    """A raw tree holding one ``repack_data`` capture (the first of the release list, seed 0), read-only:
+    test_repack_select and test_repack_jpeg repack it (test_repack damages its captures, so it writes its own)."""
+    raw = tmp_path_factory.mktemp("one-capture-raw")
+    write_capture(raw, release_capture_ids()[0], seed=0)
+    return raw

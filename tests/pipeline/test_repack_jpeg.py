@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import zarr
-from repack_data import CAMERAS, write_capture
+from repack_data import CAMERAS
 
 from ava256 import capture as cat
 from ava256.formats.images import decode_rgb
@@ -25,9 +25,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def jpeg_store(tmp_path_factory):
-    raw, root = tmp_path_factory.mktemp("raw"), tmp_path_factory.mktemp("stores")
-    write_capture(raw, CAP, seed=0)
+def jpeg_store(one_capture_raw, tmp_path_factory):
+    raw, root = one_capture_raw, tmp_path_factory.mktemp("stores")
     lossless = repack(raw, root / "lossless", workers=1, progress=False, max_frames_per_shard=4)
     jpeg = repack(raw, root / "jpeg", workers=1, progress=False, codec="jpeg", max_frames_per_shard=4)
     assert lossless.tasks_failed == jpeg.tasks_failed == 0

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import zarr
 from click.testing import CliRunner
-from repack_data import CAMERAS, N_ENCODER_FRAMES, write_capture
+from repack_data import CAMERAS, N_ENCODER_FRAMES
 
 from ava256 import capture as cat
 from ava256.cli import cli
@@ -30,9 +30,8 @@ ROWS = [1, 3, 5, 7, 9]  # rows of the 10-frame list that 1::2 keeps
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory):
-    raw, root = tmp_path_factory.mktemp("raw"), tmp_path_factory.mktemp("stores")
-    write_capture(raw, CAP, seed=0)
+def stores(one_capture_raw, tmp_path_factory):
+    raw, root = one_capture_raw, tmp_path_factory.mktemp("stores")
     full = repack(raw, root / "full", workers=1, progress=False, max_frames_per_shard=2)
     sel = repack(raw, root / "sel", workers=1, progress=False, max_frames_per_shard=2, selection=SEL)
     assert full.tasks_failed == sel.tasks_failed == 0 and not sel.failed_captures

@@ -6,6 +6,7 @@ loader reads the S3 store with at most one GET per chunk, and xarray opens a cap
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from ava256.cli import cli
+from ava256.manifests.splits import SPLITS_DIR
 from ava256.store import layout as L
 from ava256.store import urls
 
@@ -46,16 +48,16 @@ def _clear_s3fs_cache() -> None:
 
 
 @pytest.fixture(scope="module")
-def s3_stores(local_s3, tmp_path_factory):
-    """A tiny raw tree repacked twice, into a local folder and into ``s3://BUCKET/store``, with the AWS_*
-    environment pointing at the local S3 server for the module's tests."""
+def s3_stores(local_s3, small_store, tmp_path_factory):
+    """The session's ``small_store`` raw tree repacked into ``s3://BUCKET/store`` (same options as
+    ``small_store``'s repack), beside a copy of ``small_store`` without its split (the local store), with the
+    AWS_* environment pointing at the local S3 server for the module's tests."""
     from ava256.pipeline.repack import repack
-    from ava256.synth.generate import generate_bucket
 
-    root = tmp_path_factory.mktemp("s3-store")
-    caps = generate_bucket(root / "bucket", captures=2, cameras=3, frames=12, image_size=(48, 64),
-                           texture_size=32, seed=5, drop_rate=0.0,
-                           assets=["image", "vertices", "uv_texture", "head_pose"])  # fmt: skip
+    local = tmp_path_factory.mktemp("s3-store") / "store"
+    shutil.copytree(
+        small_store.store, local, ignore=lambda d, _: [SPLITS_DIR] if Path(d) == small_store.store else []
+    )
     client = local_s3.client()
     try:
         client.create_bucket(Bucket=BUCKET)
@@ -71,11 +73,10 @@ def s3_stores(local_s3, tmp_path_factory):
         for k, v in env.items():
             mp.setenv(k, v)
         _clear_s3fs_cache()
-        raw = root / "bucket" / "ava-256" / "4TB"
         url = f"s3://{BUCKET}/store"
-        for store in (root / "store", url):
-            repack(raw, store, downsample=2, workers=1, processes=False, progress=False)
-        yield Stores(root / "store", url, [c.folder for c in caps])
+        repack(small_store.raw, url, downsample=small_store.downsample, workers=1, processes=False,
+               progress=False)  # fmt: skip
+        yield Stores(local, url, small_store.captures)
     _clear_s3fs_cache()
 
 
@@ -173,15 +174,18 @@ def test_the_loader_reads_an_s3_store_with_at_most_one_get_per_chunk(s3_stores, 
     n = sum(len(b) for b in batches[1:])
     assert gets and all(r.range for r in gets)  # ranged reads only, no whole shard
     assert len(gets) <= 4 * n + len({r.path for r in gets}), len(gets)  # chunks + at most one index per shard
-    readers = [r for a in remote._arrays.values() for r in a.readers]
-    warm0 = sum(r.counts["requests"] for r in readers)
-    idx0 = sum(r.counts["index_reads"] for r in readers)
+    assert all(remote.uses_fast_reads(cap) for cap in s3_stores.captures)
+
+    def tally(key: str) -> int:
+        return sum(c[key] for c in remote.read_counts().values())
+
+    warm0, idx0 = tally("requests"), tally("index_reads")
     local_s3.faults.clear()
     for b in batches[1:]:  # again: every index cached, chunk GETs only
         remote.__getitems__(b)
     gets = [r for r in local_s3.faults.requests if r.method == "GET" and "/c/" in r.path]
-    assert sum(r.counts["index_reads"] for r in readers) == idx0
-    assert len(gets) == sum(r.counts["requests"] for r in readers) - warm0 <= 4 * n
+    assert tally("index_reads") == idx0
+    assert len(gets) == tally("requests") - warm0 <= 4 * n
     assert all(not r.range.startswith("bytes=-") for r in gets)  # no suffix (index) reads
 
     # zarr's own reads of the same batches (fast_reads=False) re-read a shard index before every chunk

@@ -61,6 +61,8 @@ def chaos(chaos_server):
 
 @pytest.fixture(scope="session")
 def raw_tree(tmp_path_factory):
+    """Two tiny captures with every asset and a few dropped frames (``rel_helpers.write_raw_captures``).
+    Its own tree, not ``small_store``'s: a crashed repack must reproduce every array and valid mask."""
     raw = tmp_path_factory.mktemp("crash-raw")
     write_raw_captures(raw, n=2, cameras=3, frames=12)
     return raw

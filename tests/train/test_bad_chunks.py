@@ -27,10 +27,10 @@ TRAIN_ARGS = ["--config", "tiny", "--model.voxels=2", "--train.ckpt_every=0", "-
               "--train.image_every=0", "--data.val_batches=1"]  # fmt: skip
 
 
-def _copy(tiny_store, tmp_path):
+def _copy(small_store, tmp_path):
     store = tmp_path / "store"
-    shutil.copytree(tiny_store.store, store)
-    train = read_split_part(store, tiny_store.split, "train")
+    shutil.copytree(small_store.store, store)
+    train = read_split_part(store, small_store.split, "train")
     cap, cam = str(train["capture"].iloc[0]), str(train["camera_id"].iloc[0])
     g = zarr.open_group(L.capture_store_path(store, cap), mode="r")
     ci = list(g.attrs[L.ATTR_CAMERA_IDS]).index(cam)
@@ -44,11 +44,11 @@ def _flip(path, offset):
     path.write_bytes(bytes(b))
 
 
-def test_one_corrupt_chunk_skips_its_sample_and_training_goes_on(tiny_store, tmp_path, caplog):
+def test_one_corrupt_chunk_skips_its_sample_and_training_goes_on(small_store, tmp_path, caplog):
     store = tmp_path / "store"
-    shutil.copytree(tiny_store.store, store)
+    shutil.copytree(small_store.store, store)
     cfg = load_config("tiny")
-    ds, _, _ = open_datasets(store, tiny_store.split, cfg["data"])
+    ds, _, _ = open_datasets(store, small_store.split, cfg["data"])
     first = next(iter(ResumableSampler(len(ds), seed=int(cfg["train"]["seed"]))))  # the run's first sample
     cap, f, ci = ds.sample_key(first)
     g = zarr.open_group(L.capture_store_path(store, cap), mode="r")
@@ -66,7 +66,7 @@ def test_one_corrupt_chunk_skips_its_sample_and_training_goes_on(tiny_store, tmp
     assert "checksum" in bad.reason and f"capture {cap} array image chunk {f},{ci},0,0,0" in caplog.text
 
     out = tmp_path / "run"
-    r = CliRunner().invoke(cli, ["train", str(store), "--split", tiny_store.split, "--out", str(out),
+    r = CliRunner().invoke(cli, ["train", str(store), "--split", small_store.split, "--out", str(out),
                                  *TRAIN_ARGS, "--train.iters=3"])  # fmt: skip
     assert r.exit_code == 0, r.output
     rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
@@ -75,12 +75,12 @@ def test_one_corrupt_chunk_skips_its_sample_and_training_goes_on(tiny_store, tmp
     assert rows[0]["data/bad_samples"] == 1 and rows[-1]["data/bad_samples_total"] == 1
 
 
-def test_a_damaged_shard_index_past_the_limit_stops_training_naming_verify(tiny_store, tmp_path):
-    store, train, cap, cam, ci, fmt, shard = _copy(tiny_store, tmp_path)
+def test_a_damaged_shard_index_past_the_limit_stops_training_naming_verify(small_store, tmp_path):
+    store, train, cap, cam, ci, fmt, shard = _copy(small_store, tmp_path)
     _flip(shard, shard.stat().st_size - 10)  # every frame of that camera is unreadable
     n_bad = int(((train["capture"] == cap) & (train["camera_id"] == cam)).sum())
     assert n_bad >= 2
-    cmd = [sys.executable, "-m", "ava256.cli", "train", str(store), "--split", tiny_store.split, "--out",
+    cmd = [sys.executable, "-m", "ava256.cli", "train", str(store), "--split", small_store.split, "--out",
            str(tmp_path / "run"), *TRAIN_ARGS, f"--train.iters={4 * len(train)}", "--data.bad_sample_window=10",
            "--data.bad_sample_limit=0.1", "--no-progress"]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ})

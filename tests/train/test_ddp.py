@@ -30,11 +30,11 @@ def same_losses(a: list[float], b: list[float]) -> bool:
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
-def test_torchrun_two_ranks_stay_identical_and_resume_exactly(tiny_store, tmp_path):
+def test_torchrun_two_ranks_stay_identical_and_resume_exactly(small_store, tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     env |= {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += [str(ROOT / "tests" / "train" / "ddp_worker.py"), str(tiny_store.store), tiny_store.split]
+    cmd += [str(ROOT / "tests" / "train" / "ddp_worker.py"), str(small_store.store), small_store.split]
     r = subprocess.run(cmd + [str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
     rows = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]

@@ -41,9 +41,9 @@ def _stopped_at(text: str) -> int:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_saves_the_current_iteration_and_the_printed_command_resumes(tiny_store, tmp_path, sig):
+def test_a_signal_saves_the_current_iteration_and_the_printed_command_resumes(small_store, tmp_path, sig):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "ava256.cli", "train", str(tiny_store.store), "--split", tiny_store.split]
+    cmd = [sys.executable, "-m", "ava256.cli", "train", str(small_store.store), "--split", small_store.split]
     cmd += ["--out", str(out), *ARGS]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_iterations(out / "metrics.jsonl", 2, proc)
@@ -71,7 +71,7 @@ def test_a_signal_saves_the_current_iteration_and_the_printed_command_resumes(ti
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
-def test_torchrun_a_signal_to_one_rank_stops_both_at_one_iteration(tiny_store, tmp_path):
+def test_torchrun_a_signal_to_one_rank_stops_both_at_one_iteration(small_store, tmp_path):
     psutil = pytest.importorskip("psutil")
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -79,9 +79,9 @@ def test_torchrun_a_signal_to_one_rank_stops_both_at_one_iteration(tiny_store, t
         "-m",
         "ava256.cli",
         "train",
-        str(tiny_store.store),
+        str(small_store.store),
         "--split",
-        tiny_store.split,
+        small_store.split,
         "--out",
         str(out),
     ]

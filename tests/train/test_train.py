@@ -51,12 +51,12 @@ def same_losses(a: list[float], b: list[float]) -> bool:
     return a == b
 
 
-def test_crash_and_resume_gives_identical_losses(tiny_store, tmp_path):
+def test_crash_and_resume_gives_identical_losses(small_store, tmp_path):
     iters = 6
     # a ThreadLoader (its batches come in sampler order); a validation at 4 falls between the checkpoint at 3
     # and the crash at 5, and images are logged at 2, 4, 6: neither may shift training's random draws
     cfg = _cfg(iters, "--data.num_workers=2", "--train.val_every=2")
-    run = lambda out, **kw: train(tiny_store.store, tiny_store.split, cfg, out, progress=False, **kw)  # noqa: E731
+    run = lambda out, **kw: train(small_store.store, small_store.split, cfg, out, progress=False, **kw)  # noqa: E731
     straight = run(tmp_path / "a")
     assert straight.iteration == iters and len(straight.losses) == iters
 
@@ -81,13 +81,13 @@ def test_crash_and_resume_gives_identical_losses(tiny_store, tmp_path):
     assert again.start_iteration == iters and again.losses == []
 
 
-def test_cli_train_lowers_loss_and_render_writes_files(tiny_store, tmp_path):
+def test_cli_train_lowers_loss_and_render_writes_files(small_store, tmp_path):
     out = tmp_path / "run"
     args = [
         "train",
-        str(tiny_store.store),
+        str(small_store.store),
         "--split",
-        tiny_store.split,
+        small_store.split,
         "--config",
         "tiny",
         "--out",
@@ -104,12 +104,12 @@ def test_cli_train_lowers_loss_and_render_writes_files(tiny_store, tmp_path):
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
     ckpt = load_checkpoint(list_checkpoints(out / "checkpoints")[-1])
-    assert ckpt["iteration"] == 10 and ckpt["split"] == tiny_store.split
+    assert ckpt["iteration"] == 10 and ckpt["split"] == small_store.split
 
     # the same fixed samples, scored by the initial model (same seed) and by the trained one
     cfg = ckpt["config"]
     ds, _, info = open_datasets(
-        tiny_store.store, tiny_store.split, cfg["data"], info=ckpt["info"], parts=("train",)
+        small_store.store, small_store.split, cfg["data"], info=ckpt["info"], parts=("train",)
     )
     batch = collate_samples([ds[i] for i in range(0, len(ds), max(1, len(ds) // 6))])
     batch = prepare_batch(batch, torch.device("cpu"), ds)
@@ -123,7 +123,7 @@ def test_cli_train_lowers_loss_and_render_writes_files(tiny_store, tmp_path):
     assert after < 0.95 * before, (before, after)
 
     r = CliRunner().invoke(
-        cli, ["render", str(out), str(tiny_store.store), "--out", str(tmp_path / "r"), "--frames", "2"]
+        cli, ["render", str(out), str(small_store.store), "--out", str(tmp_path / "r"), "--frames", "2"]
     )
     assert r.exit_code == 0, r.output
     summary = json.loads((tmp_path / "r" / "render.json").read_text())
@@ -135,31 +135,40 @@ def test_cli_train_lowers_loss_and_render_writes_files(tiny_store, tmp_path):
 
     bad = CliRunner().invoke(
         cli,
-        ["train", str(tiny_store.store), "--split", "nope", "--config", "tiny", "--out", str(tmp_path / "x")],
+        [
+            "train",
+            str(small_store.store),
+            "--split",
+            "nope",
+            "--config",
+            "tiny",
+            "--out",
+            str(tmp_path / "x"),
+        ],
     )
     assert bad.exit_code == 1 and "nope" in bad.output and "Traceback" not in bad.output
     assert not (tmp_path / "x").exists()
     bad = CliRunner().invoke(
-        cli, ["train", str(tiny_store.store), "--split", "free-face", "--config", "tiny", "--train.lrr=1"]
+        cli, ["train", str(small_store.store), "--split", "free-face", "--config", "tiny", "--train.lrr=1"]
     )
     assert bad.exit_code == 2 and "lrr" in bad.output  # a usage error
 
 
-def test_resume_refuses_a_changed_override_and_applies_a_run_length_change(tiny_store, tmp_path):
+def test_resume_refuses_a_changed_override_and_applies_a_run_length_change(small_store, tmp_path):
     old_umask = os.umask(0o002)  # a shared group folder: the run's files must be group-writable
     try:
-        _resume_checks(tiny_store, tmp_path)
+        _resume_checks(small_store, tmp_path)
     finally:
         os.umask(old_umask)
 
 
-def _resume_checks(tiny_store, tmp_path):
+def _resume_checks(small_store, tmp_path):
     out = tmp_path / "run"
     base = [
         "train",
-        str(tiny_store.store),
+        str(small_store.store),
         "--split",
-        tiny_store.split,
+        small_store.split,
         "--config",
         "tiny",
         "--out",

@@ -1,14 +1,13 @@
-"""The model on contract-shaped tensors: uv layout, voxel tiling, shapes, gradients, overfitting one batch."""
+"""The model on contract-shaped tensors: uv layout, voxel tiling, shapes, gradients, invalid samples."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from ava256.models import Autoencoder, ModelConfig, losses
 from ava256.models.decoder import tiles_to_voxels
 from ava256.models.uvmap import UVLayout, load_topology
-from ava256.train.config import apply_overrides, load_config, parse_overrides
+from ava256.train.config import load_config
 
 TINY = load_config("tiny")["model"] | {"voxels": 2}  # 2^3 voxels: cheaper CPU raymarching
 
@@ -75,18 +74,3 @@ def test_invalid_samples_do_not_contribute(fake_datasets):
         "total"
     ]
     assert torch.allclose(one, only_first) and not torch.allclose(one, full)
-
-
-def test_config_overrides():
-    cfg = apply_overrides(
-        load_config("tiny"), ["--train.lr=1e-4", "--data.batch_size", "8", "--model.bg_res=[4, 3]"]
-    )
-    assert cfg["train"]["lr"] == 1e-4 and cfg["data"]["batch_size"] == 8 and cfg["model"]["bg_res"] == [4, 3]
-    assert cfg["model"]["expr_dim"] == 16  # inherited from reference.yaml
-    assert parse_overrides(["--a.b.c=x"]) == {"a": {"b": {"c": "x"}}}
-    with pytest.raises(ValueError, match="unknown key"):
-        apply_overrides(cfg, ["--train.lrr=1"])
-    with pytest.raises(ValueError):
-        parse_overrides(["train.lr=1"])
-    ref = load_config("reference")["model"]
-    assert ref["prim_res"] ** 2 == 16384 and ref["voxels"] == 8 and ref["volradius"] == 256

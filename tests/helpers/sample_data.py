@@ -1,17 +1,15 @@
-"""Fixtures for the train tests: contract-shaped in-memory samples and a tiny real store."""
+"""Contract-shaped in-memory samples (the loader -> model dict of docs/pipeline.md) for the model and train
+tests: no store, no decoding, smooth identity-dependent images."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from ava256.models.uvmap import load_topology
-from ava256.train.data import DataInfo, InMemoryDataset
+from ava256.train.data import DataInfo
 
 
 def look_at(campos: np.ndarray) -> np.ndarray:
@@ -65,46 +63,3 @@ def fake_samples(n_ids: int = 2, n_cams: int = 3, frames: int = 4, hw=(32, 24), 
         topo, topo.vertices.astype(np.float32), 5.0, n_cams, n_ids, [f"cap{i}" for i in range(n_ids)]
     )
     return samples, info
-
-
-@pytest.fixture(scope="session")
-def fake_datasets():
-    samples, info = fake_samples()
-    return InMemoryDataset(samples[:20]), InMemoryDataset(samples[20:]), info
-
-
-@dataclass(frozen=True)
-class TinyStore:
-    store: Path
-    split: str
-    captures: list[str]
-
-
-@pytest.fixture(scope="session")
-def tiny_store(tmp_path_factory) -> TinyStore:
-    """The real chain at toy size: synthetic captures (2 identities, 3 cameras, 12 frames, 48 x 64 images)
-    -> repack (real Dask + Zarr, downsample 2 -> 24 x 32) -> free-face split. Its own store rather than the
-    shared ``synth_bucket``'s: the smaller images keep training fast, and test_train checks render sizes
-    against them."""
-    from ava256.pipeline.repack import repack
-    from ava256.pipeline.split import run_split
-    from ava256.synth.generate import generate_bucket
-
-    root = tmp_path_factory.mktemp("train_store")
-    caps = generate_bucket(
-        root / "bucket",
-        captures=2,
-        cameras=3,
-        frames=12,
-        image_size=(48, 64),
-        texture_size=32,
-        seed=3,
-        drop_rate=0.0,
-        assets=["image", "vertices", "uv_texture", "head_pose"],
-    )
-    store = root / "store"
-    repack(
-        root / "bucket" / "ava-256" / "4TB", store, downsample=2, workers=1, processes=False, progress=False
-    )
-    run_split(store, "free-face")
-    return TinyStore(store, "free-face", [c.folder for c in caps])
