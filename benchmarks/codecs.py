@@ -90,7 +90,7 @@ def lossless(name: str):
 
 def candidates(quick: bool) -> dict[str, tuple]:
     q, s = L.JPEG_QUALITY, L.JPEG_SUBSAMPLING
-    out = {name: lossless(name) for name in (["blosclz", "lz4"] if quick else L.CODECS)}
+    out = {name: lossless(name) for name in ([L.DEFAULT_CODEC, "blosclz", "lz4"] if quick else L.CODECS)}
     out[f"jpeg q{q} {s} (default of --codec jpeg)"] = (
         lambda a: encode_jpeg(a, q, s),
         lambda d, shape: decode_jpeg(d, shape),

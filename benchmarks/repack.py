@@ -5,12 +5,11 @@
 2. repack vs pure decode of the same AVIF files on one Dask LocalCluster of worker processes (images/s, the
    ratio, CPU per image, peak RSS), for the default and each ``--codecs`` codec, and for the variants that
    measure what each fast path earns: without the chunk checksum, with zarr's write path instead of the shard
-   writer;
-3. the same pure decode and default repack on a cluster started with Dask's own malloc settings (what
-   ``cluster.WORKER_MALLOC_ENV`` earns).
+   writer, with compression in a helper thread (what repack does on a local cluster with spare cores: run it
+   with ``--workers`` at most half the cores).
 
     python benchmarks/repack.py [--quick] [--workers 2] [--cameras 8] [--frames 256] [--codecs blosclz,lz4]
-                                [--variants default,no-checksum,zarr-write] [--repeats 3]
+                                [--variants default,no-checksum,zarr-write,encode-thread] [--repeats 3]
 
 The default workload is 8 cameras x 256 frames (2,048 images): one task per camera of repack's real task size
 (``TASK_TARGET_FRAMES`` = 256 frames = 8 shards of 32 images), four per worker of a 2-core machine, so the run's
@@ -51,11 +50,12 @@ from ava256.store.codecs import JpegCodec
 REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "021924.png"
 H, W = 1024, 667
 
-#: variant name -> (what it changes, worker environment, chunk checksum)
-VARIANTS: dict[str, tuple[str, dict[str, str], bool]] = {
-    "default": ("", {}, True),
-    "no-checksum": ("without the chunk crc32c", {}, False),
-    "zarr-write": ("zarr's arr[s0:s1, c] = shard write", {"AVA256_SHARD_WRITER": "0"}, True),
+#: variant name -> (what it changes, worker environment, chunk checksum, compress in a helper thread)
+VARIANTS: dict[str, tuple[str, dict[str, str], bool, bool]] = {
+    "default": ("", {}, True, False),
+    "no-checksum": ("without the chunk crc32c", {}, False, False),
+    "zarr-write": ("zarr's arr[s0:s1, c] = shard write", {"AVA256_SHARD_WRITER": "0"}, True, False),
+    "encode-thread": ("compressing in a helper thread", {}, True, True),
 }
 
 
@@ -202,22 +202,17 @@ def _set_env(env: dict[str, str | None]) -> None:
             os.environ[k] = v
 
 
-def _cluster(workers: int, malloc: str):
-    """A LocalCluster of ``workers`` single-threaded worker processes; ``malloc``: "ava256" (ava256's
-    ``dask_client``, with ``WORKER_MALLOC_ENV``) or "dask" (Dask's own worker environment)."""
+def _cluster(workers: int):
+    """A LocalCluster of ``workers`` single-threaded worker processes, set up as ``ava256``'s ``dask_client``."""
     import dask
     from distributed import LocalCluster
 
-    from ava256.pipeline.cluster import WORKER_MALLOC_ENV
-
-    env = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_MALLOC_ENV.items()}
-    conf = {"distributed.worker.profile.enabled": False, **(env if malloc == "ava256" else {})}
-    with dask.config.set(conf):
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
         return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
 
 
 def throughput(
-    raw: Path, tmp: Path, workers: int, runs: list[tuple[str, str]], warm_raw: Path, repeats: int, malloc: str
+    raw: Path, tmp: Path, workers: int, runs: list[tuple[str, str]], warm_raw: Path, repeats: int
 ) -> tuple[list[dict], dict]:
     """Pure decode vs full repack of the same image zips on one LocalCluster, for each (codec, variant) of
     ``runs``; returns the rows and the pure-decode figures."""
@@ -235,7 +230,7 @@ def throughput(
         for t in rt.plan_tasks(plan, str(tmp / "unused.zarr"), L.array_specs(plan.geometry))
     ]
     n_img = sum(t.frame_stop - t.frame_start for t in tasks)
-    with _cluster(workers, malloc) as lc, Client(lc) as client:
+    with _cluster(workers) as lc, Client(lc) as client:
 
         def decode_pass() -> tuple[float, float, float]:
             client.run(rt.reset_peak_rss)
@@ -251,11 +246,11 @@ def throughput(
             )
 
         def repack_once(codec: str, variant: str, store: Path) -> rp.RepackSummary:
-            _, env, checksum = VARIANTS[variant]
+            _, env, checksum, ethread = VARIANTS[variant]
             client.run(_set_env, env)
             try:
                 return rp.repack(raw if store.name != "warm" else warm_raw, store, codec=codec, client=client,
-                                 progress=False, decode_threads=dthreads, checksum=checksum)  # fmt: skip
+                                 progress=False, decode_threads=dthreads, checksum=checksum, encode_thread=ethread)  # fmt: skip
             finally:
                 client.run(_set_env, dict.fromkeys(env))
 
@@ -305,7 +300,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default="default,no-checksum,zarr-write",
                     help=f"repack variants ({', '.join(VARIANTS)}) of the default codec, or VARIANT@CODEC")  # fmt: skip
     ap.add_argument("--repeats", type=int, default=3, help="repack runs per row (medians; quick: 1)")
-    ap.add_argument("--no-malloc-row", action="store_true", help="skip section 3 (Dask's malloc settings)")
     ap.add_argument("--reference", type=Path, default=REFERENCE, help="a real RGB image to crop frames from")
     args = ap.parse_args(argv)
     if args.quick:
@@ -359,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         raw = tmp / "raw"
         make_raw(raw, blobs, args.cameras, args.frames)
         make_raw(tmp / "warm-raw", blobs[:2], 1, 2)
-        trows, dec = throughput(raw, tmp, args.workers, runs, tmp / "warm-raw", args.repeats, "ava256")
+        trows, dec = throughput(raw, tmp, args.workers, runs, tmp / "warm-raw", args.repeats)
         print(f"\n2) repack vs pure decode: {dec['n']} images ({args.cameras} cameras x {args.frames} frames), "
               f"LocalCluster of {args.workers} worker processes x 1 thread; per row the median of "
               f"{args.repeats} repacks (each ratio vs the decode runs just before and after it)")  # fmt: skip
@@ -403,17 +397,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         print("the throughput ratio on dedicated cores (insensitive to other load on a shared machine).")
 
-        if not args.no_malloc_row:
-            drows, ddec = throughput(raw, tmp, args.workers, [(L.DEFAULT_CODEC, "default")], tmp / "warm-raw",
-                                     1, "dask")  # fmt: skip
-            r = drows[0]
-            print("\n3) the same on a LocalCluster started with Dask's own worker environment "
-                  "(MALLOC_TRIM_THRESHOLD_=65536, no MALLOC_MMAP_THRESHOLD_)")  # fmt: skip
-            print(f"pure decode: {ddec['ips']:.1f} images/s, {ddec['cpu']:.1f} CPU ms/img "
-                  f"({ddec['ips'] / dec['ips'] - 1:+.1%} images/s vs section 2's)")  # fmt: skip
-            if base is not None:
-                print(f"repack --codec {L.DEFAULT_CODEC}: {r['ips']:.1f} images/s, {r['cpu']:.1f} CPU ms/img, ratio "
-                      f"{r['ratio']:.2f} ({r['ips'] / base['ips'] - 1:+.1%} images/s vs section 2's default)")  # fmt: skip
     return 0
 
 

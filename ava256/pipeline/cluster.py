@@ -15,15 +15,6 @@ from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
-#: glibc malloc settings (its documented environment tunables) of the worker processes :func:`dask_client`
-#: starts. A repack task allocates and frees several 2-8 MB blocks per frame (the AVIF decoder's planes and RGB
-#: output, the encoded chunk). Dask starts its workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also fixes
-#: glibc's mmap threshold at 128 KiB, so each such block is a fresh ``mmap`` that the kernel faults in and
-#: zeroes page by page. With these settings blocks up to 32 MiB (the largest mmap threshold glibc takes) come
-#: from the heap and up to 16 MiB of free heap top are kept. ``benchmarks/repack.py`` measures it (row "Dask's
-#: malloc"); ``repack_tasks.check_malloc_env`` warns in a worker started without them.
-WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(16 * 2**20)}
-
 
 @contextmanager
 def dask_client(
@@ -65,10 +56,6 @@ def dask_client(
         # The workers' statistical profiler samples every thread's stack every 10 ms: measurable CPU with many
         # busy I/O threads on few cores, and nothing we use.
         dask.config.set({"distributed.worker.profile.enabled": False}),
-        # set in each worker process's environment before it starts (Dask's documented hook)
-        dask.config.set(
-            {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_MALLOC_ENV.items()}
-        ),
         LocalCluster(
             n_workers=n,
             threads_per_worker=threads,

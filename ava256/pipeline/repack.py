@@ -68,6 +68,8 @@ class RepackSummary:
     images_written: int = 0
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
+    #: whether workers compressed in a helper thread (a local cluster with two cores per worker thread)
+    encode_thread: bool = False
 
     def line(self) -> str:
         return (
@@ -422,6 +424,7 @@ def repack(
         ethread = (
             encode_thread if encode_thread is not None else (local and (os.cpu_count() or 1) >= 2 * threads)
         )
+        summary.encode_thread = bool(ethread)
 
         def todo() -> Iterator[rt.RepackTask]:
             for folder, plan in plans.items():

@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import platform
 import posixpath
 import resource
 import socket
@@ -36,10 +35,8 @@ from ava256.formats.scalars import read_npy, read_scalar_txt
 from ava256.formats.zips import ZipReader
 from ava256.manifests.fetch import FetchRow
 from ava256.manifests.repack import STATUS_DONE, STATUS_FAILED, ErrorRecord, RepackRow
-from ava256.pipeline.cluster import WORKER_MALLOC_ENV
 from ava256.pipeline.selection import Selection
 from ava256.store import layout as L
-from ava256.store.chunks import warn_once
 from ava256.store.shards import ShardWriter, shard_writer
 
 log = logging.getLogger(__name__)
@@ -498,24 +495,6 @@ def decode_member(task: RepackTask, data: bytes) -> np.ndarray:
     return a.decode(data, task.source_hw, task.out_hw)
 
 
-def check_malloc_env() -> bool:
-    """Whether this process runs with glibc malloc settings under which decoding is not slowed (no
-    ``MALLOC_*`` threshold set, or ``MALLOC_MMAP_THRESHOLD_`` set); warns once per process where not."""
-    env = os.environ
-    if (
-        platform.libc_ver()[0] != "glibc"
-        or "MALLOC_MMAP_THRESHOLD_" in env
-        or "MALLOC_TRIM_THRESHOLD_" not in env
-    ):
-        return True
-    warn_once(log, "malloc",
-              "repack worker %d: MALLOC_TRIM_THRESHOLD_=%s without MALLOC_MMAP_THRESHOLD_ fixes glibc's mmap "
-              "threshold at 128 KiB, which makes decoding cost up to ~1.5x the CPU; start the workers with %s "
-              "(ava256's local clusters do)", os.getpid(), env["MALLOC_TRIM_THRESHOLD_"],
-              " ".join(f"{k}={v}" for k, v in WORKER_MALLOC_ENV.items()))  # fmt: skip
-    return False
-
-
 def peak_rss_mb() -> float:
     """Peak resident set size of this process (MiB): ``VmHWM`` from /proc (which
     :func:`reset_peak_rss` can reset), else ``ru_maxrss`` (peak since the process started)."""
@@ -621,7 +600,6 @@ def run_task(task: RepackTask, write: bool = True) -> TaskResult:
 
 def _repack(task: RepackTask, write: bool, tally: _Tally) -> None:
     """The body of :func:`run_task`: open the store array and the archive, then decode and write."""
-    check_malloc_env()
     _set_decode_threads(task.decode_threads)
     arr = zarr.open_array(task.store_path, path=task.array, mode="r+") if write else None
     reader = _open_source(task, tally)

@@ -437,6 +437,15 @@ def test_encode_thread_variant_writes_the_same_store(repacked, tmp_path, client)
         np.testing.assert_array_equal(a[name][...], b[name][...])
 
 
+def test_a_local_cluster_with_spare_cores_compresses_in_a_helper_thread(raw_pristine, tmp_path, client):
+    """The helper thread (``benchmarks/repack.py`` variant ``encode-thread``) is used whenever a local cluster
+    leaves two cores per worker thread, and not on a given cluster (whose cores repack cannot see)."""
+    kw = dict(captures=CAPS[0].folder, max_frames_per_shard=SHARD, task_target_frames=TASK, progress=False)
+    local = repack(raw_pristine, tmp_path / "local", workers=1, **kw)
+    assert local.tasks_failed == 0 and local.encode_thread == ((os.cpu_count() or 1) >= 2)
+    assert not run(raw_pristine, tmp_path / "given", client, captures=CAPS[0].folder).encode_thread
+
+
 def test_scheduler_address_runs_on_that_cluster(raw_pristine, tmp_path):
     """``--scheduler ADDR``: the same graph on an already running cluster (here a threaded LocalCluster)."""
     from distributed import LocalCluster

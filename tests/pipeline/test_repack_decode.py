@@ -1,8 +1,6 @@
-"""Repack decoding: the workers' malloc settings, header-only probes, corrupt pixels recorded per frame."""
+"""Repack decoding: header-only probes, corrupt pixels recorded per frame."""
 
 from __future__ import annotations
-
-import sys
 
 import numpy as np
 import pytest
@@ -16,32 +14,6 @@ def _picture(h: int = 48, w: int = 40, c: int = 3) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w]
     base = np.stack([(xx * 5 + yy * (3 + k)) % 256 for k in range(c)], -1)
     return (base + rng.integers(0, 20, base.shape)).clip(0, 255).astype(np.uint8)
-
-
-def test_local_cluster_workers_get_the_malloc_settings_and_a_worker_without_them_says_so():
-    """The repack's worker processes start with WORKER_MALLOC_ENV (else each multi-MB block of a frame is a
-    fresh mmap: benchmarks/repack.py section 3); a process started with Dask's own setting alone warns once."""
-    import os
-    import subprocess
-
-    from ava256.pipeline.cluster import WORKER_MALLOC_ENV, dask_client
-
-    with dask_client(2, processes=True) as client:
-        client.wait_for_workers(2, timeout=120)  # a loaded machine may register the second worker late
-        envs = client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC_ENV})
-    assert len(envs) == 2 and all(e == WORKER_MALLOC_ENV for e in envs.values())
-    code = (
-        "import logging; logging.basicConfig(); from ava256.pipeline import repack_tasks as rt; "
-        "print(rt.check_malloc_env(), rt.check_malloc_env())"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    dask_like = subprocess.run([sys.executable, "-c", code], env={**env, "MALLOC_TRIM_THRESHOLD_": "65536"},
-                               capture_output=True, text=True, check=True)  # fmt: skip
-    ours = subprocess.run([sys.executable, "-c", code], env={**env, **WORKER_MALLOC_ENV},
-                          capture_output=True, text=True, check=True)  # fmt: skip
-    if sys.platform.startswith("linux") and "glibc" in " ".join(__import__("platform").libc_ver()):
-        assert dask_like.stdout.split() == ["False", "False"] and dask_like.stderr.count("WARNING") == 1
-    assert ours.stdout.split() == ["True", "True"] and "MALLOC" not in ours.stderr
 
 
 def test_image_header_gives_the_decoded_size_without_decoding():
