@@ -436,6 +436,30 @@ def main() -> None:
         "rounds (samples/s): "
         + "; ".join(f"{k} " + ", ".join(f"{x['steady_sps']:.1f}" for x in v) for k, v in runs.items())
     )
+    shared_alloc_row(args.batch_size)
+
+
+def shared_alloc_row(batch: int, tex: int = 1024, reps: int = 5) -> None:
+    """What a worker's allocation of one batch of float textures in shared memory costs: straight in shared
+    memory (torch's private ``_new_shared``, the loader's fast path) vs the public ``share_memory_`` (a copy)."""
+    import torch
+
+    from ava256.data.dataset import direct_shared_alloc, shared_empty
+
+    shape = (batch, 3, tex, tex)
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return 1000 * min(times)
+
+    public = best(lambda: torch.empty(shape).share_memory_())
+    direct = best(lambda: shared_empty(shape, torch.float32)) if direct_shared_alloc() else float("nan")
+    print(f"a batch's {batch} x 3 x {tex}^2 float32 textures in shared memory: {direct:.1f} ms allocated there "
+          f"directly (the loader's path), {public:.1f} ms through share_memory_ ({public / direct:.1f} x)")  # fmt: skip
 
 
 def _stored_hw(work: Path) -> tuple[int, int]:

@@ -422,6 +422,10 @@ class ZarrSampleDataset(Dataset):
         verts = torch.from_numpy(np.array(arrs.vertices[nf], dtype=np.float32))
         return tex, verts
 
+    def camera_ids(self, capture: str) -> tuple[str, ...]:
+        """The camera ids of ``capture``, indexed like the camera index of :meth:`keys`."""
+        return tuple(self._meta[capture].camera_ids)
+
     def uses_fast_reads(self, capture: str) -> bool:
         """Whether this process reads ``capture``'s chunks with :class:`ava256.store.fastread.ChunkReader` s
         (the fast path) rather than through zarr: False with ``fast_reads=False`` or a chunk layout the readers
@@ -659,9 +663,28 @@ def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype, shared: bool = Tru
     default_collate allocates its output there), so handing the batch to the main process copies nothing."""
     if not shared or torch.utils.data.get_worker_info() is None:
         return torch.empty(shape, dtype=dtype)
-    proto = torch.empty(0, dtype=dtype)
-    storage = proto._typed_storage()._new_shared(int(np.prod(shape)), device=proto.device)
-    return proto.new(storage).resize_(*shape)
+    return shared_empty(shape, dtype)
+
+
+def direct_shared_alloc() -> bool:
+    """Whether :func:`shared_empty` can allocate straight in shared memory: through torch's private
+    ``TypedStorage._new_shared``, which torch's own ``default_collate`` uses (public ``share_memory_`` copies
+    the tensor into shared memory: 3-5 x the time for a batch of textures, ``python benchmarks/loader.py``)."""
+    return callable(getattr(torch.TypedStorage, "_new_shared", None)) and hasattr(
+        torch.Tensor, "_typed_storage"
+    )
+
+
+def shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor in shared memory: allocated there directly where :func:`direct_shared_alloc`,
+    else (said once) through the public ``share_memory_``."""
+    if direct_shared_alloc():
+        proto = torch.empty(0, dtype=dtype)
+        storage = proto._typed_storage()._new_shared(int(np.prod(shape)), device=proto.device)
+        return proto.new(storage).resize_(*shape)
+    warn_once(log, "shared-alloc", "torch %s has no TypedStorage._new_shared: batches are copied into shared "
+              "memory (share_memory_), a little slower", torch.__version__)  # fmt: skip
+    return torch.empty(shape, dtype=dtype).share_memory_()
 
 
 def split_dataset(

@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset
-from torch.utils.data._utils.collate import default_collate
+from torch.utils.data import BatchSampler, DataLoader, Dataset, default_collate
 
 from ava256.data.pictures import gpu_jpeg_decoder
 from ava256.data.sampler import ResumableSampler
@@ -68,17 +67,19 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _batch_base(ts: list[torch.Tensor]) -> torch.Tensor | None:
-    """The tensor ``base`` with ``ts[b] == base[b]`` as views (same memory), or None."""
-    base = ts[0]._base
-    if base is None or base.dim() != ts[0].dim() + 1 or base.shape[0] != len(ts) or not base.is_contiguous():
-        return None
-    step = base.stride(0) * base.element_size()
+    """A tensor ``base`` of ``len(ts)`` rows with ``base[b]`` the memory of ``ts[b]`` (each contiguous, one after
+    another in one storage), or None."""
+    first = ts[0]
+    storage = first.untyped_storage()
+    step = first.numel() * first.element_size()
     for b, t in enumerate(ts):
-        if t._base is not base or t.shape != base.shape[1:] or t.stride() != base.stride()[1:]:
+        same = t.untyped_storage().data_ptr() == storage.data_ptr() and t.dtype == first.dtype
+        if not same or t.shape != first.shape or not t.is_contiguous():
             return None
-        if t.data_ptr() != base.data_ptr() + b * step:
+        if t.data_ptr() != first.data_ptr() + b * step:
             return None
-    return base
+    base = first.new_empty(0)
+    return base.set_(storage, first.storage_offset(), (len(ts), *first.shape))
 
 
 def pin_batch(batch: Any) -> Any:

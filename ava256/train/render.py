@@ -118,7 +118,7 @@ def render(
     driver = keys[0][0]
     cams = sorted({k[2] for k in keys if k[0] == driver})
     if camera is not None:
-        cam_ids = {i: c for i, c in enumerate(ds._meta[driver].camera_ids)}
+        cam_ids = dict(enumerate(ds.camera_ids(driver)))
         wanted = [i for i, c in cam_ids.items() if c == str(camera)]
         if not wanted or wanted[0] not in cams:
             raise ValueError(f"camera {camera} has no samples of {driver} in {split}/{part}")

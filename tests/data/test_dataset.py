@@ -331,7 +331,9 @@ def test_batched_reads_equal_single_samples_and_skip_the_stack_copy(tiny_data):
     idx = [5, 0, len(ds) - 1, 17]
     items = ds.__getitems__(idx)
     batch = collate_samples(items)
-    assert batch["tex"] is items[0]["tex"]._base and batch["image"] is items[0]["image"]._base  # no copy
+    for k in ("tex", "image"):  # no copy: the batch is the memory the samples already sit in
+        assert batch[k].data_ptr() == items[0][k].data_ptr(), k
+        assert batch[k].untyped_storage().data_ptr() == items[-1][k].untyped_storage().data_ptr(), k
     from torch.utils.data import default_collate
 
     want = default_collate([ds[i] for i in idx])  # one sample at a time, plain stacking
@@ -383,3 +385,16 @@ def test_a_flipped_byte_in_an_image_chunk_fails_its_sample_and_an_old_format_sto
     g.attrs[L.ATTR_FORMAT_VERSION] = 1
     with pytest.raises(ValueError, match=r"format version 1, expected \d+; re-run repack"):
         ZarrSampleDataset(store, df)
+
+
+def test_worker_batches_are_allocated_straight_in_shared_memory():
+    """A DataLoader worker's batch tensors are allocated in shared memory without a copy (torch's private
+    ``TypedStorage._new_shared``, as torch's own default_collate does): this fails if torch drops it, where the
+    loader would fall back to copying (``benchmarks/loader.py`` prints what that costs)."""
+    from ava256.data.dataset import direct_shared_alloc, shared_empty
+
+    assert direct_shared_alloc()
+    t = shared_empty((2, 3, 4), torch.float32)
+    assert t.is_shared() and tuple(t.shape) == (2, 3, 4) and t.dtype == torch.float32
+    t.fill_(1.0)
+    assert float(t.sum()) == 24.0

@@ -198,13 +198,15 @@ def test_collate_drops_none_and_stacks():
     c = collate_samples([{"k": const, "x": torch.zeros(1)}, {"k": const, "x": torch.ones(1)}])
     assert c["k"].shape == (2, 2, 3) and c["k"].is_contiguous() and torch.equal(c["k"][1], const)
     assert c["x"].tolist() == [[0.0], [1.0]]
-    # Slots of one batch tensor are handed over as that tensor; anything else is stacked.
+    # Consecutive slots of one batch tensor are handed over as that memory (no copy); anything else is stacked.
     base = torch.arange(12.0).reshape(2, 2, 3).clone()
-    assert collate_samples([{"k": base[0]}, {"k": base[1]}])["k"] is base
+    whole = collate_samples([{"k": base[0]}, {"k": base[1]}])["k"]
+    assert whole.data_ptr() == base.data_ptr() and whole.shape == base.shape and torch.equal(whole, base)
     assert collate_samples([{"k": base[1]}, {"k": base[0]}])["k"].tolist() == [
         base[1].tolist(),
         base[0].tolist(),
     ]
-    assert collate_samples([{"k": base[0]}])["k"] is not base
+    one = collate_samples([{"k": base[0]}])["k"]  # one slot: a batch of one, never the whole tensor
+    assert one.shape == (1, 2, 3) and torch.equal(one[0], base[0])
     same = pin_batch(batch)
     assert same["x"].is_pinned() == torch.cuda.is_available()
