@@ -61,15 +61,18 @@ MB = 1e6
 def prepare(args: argparse.Namespace) -> dict:
     """Generate + repack the benchmark data into ``args.workdir`` once (reused while parameters match)."""
     from ava256.pipeline.repack import repack
+    from ava256.store import layout as L
     from ava256.synth.generate import generate_bucket
 
     work = Path(args.workdir)
+    codec = args.codec or L.DEFAULT_CODEC
     params = {
         "captures": args.captures,
         "cameras": args.cameras,
         "frames": args.frames,
         "downsample": args.downsample,
         "zip_members": args.zip_members,
+        "codec": codec,
         "seed": 0,
         "version": 3,
     }
@@ -102,6 +105,7 @@ def prepare(args: argparse.Namespace) -> dict:
             processes=False,
             progress=False,
             checksum=checksum,
+            codec=codec,
         )
     print(f"repacked in {time.perf_counter() - t:.0f} s", flush=True)
     pad_zips(raw, work / "raw-5k", args.zip_members)
@@ -336,6 +340,7 @@ def main() -> None:
     ap.add_argument("--cameras", type=int, default=None)
     ap.add_argument("--frames", type=int, default=None)
     ap.add_argument("--downsample", type=int, default=2)
+    ap.add_argument("--codec", default=None, help="picture codec of the store [default: repack's]")
     ap.add_argument("--zip-members", type=int, default=5000)
     ap.add_argument("--loaders", default=",".join(KINDS), help=f"comma-separated, from {', '.join(KINDS)}")
     ap.add_argument(
