@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ava256.atomic import atomic_write
+from ava256.manifests.atomic import write_table_atomic
 
 MANIFEST_DIR = "_manifests"
 FETCH_MANIFEST = "fetch.parquet"
@@ -91,12 +91,6 @@ def manifest_path(out: str | os.PathLike) -> Path:
     return Path(out) / MANIFEST_DIR / FETCH_MANIFEST
 
 
-def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> None:
-    """Write ``table`` to ``path`` atomically (temp file beside it, fsync, ``os.replace``)."""
-    with atomic_write(path) as f:
-        pq.write_table(table, f)
-
-
 def rows_to_table(rows: Iterable[FetchRow]) -> pa.Table:
     """Rows -> table in FETCH_SCHEMA, sorted by (capture, key)."""
     ordered = sorted(rows, key=lambda r: (r.capture, r.key))
@@ -107,7 +101,7 @@ def rows_to_table(rows: Iterable[FetchRow]) -> pa.Table:
 def write_fetch_manifest(out: str | os.PathLike, rows: Iterable[FetchRow]) -> Path:
     """Atomically write the rows as ``OUT/_manifests/fetch.parquet``; returns its path."""
     path = manifest_path(out)
-    write_parquet_atomic(rows_to_table(rows), path)
+    write_table_atomic(rows_to_table(rows), path)
     return path
 
 
