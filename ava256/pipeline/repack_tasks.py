@@ -489,10 +489,7 @@ def _source_key(asset: str, camera_id: str) -> str:
 def decode_member(task: RepackTask, data: bytes) -> np.ndarray:
     """Decode one member's bytes into the stored per-frame slice of ``task.asset`` (resampled if needed) with
     the asset's registry decoder. ValueError (with the reason) for undecodable data or a wrong shape."""
-    a = A.REGISTRY.get(task.asset)
-    if a is None:
-        raise ValueError(f"unknown asset {task.asset!r}")
-    return a.decode(data, task.source_hw, task.out_hw)
+    return A.asset(task.asset).decode(data, task.source_hw, task.out_hw)
 
 
 def peak_rss_mb() -> float:
